@@ -1,0 +1,63 @@
+"""hf_vae: variational autoencoders as Hugging Face transformers models.
+
+Importing the package registers every variant with `AutoConfig` / `AutoModel`, and marks each config and model
+class for `trust_remote_code`, so `save_pretrained` writes an `auto_map` and copies the model code next to the
+weights: a checkpoint then loads with `AutoModel.from_pretrained(path, trust_remote_code=True)` where hf_vae is
+not installed.
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_base import AutoencoderConfig
+from .configuration_beta_vae import BetaVAEConfig
+from .configuration_cvae import CVAEConfig
+from .configuration_klae import KLAEConfig
+from .configuration_vae import VAEConfig
+from .configuration_vqvae import VQVAEConfig
+from .distributions import DiagonalGaussianDistribution
+from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, DecoderOutput, EncoderOutput
+from .modeling_beta_vae import BetaVAEModel
+from .modeling_cvae import CVAEModel
+from .modeling_klae import KLAEModel
+from .modeling_vae import VAEModel
+from .modeling_vqvae import VQVAEModel, VQVAEOutput
+from .quantizers import VectorQuantizer
+
+__version__ = "0.1.0"
+
+#: model name used by the trainer's --model flag -> (config class, model class)
+MODELS = {
+    "vae": (VAEConfig, VAEModel),
+    "beta_vae": (BetaVAEConfig, BetaVAEModel),
+    "vq_vae": (VQVAEConfig, VQVAEModel),
+    "cvae": (CVAEConfig, CVAEModel),
+    "klae": (KLAEConfig, KLAEModel),
+}
+
+for _config_class, _model_class in MODELS.values():
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    AutoModel.register(_config_class, _model_class, exist_ok=True)
+    _config_class.register_for_auto_class()
+    _model_class.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "MODELS",
+    "AutoencoderConfig",
+    "AutoencoderOutput",
+    "AutoencoderPreTrainedModel",
+    "BetaVAEConfig",
+    "BetaVAEModel",
+    "CVAEConfig",
+    "CVAEModel",
+    "DecoderOutput",
+    "DiagonalGaussianDistribution",
+    "EncoderOutput",
+    "KLAEConfig",
+    "KLAEModel",
+    "VAEConfig",
+    "VAEModel",
+    "VQVAEConfig",
+    "VQVAEModel",
+    "VQVAEOutput",
+    "VectorQuantizer",
+]

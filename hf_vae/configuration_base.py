@@ -1,0 +1,138 @@
+"""Configuration fields shared by the VAE, β-VAE, VQ-VAE and CVAE.
+
+A config describes the data (`in_channels`, `image_size`), the backbone and the decoder likelihood; each
+variant's config adds its own fields. Every field is checked on construction, with an error that names
+the field, what was expected and what was given.
+"""
+
+from typing import Optional, Sequence
+
+from transformers import PretrainedConfig
+
+BACKBONES = ("mlp", "conv")
+LIKELIHOODS = ("bernoulli", "gaussian", "laplace")
+ACT_FNS = ("silu", "swish", "gelu", "relu", "mish")
+DEFAULT_MLP_LATENT_DIM = 32
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def check_positive_int(name: str, value) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+           f"Expected `{name}` to be a positive int, got {value!r}.")
+
+
+class AutoencoderConfig(PretrainedConfig):
+    r"""Shared fields of the image/vector autoencoders.
+
+    Args:
+        in_channels (`int`, defaults to 1): channels of the images, or features of flat data when `image_size` is None.
+        image_size (`int` or None, defaults to 28): side of the square images; None for flat (B, in_channels) data.
+        backbone (`str`, defaults to "mlp"): "mlp" (images flattened) or "conv" (diffusers-style ResNet blocks).
+        hidden_dims (`Sequence[int]`, defaults to (512, 512)): MLP hidden sizes of the encoder (the decoder mirrors them).
+        latent_dim (`int` or None): size of a vector latent. The MLP backbone always has one (default 32). With the
+            conv backbone, None gives a spatial latent (B, latent_channels, H/f, W/f); an int adds a dense bottleneck
+            after the conv stack (the β-VAE architecture of Burgess et al. 2018).
+        block_out_channels (`Sequence[int]`, defaults to (32, 64)): conv channels per resolution; f = 2^(len − 1).
+        layers_per_block (`int`, defaults to 1): ResNet blocks per resolution in the encoder (decoder: one more).
+        norm_num_groups (`int`, defaults to 8): GroupNorm groups; must divide every entry of `block_out_channels`.
+        mid_block_add_attention (`bool`, defaults to True): self-attention in the conv mid block.
+        latent_channels (`int`, defaults to 4): channels of a spatial conv latent (or of the map before the dense
+            bottleneck).
+        act_fn (`str`, defaults to "relu" for MLP, "silu" for conv).
+        likelihood (`str`, defaults to "bernoulli"): p(x|z). "bernoulli" expects data in [0, 1] and decodes
+            probabilities; "gaussian" and "laplace" accept any real data (use [-1, 1]) and decode the mean/location.
+        likelihood_scale (`float`, defaults to 1.0): σ (Gaussian) or b (Laplace), or its initial value if learned.
+        learn_likelihood_scale (`bool`, defaults to False): learn one log-scale per channel.
+        dropout (`float`, defaults to 0.0): dropout in the conv ResNet blocks.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: Optional[int] = 28,
+        backbone: str = "mlp",
+        hidden_dims: Sequence[int] = (512, 512),
+        latent_dim: Optional[int] = None,
+        block_out_channels: Sequence[int] = (32, 64),
+        layers_per_block: int = 1,
+        norm_num_groups: int = 8,
+        mid_block_add_attention: bool = True,
+        latent_channels: int = 4,
+        act_fn: Optional[str] = None,
+        likelihood: str = "bernoulli",
+        likelihood_scale: float = 1.0,
+        learn_likelihood_scale: bool = False,
+        dropout: float = 0.0,
+        **kwargs,
+    ):
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.backbone = backbone
+        self.hidden_dims = list(hidden_dims)
+        if latent_dim is None and backbone == "mlp":
+            latent_dim = DEFAULT_MLP_LATENT_DIM
+        self.latent_dim = latent_dim
+        self.block_out_channels = list(block_out_channels)
+        self.layers_per_block = layers_per_block
+        self.norm_num_groups = norm_num_groups
+        self.mid_block_add_attention = mid_block_add_attention
+        self.latent_channels = latent_channels
+        self.act_fn = act_fn if act_fn is not None else ("relu" if backbone == "mlp" else "silu")
+        self.likelihood = likelihood
+        self.likelihood_scale = likelihood_scale
+        self.learn_likelihood_scale = learn_likelihood_scale
+        self.dropout = dropout
+        super().__init__(**kwargs)
+        self.validate_fields()
+
+    # ------------------------------------------------------------------------------------------------------
+    @property
+    def data_shape(self) -> tuple:
+        """Shape of one example: (C, H, W) for images, (D,) for flat data."""
+        if self.image_size is None:
+            return (self.in_channels,)
+        return (self.in_channels, self.image_size, self.image_size)
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1) if self.backbone == "conv" else 1
+
+    @property
+    def vector_latent(self) -> bool:
+        return self.backbone == "mlp" or self.latent_dim is not None
+
+    def validate_fields(self) -> None:
+        check_positive_int("in_channels", self.in_channels)
+        _check(self.backbone in BACKBONES, f"Expected `backbone` in {BACKBONES}, got {self.backbone!r}.")
+        _check(self.likelihood in LIKELIHOODS, f"Expected `likelihood` in {LIKELIHOODS}, got {self.likelihood!r}.")
+        _check(self.act_fn in ACT_FNS, f"Expected `act_fn` in {ACT_FNS}, got {self.act_fn!r}.")
+        _check(isinstance(self.likelihood_scale, (int, float)) and self.likelihood_scale > 0,
+               f"Expected `likelihood_scale` > 0, got {self.likelihood_scale!r}.")
+        _check(0.0 <= self.dropout < 1.0, f"Expected `dropout` in [0, 1), got {self.dropout!r}.")
+        if self.image_size is not None:
+            check_positive_int("image_size", self.image_size)
+        if self.latent_dim is not None:
+            check_positive_int("latent_dim", self.latent_dim)
+        if self.backbone == "mlp":
+            _check(len(self.hidden_dims) > 0 and all(isinstance(h, int) and h > 0 for h in self.hidden_dims),
+                   f"Expected `hidden_dims` to be a non-empty list of positive ints, got {self.hidden_dims!r}.")
+            return
+        # conv backbone
+        _check(self.image_size is not None,
+               "The conv backbone needs images: expected an int `image_size`, got None (flat data needs backbone='mlp').")
+        _check(len(self.block_out_channels) > 0 and all(isinstance(c, int) and c > 0 for c in self.block_out_channels),
+               f"Expected `block_out_channels` to be a non-empty list of positive ints, got {self.block_out_channels!r}.")
+        check_positive_int("layers_per_block", self.layers_per_block)
+        check_positive_int("norm_num_groups", self.norm_num_groups)
+        check_positive_int("latent_channels", self.latent_channels)
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        _check(not bad, f"Expected every entry of `block_out_channels` to be divisible by norm_num_groups="
+                        f"{self.norm_num_groups}, got {self.block_out_channels} ({bad} are not).")
+        factor = self.downsampling_factor
+        _check(self.image_size % factor == 0,
+               f"Expected `image_size` divisible by the down-sampling factor {factor} "
+               f"(2^(len(block_out_channels) - 1)), got image_size={self.image_size}.")

@@ -1,0 +1,67 @@
+"""Configuration of the VQ-VAE (van den Oord et al. 2017)."""
+
+from .configuration_base import AutoencoderConfig, _check, check_positive_int
+
+
+class VQVAEConfig(AutoencoderConfig):
+    r"""A VQ-VAE: the encoder output is snapped to the nearest of `num_embeddings` learned codes.
+
+    With the conv backbone the codes are spatial, (B, H/f, W/f) indices of `embedding_dim`-dimensional vectors.
+    With the MLP backbone the encoder emits `latent_dim` features read as `latent_dim / embedding_dim` codes.
+
+    Args:
+        num_embeddings (`int`, defaults to 512): codebook size K.
+        embedding_dim (`int`, defaults to 64): code dimension D (the conv latent's channels).
+        commitment_cost (`float`, defaults to 0.25): β of the commitment term ‖z_e − sg[e]‖².
+        use_ema (`bool`, defaults to False): update codes by exponential moving averages (decay `ema_decay`,
+            Laplace smoothing `ema_epsilon`); the codebook loss term is then dropped.
+        kmeans_init (`bool`, defaults to False): initialise the codebook by k-means on the first training batch.
+        dead_code_threshold (`float`, defaults to 0.0): restart codes whose moving-average count per batch falls
+            below this (0 disables restarts).
+        use_cosine_sim (`bool`, defaults to False): nearest codes by cosine similarity on l2-normalised vectors.
+        beta_on_codebook (`bool`, defaults to False): legacy placement of β on the codebook term (taming's legacy
+            quantiser, diffusers' VQModel), only for reproducing such checkpoints.
+        Other fields are those of [`AutoencoderConfig`].
+    """
+
+    model_type = "vq_vae"
+
+    def __init__(self, num_embeddings: int = 512, embedding_dim: int = 64, commitment_cost: float = 0.25,
+                 use_ema: bool = False, ema_decay: float = 0.99, ema_epsilon: float = 1e-5, kmeans_init: bool = False,
+                 dead_code_threshold: float = 0.0, use_cosine_sim: bool = False, beta_on_codebook: bool = False,
+                 scaling_factor: float = 1.0, **kwargs):
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.commitment_cost = commitment_cost
+        self.use_ema = use_ema
+        self.ema_decay = ema_decay
+        self.ema_epsilon = ema_epsilon
+        self.kmeans_init = kmeans_init
+        self.dead_code_threshold = dead_code_threshold
+        self.use_cosine_sim = use_cosine_sim
+        self.beta_on_codebook = beta_on_codebook
+        # Latent scale for diffusers' LDMPipeline, which divides its latents by it before `decode`.
+        self.scaling_factor = scaling_factor
+        if kwargs.get("backbone", "mlp") == "conv":
+            kwargs.setdefault("latent_channels", embedding_dim)
+        elif kwargs.get("latent_dim") is None:
+            kwargs["latent_dim"] = embedding_dim * 16
+        super().__init__(**kwargs)
+
+    def validate_fields(self) -> None:
+        super().validate_fields()
+        check_positive_int("num_embeddings", self.num_embeddings)
+        check_positive_int("embedding_dim", self.embedding_dim)
+        _check(self.commitment_cost >= 0, f"Expected `commitment_cost` >= 0, got {self.commitment_cost!r}.")
+        _check(0.0 < self.ema_decay < 1.0, f"Expected `ema_decay` in (0, 1), got {self.ema_decay!r}.")
+        _check(self.dead_code_threshold >= 0, f"Expected `dead_code_threshold` >= 0, got {self.dead_code_threshold!r}.")
+        if self.backbone == "conv":
+            _check(self.latent_dim is None, "The conv VQ-VAE has spatial codes: expected `latent_dim` None, "
+                                            f"got {self.latent_dim!r}.")
+            _check(self.latent_channels == self.embedding_dim,
+                   f"Expected `latent_channels` == `embedding_dim` ({self.embedding_dim}) for the conv VQ-VAE, "
+                   f"got {self.latent_channels}.")
+        else:
+            _check(self.latent_dim % self.embedding_dim == 0,
+                   f"Expected `latent_dim` divisible by `embedding_dim` ({self.embedding_dim}) for the MLP VQ-VAE, "
+                   f"got {self.latent_dim}.")

@@ -1,0 +1,357 @@
+"""The one autoencoder algorithm, written once.
+
+    x ──encoder──▶ params ──posterior()──▶ q(z|x) ──sample_latent()──▶ z ──decoder──▶ params ──likelihood──▶ p(x|z)
+    loss = E_q[−log p(x|z)] + regularisation(q, z)                (nats per example, averaged over the batch)
+
+A variant changes only the pluggable pieces, each a small method or module:
+
+    posterior(encoder_output)          q(z|x): a DiagonalGaussianDistribution, or a VectorQuantizedPosterior
+    sample_latent(posterior, ...)      reparameterised sample / straight-through code / the mode
+    likelihood                         a `Likelihood` module: Bernoulli, Gaussian, Laplace, or a pixel loss
+    regularisation_loss(posterior, z)  KL, β·KL, γ|KL − C|, the VQ codebook and commitment terms, ...
+    sample_prior / prior_log_prob      p(z)
+    embed_condition(labels)            c for conditional models (None otherwise)
+
+`forward`, `encode`, `decode`, `generate`, `reconstruct` and `log_likelihood` live here and nowhere else.
+"""
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .conv_backbone import ConvDecoder, ConvEncoder
+from .distributions import DiagonalGaussianDistribution, Likelihood, build_likelihood, randn_tensor, standard_normal_log_prob
+from .mlp_backbone import MLPDecoder, MLPEncoder
+
+try:  # transformers >= 5 guards initialisers so that weights loaded from a checkpoint are never overwritten
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover - transformers 4.x
+    init = nn.init
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Outputs
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AutoencoderOutput(ModelOutput):
+    """Output of `forward`.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`): reconstruction_loss + regularisation_loss, averaged over the
+            batch. For the VAE this is the negative ELBO in nats per example.
+        reconstruction_loss (`()`): E_q[−log p(x|z)] (one sample), nats per example.
+        regularisation_loss (`()`): the weighted regulariser (KL, β·KL, VQ terms, ...), per example.
+        reconstruction (`(B, *data_shape)`): the decoder's mean in data space (probabilities for Bernoulli).
+        latents (`(B, *latent_shape)`): the z that was decoded.
+        kl (`()`, optional): the unweighted KL(q(z|x) || p(z)) per example, for Gaussian posteriors.
+        latent_dist: the posterior object q(z|x).
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    reconstruction_loss: Optional[torch.FloatTensor] = None
+    regularisation_loss: Optional[torch.FloatTensor] = None
+    reconstruction: Optional[torch.FloatTensor] = None
+    latents: Optional[torch.FloatTensor] = None
+    kl: Optional[torch.FloatTensor] = None
+    latent_dist: Any = None
+
+
+@dataclass
+class EncoderOutput(ModelOutput):
+    """`encode` output. `latent_dist` is the posterior q(z|x) (diffusers' name, so pipelines can use it)."""
+
+    latent_dist: Any = None
+
+
+@dataclass
+class DecoderOutput(ModelOutput):
+    """`decode` output. `sample` (B, *data_shape): the decoder mean in data space; `parameters`: raw decoder output
+    (logits for a Bernoulli likelihood)."""
+
+    sample: Optional[torch.FloatTensor] = None
+    parameters: Optional[torch.FloatTensor] = None
+
+
+def apply_forward_hook(method):
+    """Let accelerate's hooks (model CPU offload) run around `encode`/`decode`, as diffusers' decorator does.
+
+    Pipelines call `vae.encode`/`vae.decode`, not `forward`, so without this an offloaded model would stay on the
+    CPU while its inputs are on the accelerator.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        hook = getattr(self, "_hf_hook", None)
+        if hook is not None and hasattr(hook, "pre_forward"):
+            hook.pre_forward(self)
+        output = method(self, *args, **kwargs)
+        if hook is not None and hasattr(hook, "post_forward"):
+            output = hook.post_forward(self, output)
+        return output
+
+    return wrapper
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The base model
+# ------------------------------------------------------------------------------------------------------------
+
+
+class AutoencoderPreTrainedModel(PreTrainedModel):
+    """Base class: the universal encode -> sample -> decode -> losses step, and input checking."""
+
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    output_class = AutoencoderOutput
+    #: whether `forward`/`generate` need `labels` (the CVAE)
+    is_conditional = False
+
+    # --------------------------------------------------------------------------------------------------------
+    # Construction helpers for variants
+    # --------------------------------------------------------------------------------------------------------
+    def build_backbone(self, encoder_out: int, condition_dim: int = 0) -> Tuple[nn.Module, nn.Module]:
+        """Encoder and decoder for `config.backbone`.
+
+        `encoder_out` is the size of the posterior parameters: features of a vector latent, or channels of a
+        spatial one (2·latent for a Gaussian, the code dimension for VQ). `condition_dim` is the width of a
+        condition vector concatenated to both networks' inputs.
+        """
+        config = self.config
+        if config.backbone == "mlp":
+            encoder = MLPEncoder(config.data_shape, config.hidden_dims, encoder_out, config.act_fn, condition_dim)
+            decoder = MLPDecoder(config.data_shape, config.hidden_dims, config.latent_dim, config.act_fn, condition_dim)
+            return encoder, decoder
+        conv = dict(block_out_channels=config.block_out_channels, layers_per_block=config.layers_per_block,
+                    norm_num_groups=config.norm_num_groups, act_fn=config.act_fn,
+                    mid_block_add_attention=config.mid_block_add_attention, latent_channels=config.latent_channels,
+                    condition_dim=condition_dim, dropout=config.dropout)
+        encoder = ConvEncoder(config.in_channels, config.image_size, out_features=encoder_out,
+                              vector_latent=config.latent_dim is not None, **conv)
+        decoder = ConvDecoder(config.in_channels, config.image_size, latent_dim=config.latent_dim, **conv)
+        return encoder, decoder
+
+    def build_likelihood(self) -> Likelihood:
+        config = self.config
+        return build_likelihood(config.likelihood, config.in_channels, config.likelihood_scale,
+                                config.learn_likelihood_scale)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # PyTorch's defaults (Kaiming-uniform for convs and linears), as diffusers' VAEs use; norms start at identity.
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in = module.weight[0].numel()
+                bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.GroupNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+    # --------------------------------------------------------------------------------------------------------
+    # The pluggable pieces (defaults: Gaussian posterior, standard normal prior, KL regulariser)
+    # --------------------------------------------------------------------------------------------------------
+    @property
+    def latent_shape(self) -> Tuple[int, ...]:
+        """Shape of one latent z, without the batch dimension."""
+        config = self.config
+        if config.vector_latent:
+            return (config.latent_dim,)
+        side = config.image_size // config.downsampling_factor
+        return (config.latent_channels, side, side)
+
+    def embed_condition(self, labels: Optional[torch.Tensor], batch_size: int) -> Optional[torch.Tensor]:
+        """(B,) labels or (B, c) condition -> (B, condition_dim); unconditional models ignore labels."""
+        return None
+
+    def posterior(self, encoder_output: torch.Tensor):
+        return DiagonalGaussianDistribution(encoder_output)
+
+    def sample_latent(self, posterior, generator: Optional[torch.Generator] = None,
+                      sample_posterior: bool = True) -> torch.Tensor:
+        return posterior.sample(generator) if sample_posterior else posterior.mode()
+
+    def regularisation_loss(self, posterior, latents: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Per-example regulariser (B,) and extra output fields (already batch-averaged)."""
+        kl = posterior.kl()
+        return kl, {"kl": kl.mean()}
+
+    def sample_prior(self, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return randn_tensor((num_samples, *self.latent_shape), generator=generator, device=self.device, dtype=self.dtype)
+
+    def prior_log_prob(self, latents: torch.Tensor) -> torch.Tensor:
+        return standard_normal_log_prob(latents, event_dims=len(self.latent_shape))
+
+    def set_training_step(self, step: int) -> None:
+        """Called by the trainer once per optimisation step; variants with schedules (β-VAE capacity) override it."""
+
+    # --------------------------------------------------------------------------------------------------------
+    # Input checking
+    # --------------------------------------------------------------------------------------------------------
+    def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        config = self.config
+        if not isinstance(pixel_values, torch.Tensor):
+            raise ValueError(f"Expected `pixel_values` to be a torch.Tensor, got {type(pixel_values).__name__}.")
+        if not pixel_values.is_floating_point():
+            raise ValueError(f"Expected floating-point `pixel_values`, got dtype {pixel_values.dtype} "
+                             f"(convert integer images with x.float() / 255).")
+        expected = config.data_shape
+        what = "(B, C, H, W)" if len(expected) == 3 else "(B, D)"
+        if pixel_values.dim() != len(expected) + 1:
+            raise ValueError(f"Expected `pixel_values` of shape {what} = (B, {', '.join(map(str, expected))}), "
+                             f"got shape {tuple(pixel_values.shape)}.")
+        if pixel_values.shape[1] != expected[0]:
+            raise ValueError(f"Expected {expected[0]} channels at dim 1 of `pixel_values`, got shape {tuple(pixel_values.shape)}.")
+        if len(expected) == 3:
+            height, width = pixel_values.shape[-2:]
+            if config.vector_latent:
+                if (height, width) != expected[1:]:
+                    raise ValueError(f"Expected images of size {expected[1]}x{expected[2]} (image_size, fixed by the "
+                                     f"{'MLP' if config.backbone == 'mlp' else 'dense bottleneck'}), got {height}x{width}.")
+            else:
+                factor = config.downsampling_factor
+                if height % factor or width % factor:
+                    raise ValueError(f"Expected image height and width divisible by the down-sampling factor {factor}, "
+                                     f"got {height}x{width}.")
+        if not torch.isfinite(pixel_values).all():
+            raise ValueError("Expected finite `pixel_values`, got NaN or infinite values.")
+        data_range = self.likelihood.data_range
+        if data_range is not None:
+            low, high = pixel_values.min().item(), pixel_values.max().item()
+            if low < data_range[0] or high > data_range[1]:
+                raise ValueError(f"Expected `pixel_values` in [{data_range[0]}, {data_range[1]}] for the "
+                                 f"{config.likelihood} likelihood, got values in [{low:.4g}, {high:.4g}].")
+
+    def check_latents(self, latents: torch.Tensor) -> None:
+        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+            raise ValueError(f"Expected floating-point latents, got {getattr(latents, 'dtype', type(latents))}.")
+        expected = self.latent_shape
+        if latents.dim() != len(expected) + 1 or latents.shape[1] != expected[0] or (
+            self.config.vector_latent and tuple(latents.shape[1:]) != expected
+        ):
+            raise ValueError(f"Expected latents of shape (B, {', '.join(map(str, expected))}), got {tuple(latents.shape)}.")
+
+    # --------------------------------------------------------------------------------------------------------
+    # The universal step
+    # --------------------------------------------------------------------------------------------------------
+    def _encode(self, pixel_values: torch.Tensor, condition: Optional[torch.Tensor]):
+        return self.posterior(self.encoder(pixel_values, condition))
+
+    def _decode(self, latents: torch.Tensor, condition: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.decoder(latents, condition)
+
+    @apply_forward_hook
+    def encode(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, return_dict: bool = True):
+        """(B, *data_shape) -> EncoderOutput(latent_dist=q(z|x))."""
+        self.check_pixel_values(pixel_values)
+        posterior = self._encode(pixel_values, self.embed_condition(labels, pixel_values.shape[0]))
+        return self._encoder_output(posterior, return_dict)
+
+    def _encoder_output(self, posterior, return_dict: bool):
+        return EncoderOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    @apply_forward_hook
+    def decode(self, latents: torch.Tensor, labels: Optional[torch.Tensor] = None, return_dict: bool = True):
+        """(B, *latent_shape) -> DecoderOutput(sample=E[x|z] (B, *data_shape), parameters=raw decoder output)."""
+        self.check_latents(latents)
+        return self._decoder_output(latents, self.embed_condition(labels, latents.shape[0]), return_dict)
+
+    def _decoder_output(self, latents: torch.Tensor, condition: Optional[torch.Tensor], return_dict: bool):
+        params = self._decode(latents, condition)
+        sample = self.likelihood.mean(params)
+        return DecoderOutput(sample=sample, parameters=params) if return_dict else (sample,)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+        sample_posterior: bool = True,
+        generator: Optional[torch.Generator] = None,
+    ):
+        """One pass of the objective.
+
+        Args:
+            pixel_values: (B, C, H, W) images (or (B, D) flat data) in the likelihood's range.
+            labels: (B,) class indices or (B, condition_dim) conditions; required by conditional models only.
+            sample_posterior: decode a posterior sample (the ELBO's Monte Carlo estimate) or its mode.
+            generator: seeds the posterior sample.
+        """
+        self.check_pixel_values(pixel_values)
+        condition = self.embed_condition(labels, pixel_values.shape[0])
+        posterior = self._encode(pixel_values, condition)
+        latents = self.sample_latent(posterior, generator, sample_posterior)
+        params = self._decode(latents, condition)
+        reconstruction_loss = self.likelihood.nll(pixel_values, params)
+        regularisation_loss, extras = self.regularisation_loss(posterior, latents)
+        loss = (reconstruction_loss + regularisation_loss).mean()
+        output = self.output_class(
+            loss=loss,
+            reconstruction_loss=reconstruction_loss.mean(),
+            regularisation_loss=regularisation_loss.mean(),
+            reconstruction=self.likelihood.mean(params),
+            latents=latents,
+            latent_dist=posterior,
+            **extras,
+        )
+        return output if return_dict else output.to_tuple()
+
+    # --------------------------------------------------------------------------------------------------------
+    # Sampling and evaluation
+    # --------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Draw z ~ p(z) and return the decoder mean, (num_samples, *data_shape)."""
+        if not isinstance(num_samples, int) or num_samples <= 0:
+            raise ValueError(f"Expected a positive int `num_samples`, got {num_samples!r}.")
+        latents = self.sample_prior(num_samples, generator)
+        params = self._decode(latents, self.embed_condition(labels, num_samples))
+        return self.likelihood.mean(params)
+
+    @torch.no_grad()
+    def reconstruct(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Deterministic reconstruction: decode the posterior mode (the nearest codes for VQ)."""
+        self.check_pixel_values(pixel_values)
+        condition = self.embed_condition(labels, pixel_values.shape[0])
+        posterior = self._encode(pixel_values, condition)
+        return self.likelihood.mean(self._decode(posterior.mode(), condition))
+
+    @torch.no_grad()
+    def log_likelihood(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, num_samples: int = 1000,
+                       chunk_size: int = 100, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Importance-sampled estimate of log p(x) in nats, shape (B,) (Burda et al. 2016, eq. 8):
+
+            log p(x) ≈ log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x),   z_k ~ q(z|x).
+
+        A lower bound in expectation that equals the ELBO at K = 1 and tightens as K grows. `chunk_size`
+        importance samples are decoded at a time.
+        """
+        if not self.likelihood.normalised:
+            raise NotImplementedError(f"{type(self).__name__} uses an un-normalised pixel loss, so log p(x) is undefined.")
+        self.check_pixel_values(pixel_values)
+        condition = self.embed_condition(labels, pixel_values.shape[0])
+        posterior = self._encode(pixel_values, condition)
+        if not hasattr(posterior, "log_prob"):
+            raise NotImplementedError(f"{type(self).__name__}'s posterior has no density; log p(x) needs one.")
+        batch = pixel_values.shape[0]
+        log_weights = []
+        for start in range(0, num_samples, chunk_size):
+            k = min(chunk_size, num_samples - start)
+            eps = randn_tensor((k, *posterior.mean.shape), generator=generator, device=posterior.mean.device,
+                               dtype=posterior.mean.dtype)
+            latents = posterior.mean + posterior.std * eps  # (k, B, *latent_shape)
+            flat = latents.reshape(k * batch, *latents.shape[2:])
+            cond = None if condition is None else condition.repeat(k, 1)
+            params = self._decode(flat, cond).view(k, batch, *pixel_values.shape[1:])
+            log_px_given_z = -self.likelihood.nll(pixel_values, params)
+            log_weights.append(log_px_given_z + self.prior_log_prob(latents) - posterior.log_prob(latents))
+        log_weights = torch.cat(log_weights, dim=0)
+        return torch.logsumexp(log_weights, dim=0) - math.log(num_samples)

@@ -1,0 +1,19 @@
+import pytest
+
+
+@pytest.fixture
+def hub_server(tmp_path):
+    """A running fake Hugging Face Hub (tests/support/hub_server.py) that this process's client talks to.
+
+    Yields a ``FakeHub``: ``.endpoint``, ``.env()`` (env vars for subprocesses), ``.requests`` (what it received).
+    Tokens: ``token-alice`` -> user ``alice``, ``token-bob`` -> user ``bob``. HF_HOME is ``tmp_path / "hf_home"``;
+    any non-loopback request from the client raises.
+    """
+    try:
+        from tests.support.hub_server import fake_hub
+    except ImportError:  # `tests` not importable as a package: pytest put tests/ itself on sys.path
+        from support.hub_server import fake_hub
+
+    with fake_hub(hf_home=tmp_path / "hf_home") as hub:
+        yield hub
+    assert not hub.errors, f"fake hub crashed while serving: {hub.errors}"
