@@ -190,6 +190,14 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     def prior_log_prob(self, latents: torch.Tensor) -> torch.Tensor:
         return standard_normal_log_prob(latents, event_dims=len(self.latent_shape))
 
+    def get_last_layer(self) -> torch.Tensor:
+        """Weight of the decoder's output layer: where latent diffusion's adaptive GAN weight measures gradients."""
+        last = None
+        for module in self.decoder.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                last = module
+        return last.weight
+
     def set_training_step(self, step: int) -> None:
         """Called by the trainer once per optimisation step; variants with schedules (β-VAE capacity) override it."""
 
