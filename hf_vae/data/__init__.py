@@ -18,8 +18,10 @@ Sources (see :func:`describe_dataset` for their defaults):
 Determinism and resuming
 ------------------------
 A stream is a pure function of ``(name, split, seed, data_seed, epoch, process_index,
-num_processes)`` and, under a ``torch.utils.data.DataLoader``, ``num_workers``.  To resume
-at global step ``s`` with ``k = steps_per_epoch`` batches per epoch, rebuild with
+num_processes)`` and, under a ``torch.utils.data.DataLoader``, ``num_workers``.  For epoch
+``e`` call ``build_dataset(..., epoch=e)`` (a new stream per epoch; the epoch is folded into
+the shuffle seed, the binarisation noise and random crops -- ``ds.set_epoch`` is not needed).
+To resume at global step ``s`` with ``k = steps_per_epoch`` batches per epoch, rebuild with
 ``epoch = s // k`` and skip the first ``s % k`` batches of that epoch's loader (e.g.
 ``accelerate.skip_first_batches``).  Do not call ``ds.skip``: in ``datasets`` it freezes the
 shard order, which changes the epoch's stream.
@@ -79,6 +81,7 @@ __all__ = [
 _FASHION_ALIASES = {"fashion_mnist", "fashion-mnist", "fashionmnist", "zalando-datasets/fashion_mnist"}
 _SOURCE_COLUMNS = ["image", "label", "factors", "id", "photo"]  # dropped by the model-input map
 _SALT_BINARIZE = 0xB1AA_5E55
+_SALT_SHUFFLE = 0x5A1F_F1E5
 
 
 def _canonical(name: str) -> str:
@@ -129,11 +132,18 @@ def source_dataset(
                              in_channels=in_channels or 3, seed=seed, epoch=epoch, **kwargs)
     if require_labels and not labelled:
         raise ValueError(f"labels are required but dataset {name!r} has none (its rows have image and id only)")
-    if label_column not in (None, "label"):
+    if label_column not in (None, "label", "labels"):
         raise ValueError(f"dataset {name!r} has a fixed schema; label_column={label_column!r} not found, expected 'label'")
     if image_column not in (None, "image"):
         raise ValueError(f"dataset {name!r} has a fixed schema; image_column={image_column!r} not found, expected 'image'")
     return ds
+
+
+def shuffle_seed(seed: int, epoch: int) -> int:
+    """Seed of the shuffle buffer (and shard order) for ``epoch``: a hash of ``(seed, epoch)``."""
+    from ._hashing import hash_ids, seed_key
+
+    return int(hash_ids(seed_key(seed, _SALT_SHUFFLE), np.asarray([int(epoch)]))[0]) & ((1 << 63) - 1)
 
 
 class _ToModelInputs:
@@ -230,9 +240,12 @@ def build_dataset(
         seed: shuffle buffer, binarisation noise and random crops.
         shuffle, shuffle_buffer: buffer shuffling of the train split (the shard order is
             shuffled too).
-        epoch: passed to ``ds.set_epoch`` (train with shuffle) and to binarisation / crops.
-            Build a new stream each epoch: calling ``set_epoch`` on the result later changes
-            the order but not the binarisation noise.
+        epoch: train split only: reshuffles (the shuffle seed is a hash of ``(seed, epoch)``),
+            and re-draws binarisation noise and random crops.  Build a new stream for each
+            epoch.  ``ds.set_epoch`` is deliberately not used (it does not survive ``.map``,
+            and accelerate resets it to its loader's iteration count); a later
+            ``set_epoch(0)``, as a fresh accelerate loader does, is a no-op, while
+            ``set_epoch(n > 0)`` would only permute the order further.
         process_index, num_processes: distributed rank / world size; each process sees a
             disjoint part of the stream (``datasets.distributed.split_dataset_by_node``).
         image_column, label_column, require_labels: for generic datasets (``ValueError`` when a
@@ -262,11 +275,11 @@ def build_dataset(
                         data_seed=data_seed, epoch=epoch if is_train else 0, image_column=image_column,
                         label_column=label_column, require_labels=require_labels, **kwargs)
     if is_train and shuffle:
-        ds = ds.shuffle(seed=seed, buffer_size=int(shuffle_buffer))
-        # In datasets >= 2.x, the epoch reshuffles shard order and the buffer's RNG
-        # (seed + epoch).  Only for shuffled streams: on an unshuffled stream it would
-        # still permute the shards.
-        ds.set_epoch(int(epoch))
+        # The epoch is folded into the shuffle seed instead of relying on `ds.set_epoch`:
+        # datasets does not carry the epoch through `.map()`, and accelerate's DataLoader
+        # calls `dataset.set_epoch(its own iteration count)` -- 0 for a fresh loader -- which
+        # would silently undo it.  The shuffle also permutes the shard order.
+        ds = ds.shuffle(seed=shuffle_seed(seed, epoch), buffer_size=int(shuffle_buffer))
     if num_processes > 1:
         # Same seed on every process -> same shuffled shard list; each rank then keeps its
         # own shards (when num_shards % world_size == 0) or every world_size-th example.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import zlib
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -83,7 +83,9 @@ def _pil_to_float(image, in_channels: int, where: str) -> np.ndarray:
     mode = image.mode
     if mode in _PIL_WIDE_MODES:
         arr = np.asarray(image, dtype=np.float32)
-        if mode != "F":  # integer greyscale: scale by the type's range
+        # Integer greyscale: "I;16*" is 16-bit; "I" is in practice a 16-bit PNG as opened by
+        # older Pillow, unless its values fit in 8 bits.  "F" is taken to be in [0, 1].
+        if mode != "F":
             arr = arr / (65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0)
         arr = np.clip(arr, 0.0, 1.0)[None]
         return np.repeat(arr, 3, axis=0) if in_channels == 3 else arr
@@ -488,6 +490,8 @@ def photo_crops_dataset(
             f"{resolution}; photos found (H, W): {sizes}"
         )
     n = PHOTO_NUM_EXAMPLES[split] if num_examples is None else int(num_examples)
+    if n < 1:
+        raise ValueError(f"num_examples must be >= 1, got {n}")
     ids = np.arange(n, dtype=np.int64)
     chunks = [c for c in np.array_split(ids, max(1, min(int(num_shards), n))) if c.size]
     return IterableDataset.from_generator(

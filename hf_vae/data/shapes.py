@@ -239,8 +239,8 @@ def shapes_split_ids(seed: int, split: str, num_examples: int) -> np.ndarray:
     factor tuple falls in that split.  A smaller ``num_examples`` gives a prefix."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if num_examples < 0:
-        raise ValueError(f"num_examples must be >= 0, got {num_examples}")
+    if num_examples < 1:
+        raise ValueError(f"num_examples must be >= 1, got {num_examples}")
     return _split_ids_cached(int(seed), split, int(num_examples))
 
 
