@@ -52,7 +52,7 @@ def lpips_random() -> LPIPS:
     return LPIPS()
 
 
-def _images(b=2, size=32, seed=0):
+def _images(b=2, size=24, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(b, 3, size, size, generator=g) * 2 - 1
     y = (x + 0.3 * torch.randn(b, 3, size, size, generator=g)).clamp(-1, 1)
@@ -60,7 +60,8 @@ def _images(b=2, size=32, seed=0):
 
 
 def _load_converter():
-    spec = importlib.util.spec_from_file_location("convert_lpips_weights", REPO / "scripts" / "convert_lpips_weights.py")
+    path = REPO / "scripts" / "convert_lpips_weights.py"
+    spec = importlib.util.spec_from_file_location("convert_lpips_weights", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -69,16 +70,17 @@ def _load_converter():
 # --------------------------------------------------------------------------- VGG16 / LPIPS
 
 
-def test_vgg16_features_keys_and_shapes():
-    net = VGG16Features()
+def test_vgg16_features_keys_and_shapes(lpips_random):
+    net = lpips_random.net
+    assert isinstance(net, VGG16Features)
     expected = {f"features.{i}.{p}" for i in TV_CONVS for p in ("weight", "bias")}
     assert set(net.state_dict()) == expected
     for i, (cin, cout) in TV_CONVS.items():
         assert tuple(net.state_dict()[f"features.{i}.weight"].shape) == (cout, cin, 3, 3)
     assert len(net.features) == 31  # same Sequential length as torchvision
-    outs = net(torch.randn(2, 3, 36, 36))
+    outs = net(torch.randn(1, 3, 36, 36))
     assert [tuple(o.shape) for o in outs] == [
-        (2, 64, 36, 36), (2, 128, 18, 18), (2, 256, 9, 9), (2, 512, 4, 4), (2, 512, 2, 2)
+        (1, 64, 36, 36), (1, 128, 18, 18), (1, 256, 9, 9), (1, 512, 4, 4), (1, 512, 2, 2)
     ]
     assert all((o >= 0).all() for o in outs)  # post-ReLU
     for idx in (3, 8, 15, 22, 29):  # tapped ReLUs are not in-place
@@ -149,7 +151,7 @@ def _reference_lpips(sd, in0, in1):
 
 
 def test_lpips_matches_reference_recomputation(lpips_random):
-    x, y = _images(b=3, size=40, seed=1)
+    x, y = _images(b=2, size=40, seed=1)
     ours = lpips_random(x, y)
     ref = _reference_lpips(lpips_random.state_dict(), x, y)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6)
@@ -218,13 +220,23 @@ def test_convert_script(tmp_path, lpips_random):
     with zipfile.ZipFile(wheel_dir / "lpips-0.1.4-py3-none-any.whl", "w") as zf:
         zf.write(buf, "lpips/weights/v0.1/vgg.pth")
 
-    x, y = _images()
-    expected = lpips_random(x, y)
-    for heads_arg in (str(buf), str(wheel_dir / "lpips-0.1.4-py3-none-any.whl"), str(wheel_dir)):
-        out = tmp_path / f"out_{abs(hash(heads_arg))}"
-        assert conv.main(["--vgg", str(tmp_path / "vgg16-test.pth"), "--heads", heads_arg, "--output", str(out)]) == 0
-        loaded = LPIPS.from_pretrained(out)
-        assert torch.equal(loaded(x, y), expected)
+    expected = lpips_random.state_dict()
+
+    def assert_same(folder):
+        loaded = LPIPS.from_pretrained(folder)
+        assert loaded.is_pretrained
+        for k, v in loaded.state_dict().items():
+            assert torch.equal(v, expected[k]), k
+
+    # The heads are found from the .pth, the wheel, or the folder holding the wheel.
+    wheel = wheel_dir / "lpips-0.1.4-py3-none-any.whl"
+    assert conv.find_heads(str(buf)) == str(buf)
+    for spec in (str(wheel), str(wheel_dir)):
+        desc, raw = conv.find_heads(spec)
+        assert desc.endswith("lpips/weights/v0.1/vgg.pth") and raw == buf.read_bytes()
+    assert conv.main(["--vgg", str(tmp_path / "vgg16-test.pth"), "--heads", str(wheel_dir),
+                      "--output", str(tmp_path / "out")]) == 0
+    assert_same(tmp_path / "out")
 
     # A full lpips-package state dict (net.sliceN.idx.*, lin*, scaling_layer.*) also converts.
     full = {}
@@ -237,7 +249,7 @@ def test_convert_script(tmp_path, lpips_random):
     full["scaling_layer.shift"] = torch.zeros(1, 3, 1, 1)
     torch.save(full, tmp_path / "lpips_full.pth")
     conv.convert(str(tmp_path / "lpips_full.pth"), None, str(tmp_path / "out_full"))
-    assert torch.equal(LPIPS.from_pretrained(tmp_path / "out_full")(x, y), expected)
+    assert_same(tmp_path / "out_full")
 
     # torchvision's file-name hash prefix is verified.
     torch.save(tv_sd, tmp_path / "vgg16-deadbeef.pth")
@@ -417,8 +429,9 @@ def test_ldm_loss_with_perceptual_and_logvar():
     torch.manual_seed(0)
     lp = LPIPS()
     loss_fn = LatentDiffusionLoss(disc_start=10**9, perceptual=lp, perceptual_weight=0.7, logvar_init=0.3,
-                                  pixel_loss="l2", allow_random_weights=True, disc_ndf=8)
-    x, y = _images(size=32)
+                                  pixel_loss="l2", allow_random_weights=True, disc_ndf=8,
+                                  disc_num_layers=2)
+    x, y = _images(size=16)
     y.requires_grad_(True)
     kl = torch.tensor([2.0, 4.0])
     loss, log = loss_fn(x, y, kl, 0, 0)

@@ -161,6 +161,12 @@ class ScalingLayer(nn.Module):
         self.register_buffer("shift", torch.tensor(_LPIPS_SHIFT)[None, :, None, None], persistent=False)
         self.register_buffer("scale", torch.tensor(_LPIPS_SCALE)[None, :, None, None], persistent=False)
 
+    @torch.no_grad()
+    def reset_constants(self) -> None:
+        """(Re)write the constants, e.g. after ``to_empty()``."""
+        self.shift.copy_(torch.tensor(_LPIPS_SHIFT).view(1, 3, 1, 1))
+        self.scale.copy_(torch.tensor(_LPIPS_SCALE).view(1, 3, 1, 1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.shift) / self.scale
 
@@ -340,10 +346,17 @@ class LPIPS(nn.Module):
             ValueError: not a safetensors file, missing/unexpected keys, wrong shapes.
         """
         vgg_path, heads_path = _resolve_paths(vgg_path, heads_path)
-        model = cls()
-        model.load_backbone_state_dict(_load_safetensors(vgg_path, map_location))
-        model.load_heads_state_dict(_load_safetensors(heads_path, map_location))
-        return model.to(map_location)
+        vgg_sd = _load_safetensors(vgg_path, map_location)
+        heads_sd = _load_safetensors(heads_path, map_location)
+        # Build without spending time on a random initialisation that is overwritten
+        # anyway: every parameter is loaded below (strictly), constants are re-made.
+        with torch.device("meta"):
+            model = cls()
+        model = model.to_empty(device=map_location)
+        model.scaling_layer.reset_constants()
+        model.load_backbone_state_dict(vgg_sd)
+        model.load_heads_state_dict(heads_sd)
+        return model
 
 
 def build_perceptual_loss(
