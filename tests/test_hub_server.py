@@ -1,5 +1,6 @@
 """The fake Hub (tests/support/hub_server.py) against the real huggingface_hub / transformers / diffusers clients."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -46,7 +47,7 @@ def test_endpoint_is_patched_and_loopback_only(hub_server):
         HfApi(endpoint="https://huggingface.co").model_info("openai-community/gpt2")
 
 
-def test_create_repo_and_whoami(hub_server):
+def test_create_repo_and_whoami(hub_server, tmp_path):
     api = HfApi()
     assert api.whoami(token=ALICE)["name"] == "alice"
     url = api.create_repo("alice/tiny", token=ALICE)
@@ -57,6 +58,11 @@ def test_create_repo_and_whoami(hub_server):
     assert api.create_repo("alice/tiny", token=ALICE, exist_ok=True).repo_id == "alice/tiny"
     assert api.create_repo("data", repo_type="dataset", token=BOB).repo_id == "bob/data"  # namespace from token
     assert api.repo_exists("bob/data", repo_type="dataset") and not api.repo_exists("bob/data")
+    api.upload_file(path_or_fileobj=b"PAR1", path_in_repo="train.parquet", repo_id="bob/data", repo_type="dataset", token=BOB)
+    info = api.dataset_info("bob/data", files_metadata=True)
+    assert [s.lfs is not None for s in info.siblings] == [False, True]  # *.parquet always goes through LFS
+    path = hf_hub_download("bob/data", "train.parquet", repo_type="dataset", cache_dir=tmp_path / "cache")
+    assert _read(path) == b"PAR1"
     info = api.model_info("alice/tiny")
     assert len(info.sha) == 40 and [s.rfilename for s in info.siblings] == [".gitattributes"]
     assert ("POST", "/api/repos/create") in hub_server.requests
@@ -73,7 +79,7 @@ def test_upload_folder_then_download_into_empty_cache(hub_server, folder, tmp_pa
     assert methods == ["POST", "PUT"]
     siblings = {s.rfilename: s for s in api.model_info("alice/files", files_metadata=True).siblings}
     assert siblings["weights/blob.bin"].lfs is not None and siblings["notes.txt"].lfs is None
-    assert siblings["weights/blob.bin"].lfs.sha256 == __import__("hashlib").sha256(_read(folder / "weights/blob.bin")).hexdigest()
+    assert siblings["weights/blob.bin"].lfs.sha256 == hashlib.sha256(_read(folder / "weights/blob.bin")).hexdigest()
 
     snapshot = snapshot_download("alice/files", cache_dir=tmp_path / "cache1", token=False)
     for rel in ("notes.txt", "weights/blob.bin"):
@@ -202,16 +208,14 @@ def test_transformers_push_to_hub_and_from_pretrained(hub_server, tmp_path):
     assert ("GET", f"/alice/tiny-bert/resolve/{sha}/model.safetensors") in hub_server.requests
 
 
-def test_diffusers_from_pretrained(hub_server, tmp_path):
+@pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks` argument is deprecated")  # diffusers
+def test_diffusers_push_to_hub_and_from_pretrained(hub_server, tmp_path):
     torch = pytest.importorskip("torch")
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=2, sample_size=8)
-    vae.save_pretrained(tmp_path / "vae")
-    api = HfApi(token=ALICE)
-    api.create_repo("alice/tiny-vae")
-    api.upload_folder(folder_path=tmp_path / "vae", path_in_repo="vae", repo_id="alice/tiny-vae")
+    vae.push_to_hub("alice/tiny-vae", token=ALICE)
 
-    loaded = diffusers.AutoencoderKL.from_pretrained("alice/tiny-vae", subfolder="vae", cache_dir=tmp_path / "cache")
+    loaded = diffusers.AutoencoderKL.from_pretrained("alice/tiny-vae", cache_dir=tmp_path / "empty_cache")
     for name, tensor in vae.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name

@@ -152,7 +152,7 @@ class FakeHub:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.hub = self  # type: ignore[attr-defined]
-        threading.Thread(target=self._httpd.serve_forever, name="fake-hf-hub", daemon=True).start()
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="fake-hf-hub", daemon=True).start()
         return self
 
     def stop(self) -> None:
