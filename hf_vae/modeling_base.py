@@ -312,6 +312,24 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    def push_to_hub(self, repo_id: str, *, commit_message: Optional[str] = None, private: Optional[bool] = None,
+                    token=None, revision: Optional[str] = None, **kwargs):
+        """Push to the Hub in one commit: weights, config, model code, and, where hf_vae is installed, a model card
+        with a preview image (and a diffusers copy under vae/ for the KLAE).
+
+        Where hf_vae is not installed (a model loaded with trust_remote_code) this is transformers' push_to_hub.
+        Options that only transformers' push knows (create_pr, max_shard_size, tags, ...) also go there.
+        """
+        try:
+            from hf_vae.integrations.hub import push_model
+        except ImportError:
+            push_model = None
+        if push_model is None or kwargs:
+            return super().push_to_hub(repo_id, commit_message=commit_message, private=private, token=token,
+                                       revision=revision, **kwargs)
+        return push_model(self, repo_id, token=token, private=bool(private), revision=revision,
+                          commit_message=commit_message)
+
     # --------------------------------------------------------------------------------------------------------
     # Sampling and evaluation
     # --------------------------------------------------------------------------------------------------------

@@ -1,3 +1,12 @@
+"""Test-wide settings: the public Hugging Face Hub is never contacted (tests build models from configs, and the
+Hub tests talk to a loopback fake that switches offline mode off only inside its fixture)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
 import pytest
 
 
