@@ -1,0 +1,28 @@
+"""Evaluation of hf_vae models: the metric functions and the split-level `evaluate` built on them."""
+
+from .evaluate import (
+    METRIC_NAMES,
+    data_settings,
+    evaluate,
+    evaluate_output_dir,
+    format_metrics_table,
+    metrics_record,
+    metrics_that_apply,
+    write_json_atomic,
+)
+from .metrics import codebook_stats, mutual_information_gap, psnr, ssim
+
+__all__ = [
+    "METRIC_NAMES",
+    "codebook_stats",
+    "data_settings",
+    "evaluate",
+    "evaluate_output_dir",
+    "format_metrics_table",
+    "metrics_record",
+    "metrics_that_apply",
+    "mutual_information_gap",
+    "psnr",
+    "ssim",
+    "write_json_atomic",
+]

@@ -1,0 +1,422 @@
+"""Evaluate a trained autoencoder on one split of a dataset.
+
+    evaluate(model, "shapes", split="test")  ->  {"neg_elbo": ..., "nll": ..., "bits_per_dim": ..., "mse": ...,
+                                                  "psnr": ..., "ssim": ..., "mig": ...}
+
+The same function runs inside the trainer (periodic and final evaluations) and behind `scripts/evaluate.py`, so
+a number in `metrics.json` is reproduced by the script. Only the metrics that apply to a model are reported:
+
+    neg_elbo       −ELBO in nats per example, one posterior sample per example    Gaussian posterior, normalised p(x|z)
+    nll            −log p(x) by importance sampling, K samples (Burda et al. 2016) idem
+    bits_per_dim   nll / (D · ln 2), D = number of data dimensions               idem
+    mse            mean squared error of the deterministic reconstruction        all
+    psnr, ssim     per image, averaged over the split (PSNR capped at 100 dB)    images
+    mig            Mutual Information Gap of the posterior means (Chen 2018)     vector Gaussian latents, data with factors
+    codebook_usage fraction of the codes used over the whole split               VQ-VAE
+    perplexity     exp(entropy) of the code distribution over the split          VQ-VAE
+
+Reconstructions are clipped to the data range before the image metrics (as the published SD VAE numbers are).
+For data in [-1, 1] with a Gaussian or Laplace likelihood, `nll` is a density, not the probability of 8-bit
+pixels, so it is not comparable with discrete bits/dim in the literature.
+
+Randomness (posterior samples, importance samples) comes from a `torch.Generator` seeded with `seed`; the global
+RNG is left untouched, which is what lets a resumed training run reproduce an uninterrupted one bit for bit.
+
+With an `accelerate.Accelerator` of several processes, each process evaluates its shard of the split and the
+sums are reduced, so every process returns the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+
+from .metrics import codebook_stats, mutual_information_gap, psnr, ssim
+
+#: every metric name this module can report, in table order (the contract of metrics.json)
+METRIC_NAMES = ("neg_elbo", "nll", "bits_per_dim", "mse", "psnr", "ssim", "mig", "codebook_usage", "perplexity")
+#: PSNR of an exact reconstruction is infinite; cap it so that averages stay finite
+PSNR_CAP_DB = 100.0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# What data a model expects
+# ------------------------------------------------------------------------------------------------------------
+
+
+def data_settings(config, binarize: Optional[bool] = None) -> Dict[str, Any]:
+    """How to build a stream for a model with this config: image size, channels, value range, binarisation.
+
+    Bernoulli decoders see data in [0, 1], dynamically binarised by default (the Bernoulli likelihood is a
+    normalised density only on binary data); Gaussian, Laplace and the KL autoencoder see [-1, 1].
+    """
+    likelihood = getattr(config, "likelihood", "pixel")
+    bernoulli = likelihood == "bernoulli"
+    image_size = getattr(config, "image_size", None)
+    if image_size is None:
+        raise ValueError("Expected an image model (an int `image_size`), got image_size=None (flat data): the "
+                         "hf_vae.data streams yield (C, H, W) images.")
+    return {
+        "image_size": int(image_size),
+        "in_channels": int(config.in_channels),
+        "value_range": (0.0, 1.0) if bernoulli else (-1.0, 1.0),
+        "binarize": bernoulli if binarize is None else bool(binarize),
+    }
+
+
+def metrics_that_apply(model, has_factors: bool = True) -> list:
+    """The names of the metrics `evaluate` reports for `model` (MIG only if the data has factors)."""
+    names = []
+    if _has_density(model):
+        names += ["neg_elbo", "nll", "bits_per_dim"]
+    names += ["mse", "psnr"]
+    if len(model.config.data_shape) == 3:
+        names.append("ssim")
+    if has_factors and _has_vector_gaussian_latent(model):
+        names.append("mig")
+    if _is_vq(model):
+        names += ["codebook_usage", "perplexity"]
+    return names
+
+
+def _is_vq(model) -> bool:
+    return hasattr(model, "encode_to_indices") and hasattr(model.config, "num_embeddings")
+
+
+def _has_density(model) -> bool:
+    # An importance-sampled log p(x) needs a normalised likelihood and a posterior with a density.
+    return bool(getattr(model.likelihood, "normalised", False)) and not _is_vq(model)
+
+
+def _has_vector_gaussian_latent(model) -> bool:
+    return bool(getattr(model.config, "vector_latent", False)) and not _is_vq(model) and len(model.latent_shape) == 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The evaluation
+# ------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    dataset,
+    split: str = "test",
+    *,
+    batch_size: int = 128,
+    num_importance_samples: int = 1000,
+    importance_chunk_size: Optional[int] = None,
+    max_examples: Optional[int] = None,
+    seed: int = 0,
+    data_seed: int = 0,
+    binarize: Optional[bool] = None,
+    dataset_kwargs: Optional[dict] = None,
+    accelerator=None,
+    num_workers: int = 0,
+    metrics: Optional[Sequence[str]] = None,
+    mig_num_bins: int = 20,
+    progress: bool = False,
+) -> Dict[str, float]:
+    """Evaluate `model` on `split` of `dataset` and return `{metric name: float}`.
+
+    Args:
+        model: an hf_vae model (not wrapped in DDP); it is put in eval mode and restored afterwards.
+        dataset: a dataset name or path for `hf_vae.data.build_dataset` ("shapes", "fashion_mnist", "photos", a
+            `datasets` id or local folder), or an already built iterable of rows (then `split`, `data_seed`,
+            `binarize` and sharding are the caller's business).
+        split: which split to evaluate (default "test").
+        batch_size: examples per forward pass.
+        num_importance_samples: K of the importance-sampled NLL (0 skips nll and bits_per_dim).
+        importance_chunk_size: importance samples decoded at once (default: about 4096 decodes per chunk).
+        max_examples: evaluate only the first examples of the split (per process: max_examples / processes).
+        seed: seeds the posterior and importance samples (and the binarisation noise of the stream).
+        data_seed: content of procedural sources (the shapes held-out split); must match the training run's.
+        binarize: dynamic binarisation of the stream (default: on for Bernoulli decoders).
+        dataset_kwargs: extra arguments for `build_dataset` (image_column, label_column, data_dir, ...).
+        accelerator: an `accelerate.Accelerator`; with several processes each one evaluates its shard and the
+            results are reduced.
+        metrics: restrict to these names (default: all that apply).
+        mig_num_bins: histogram bins per latent for MIG.
+        progress: show a tqdm bar (main process only).
+
+    Raises:
+        ValueError: the stream has no labels for a conditional model, an unknown metric was asked for, or the
+            split is empty.
+    """
+    from ..data import build_dataset, collate_batch
+
+    if batch_size <= 0:
+        raise ValueError(f"Expected a positive `batch_size`, got {batch_size}.")
+    if num_importance_samples < 0:
+        raise ValueError(f"Expected `num_importance_samples` >= 0, got {num_importance_samples}.")
+    unknown = sorted(set(metrics or ()) - set(METRIC_NAMES))
+    if unknown:
+        raise ValueError(f"Unknown metrics {unknown}: expected names from {list(METRIC_NAMES)}.")
+    num_processes = accelerator.num_processes if accelerator is not None else 1
+    process_index = accelerator.process_index if accelerator is not None else 0
+    settings = data_settings(model.config, binarize)
+    if isinstance(dataset, (str, os.PathLike)):
+        name = os.fspath(dataset)
+        stream = build_dataset(name, split, image_size=settings["image_size"], in_channels=settings["in_channels"],
+                               value_range=settings["value_range"], binarize=settings["binarize"], seed=seed,
+                               data_seed=data_seed, shuffle=False, process_index=process_index,
+                               num_processes=num_processes, require_labels=model.is_conditional,
+                               **(dataset_kwargs or {}))
+    else:
+        name, stream = getattr(dataset, "name", None) or type(dataset).__name__, dataset
+    # With several processes each one evaluates (about) its share of max_examples.
+    remaining = math.inf if max_examples is None else max(1, math.ceil(max_examples / num_processes))
+
+    loader = torch.utils.data.DataLoader(stream, batch_size=batch_size, collate_fn=collate_batch,
+                                         num_workers=num_workers,
+                                         # an explicit generator: creating the loader must not draw from the
+                                         # global RNG (see the module docstring)
+                                         generator=torch.Generator().manual_seed(seed))
+    device = next(model.parameters()).device
+    # Separate streams for the ELBO's posterior samples and the importance samples, so that each estimate does not
+    # depend on which other metrics were asked for.
+    elbo_generator = torch.Generator(device=device).manual_seed(seed + 7919 * process_index)
+    iwae_generator = torch.Generator(device=device).manual_seed(seed + 7919 * process_index + 1)
+    lo, hi = settings["value_range"]
+    wanted = set(metrics) if metrics else set(METRIC_NAMES)
+    want_density = _has_density(model) and bool(wanted & {"neg_elbo", "nll", "bits_per_dim"})
+    want_iwae = want_density and num_importance_samples > 0 and bool(wanted & {"nll", "bits_per_dim"})
+    want_mig = "mig" in wanted and _has_vector_gaussian_latent(model)
+    want_codes = _is_vq(model) and bool(wanted & {"codebook_usage", "perplexity"})
+    is_image = len(model.config.data_shape) == 3
+    num_dims = math.prod(model.config.data_shape)
+
+    sums = {"n": 0.0, "neg_elbo": 0.0, "nll": 0.0, "mse": 0.0, "psnr": 0.0, "ssim": 0.0}
+    latents, factors, code_counts = [], [], None
+    was_training = model.training
+    model.eval()
+    bar = None
+    if progress and (accelerator is None or accelerator.is_local_main_process):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc=f"evaluate {split}", unit="ex", leave=False)
+    try:
+        for batch in loader:
+            if remaining <= 0:
+                break
+            if len(batch["pixel_values"]) > remaining:
+                batch = {k: v[: int(remaining)] for k, v in batch.items()}
+            remaining -= len(batch["pixel_values"])
+            x = batch["pixel_values"].to(device=device, dtype=model.dtype)
+            labels = None
+            if model.is_conditional:
+                if "labels" not in batch:
+                    raise ValueError(f"{type(model).__name__} needs labels, but the {split!r} split of {name!r} "
+                                     f"has none (its rows have {sorted(batch)}).")
+                labels = batch["labels"].to(device)
+            b = x.shape[0]
+            sums["n"] += b
+            if want_density:
+                out = model(x, labels=labels, generator=elbo_generator)
+                kl = out.kl if out.kl is not None else out.regularisation_loss
+                sums["neg_elbo"] += float(out.reconstruction_loss + kl) * b
+            if want_iwae:
+                k = num_importance_samples
+                chunk = importance_chunk_size or max(1, min(k, 4096 // b))
+                log_px = model.log_likelihood(x, labels, num_samples=k, chunk_size=chunk,
+                                              generator=iwae_generator)
+                sums["nll"] += float(-log_px.double().sum())
+            recon = model.reconstruct(x, labels).clamp(lo, hi).float()
+            xf = x.float()
+            sums["mse"] += float(((recon - xf) ** 2).flatten(1).mean(1).double().sum())
+            if is_image:
+                sums["psnr"] += float(torch.nan_to_num(psnr(recon, xf, hi - lo), posinf=PSNR_CAP_DB)
+                                      .clamp(max=PSNR_CAP_DB).double().sum())
+                side = min(x.shape[-2:])
+                if side >= 3:
+                    win = min(11, side if side % 2 else side - 1)
+                    sums["ssim"] += float(ssim(recon, xf, hi - lo, win_size=win).double().sum())
+            if want_mig and "factors" in batch:
+                posterior = model.encode(x, labels=labels) if model.is_conditional else model.encode(x)
+                latents.append(posterior.latent_dist.mean.float().cpu())
+                factors.append(batch["factors"].cpu())
+            if want_codes:
+                counts = torch.bincount(model.encode_to_indices(x).flatten().cpu(),
+                                        minlength=model.config.num_embeddings)
+                code_counts = counts if code_counts is None else code_counts + counts
+            if bar is not None:
+                bar.update(b)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+
+    # -- reduce over processes ---------------------------------------------------------------------------
+    keys = sorted(sums)
+    totals = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+    if code_counts is None and want_codes:
+        code_counts = torch.zeros(model.config.num_embeddings, dtype=torch.long)
+    if num_processes > 1:
+        totals = _all_reduce_sum(totals, accelerator)
+        if want_codes:
+            code_counts = _all_reduce_sum(code_counts, accelerator)
+        if want_mig:
+            latents = _all_gather_lists(latents, accelerator)
+            factors = _all_gather_lists(factors, accelerator)
+    sums = dict(zip(keys, totals.tolist()))
+    n = sums["n"]
+    if n == 0:
+        raise ValueError(f"The {split!r} split of {name!r} yielded no examples.")
+
+    result: Dict[str, float] = {}
+    if want_density:
+        result["neg_elbo"] = sums["neg_elbo"] / n
+        if want_iwae:
+            result["nll"] = sums["nll"] / n
+            result["bits_per_dim"] = result["nll"] / (num_dims * math.log(2))
+    result["mse"] = sums["mse"] / n
+    if is_image:
+        result["psnr"] = sums["psnr"] / n
+        if min(model.config.data_shape[1:]) >= 3:
+            result["ssim"] = sums["ssim"] / n
+    if want_mig and latents:
+        z, v = torch.cat(latents), torch.cat(factors)
+        if z.shape[1] >= 2:
+            result["mig"] = float(mutual_information_gap(z.numpy(), v.numpy(), num_bins=mig_num_bins)["mig"])
+    if want_codes:
+        stats = codebook_stats(torch.repeat_interleave(torch.arange(len(code_counts)), code_counts),
+                               model.config.num_embeddings)
+        result["codebook_usage"] = float(stats["usage"])
+        result["perplexity"] = float(stats["perplexity"])
+    ordered = {k: float(result[k]) for k in METRIC_NAMES if k in result and (not metrics or k in wanted)}
+    return ordered
+
+
+def _all_reduce_sum(tensor: torch.Tensor, accelerator) -> torch.Tensor:
+    # accelerator.reduce works on the process group's device (e.g. CUDA for NCCL); sums travel there and back.
+    dtype = tensor.dtype
+    reduced = accelerator.reduce(tensor.to(accelerator.device, torch.float64 if dtype.is_floating_point else dtype),
+                                 reduction="sum")
+    return reduced.cpu().to(dtype)
+
+
+def _all_gather_lists(tensors: list, accelerator) -> list:
+    # Shards may differ in size, so gather Python objects rather than padded tensors.
+    import torch.distributed as dist
+
+    gathered = [None] * accelerator.num_processes
+    dist.all_gather_object(gathered, [t.numpy() for t in tensors])
+    return [torch.from_numpy(a) for part in gathered for a in part]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Records, tables and the command line
+# ------------------------------------------------------------------------------------------------------------
+
+
+def metrics_record(model_name: str, dataset: str, split: str, step: int, metrics: Dict[str, float]) -> dict:
+    """The metrics.json structure: {"model", "dataset", "split", "step", "metrics": {name: float}}."""
+    return {"model": model_name, "dataset": str(dataset), "split": split, "step": int(step),
+            "metrics": {k: float(v) for k, v in metrics.items()}}
+
+
+def format_metrics_table(metrics: Dict[str, float], title: Optional[str] = None) -> str:
+    """A two-column text table, one metric per row."""
+    rows = [(k, f"{v:.6g}") for k, v in metrics.items()]
+    width = max([len("metric")] + [len(k) for k, _ in rows])
+    value_width = max([len("value")] + [len(v) for _, v in rows])
+    lines = [title] if title else []
+    lines += [f"{'metric':<{width}}  {'value':>{value_width}}", f"{'-' * width}  {'-' * value_width}"]
+    lines += [f"{k:<{width}}  {v:>{value_width}}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def write_json_atomic(obj: Any, path: str) -> str:
+    """Write JSON under a temporary name and rename it, so a reader never sees a partial file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate_output_dir(
+    output_dir: str,
+    dataset: Optional[str] = None,
+    split: str = "test",
+    *,
+    output_file: Optional[str] = None,
+    device: Optional[str] = None,
+    **kwargs,
+) -> dict:
+    """Load the model published in `output_dir` (as `train` leaves it), evaluate it and write a JSON record.
+
+    The dataset and its settings (data_seed, binarisation, columns) default to those of the training run, read
+    from `output_dir/training_args.json` when present. The record has the metrics.json structure and goes to
+    `output_file` (default `output_dir/eval_<split>.json`). Returns the record.
+    """
+    from transformers import AutoModel
+
+    import hf_vae  # noqa: F401  (registers the model types with AutoModel)
+
+    args_path = os.path.join(output_dir, "training_args.json")
+    run_args = {}
+    if os.path.isfile(args_path):
+        with open(args_path) as f:
+            run_args = json.load(f)
+    dataset = dataset or run_args.get("dataset")
+    if dataset is None:
+        raise ValueError(f"Expected --dataset: {output_dir} has no training_args.json naming the training data.")
+    if not os.path.isfile(os.path.join(output_dir, "config.json")):
+        raise FileNotFoundError(f"Expected a trained model in {output_dir} (config.json and model.safetensors), "
+                                f"found {sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else 'no folder'}.")
+    model = AutoModel.from_pretrained(output_dir)
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    kwargs.setdefault("data_seed", run_args.get("data_seed", 0))
+    kwargs.setdefault("binarize", run_args.get("binarize"))
+    dataset_kwargs = dict(kwargs.pop("dataset_kwargs", None) or {})
+    if dataset == run_args.get("dataset"):
+        for key in ("image_column", "label_column", "data_dir"):
+            if run_args.get(key) is not None:
+                dataset_kwargs.setdefault(key, run_args[key])
+    metrics = evaluate(model, dataset, split, dataset_kwargs=dataset_kwargs, **kwargs)
+    step = 0
+    if os.path.isfile(os.path.join(output_dir, "metrics.json")):
+        with open(os.path.join(output_dir, "metrics.json")) as f:
+            step = int(json.load(f).get("step", 0))
+    record = metrics_record(model.config.model_type, dataset, split, step, metrics)
+    write_json_atomic(record, output_file or os.path.join(output_dir, f"eval_{split}.json"))
+    return record
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """`python scripts/evaluate.py DIR --dataset D --split test`: print a table and write JSON."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py", description="Evaluate a trained hf_vae model folder (config.json + model.safetensors).")
+    parser.add_argument("model_dir", help="folder written by scripts/train.py (or any save_pretrained folder)")
+    parser.add_argument("--dataset", default=None, help="dataset name or path (default: the training run's)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--num_importance_samples", "-K", type=int, default=1000,
+                        help="importance samples for the NLL (0 skips nll and bits_per_dim)")
+    parser.add_argument("--importance_chunk_size", type=int, default=None)
+    parser.add_argument("--max_examples", type=int, default=None, help="evaluate only the first N examples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data_seed", type=int, default=None, help="default: the training run's")
+    parser.add_argument("--output", default=None, help="JSON file (default MODEL_DIR/eval_<split>.json)")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    kwargs = dict(batch_size=args.batch_size, num_importance_samples=args.num_importance_samples,
+                  importance_chunk_size=args.importance_chunk_size, max_examples=args.max_examples, seed=args.seed,
+                  progress=True)
+    if args.data_seed is not None:
+        kwargs["data_seed"] = args.data_seed
+    record = evaluate_output_dir(args.model_dir, args.dataset, args.split, output_file=args.output,
+                                 device=args.device, **kwargs)
+    print(format_metrics_table(record["metrics"], title=f"{record['model']} on {record['dataset']} "
+                                                        f"({record['split']}, step {record['step']})"))
+    return record

@@ -1,0 +1,237 @@
+"""What the trainer minimises, per variant.
+
+    ElboObjective         the model's own loss: −ELBO (VAE, CVAE), β·KL or capacity (β-VAE), VQ terms (VQ-VAE)
+    AdversarialObjective  latent diffusion's autoencoder loss (KLAE) or taming's VQGAN loss (VQ-VAE):
+                          pixel + perceptual (LPIPS) + KL or codebook terms + a PatchGAN discriminator switched on
+                          at `disc_start`, weighted by the adaptive factor on the decoder's last layer
+                          (hf_vae.training.ldm_loss.LatentDiffusionLoss does the arithmetic)
+
+Both expose the same small interface, so the training loop has one code path:
+
+    generator_loss(model, batch, step) -> (loss, logs, output)   forward pass of the (DDP-wrapped) model
+    discriminator_active(step) -> bool                            whether a discriminator step is due
+    discriminator_loss(batch, output, step) -> (loss, logs)       on detached reconstructions
+    extra_parameters() / discriminator_parameters()               trained outside the published model
+
+The discriminator and the learned log-variance are not part of the model that gets published; they live in the
+training state (checkpointed and resumed through `state_dict`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+#: the loss terms worth showing in the progress bar, by output field
+_ELBO_LOG_FIELDS = ("reconstruction_loss", "regularisation_loss", "kl", "perplexity", "codebook_usage")
+_SHORT_NAMES = {"reconstruction_loss": "rec", "regularisation_loss": "reg", "codebook_usage": "usage",
+                "perplexity": "ppl"}
+
+
+def _inputs(batch: Dict[str, torch.Tensor], model_is_conditional: bool, name: str):
+    labels = batch.get("labels")
+    if model_is_conditional and labels is None:
+        raise ValueError(f"The conditional model needs labels, but the batches of {name!r} have only "
+                         f"{sorted(batch)}: expected a dataset with a label column (--label_column).")
+    return batch["pixel_values"], labels if model_is_conditional else None
+
+
+class ElboObjective:
+    """Minimise the model's own `output.loss`."""
+
+    def __init__(self, is_conditional: bool, dataset_name: str = "dataset"):
+        self.is_conditional = is_conditional
+        self.dataset_name = dataset_name
+
+    def to(self, device) -> "ElboObjective":
+        return self
+
+    def extra_parameters(self) -> List[nn.Parameter]:
+        return []
+
+    def discriminator_parameters(self) -> List[nn.Parameter]:
+        return []
+
+    def discriminator_active(self, step: int) -> bool:
+        return False
+
+    def generator_loss(self, model, batch, step: int):
+        pixel_values, labels = _inputs(batch, self.is_conditional, self.dataset_name)
+        output = model(pixel_values, labels=labels)
+        logs = {"loss": output.loss.detach()}
+        for name in _ELBO_LOG_FIELDS:
+            value = getattr(output, name, None)
+            if value is not None:
+                logs[_SHORT_NAMES.get(name, name)] = value.detach().float()
+        return output.loss, logs, output
+
+    def state_dict(self) -> Dict:
+        return {}
+
+    def load_state_dict(self, state: Dict) -> None:
+        pass
+
+
+class PerceptualAdapter(nn.Module):
+    """Feed LPIPS what it expects: 3-channel images in [-1, 1] (grey images are repeated, [0, 1] data rescaled)."""
+
+    def __init__(self, lpips: nn.Module, value_range=(-1.0, 1.0)):
+        super().__init__()
+        self.lpips = lpips
+        self.lo, self.hi = float(value_range[0]), float(value_range[1])
+
+    @property
+    def is_pretrained(self) -> bool:
+        return bool(getattr(self.lpips, "is_pretrained", True))
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.lo, self.hi) != (-1.0, 1.0):
+            x = (x - self.lo) * (2.0 / (self.hi - self.lo)) - 1.0
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return x
+
+    def forward(self, in0: torch.Tensor, in1: torch.Tensor) -> torch.Tensor:
+        return self.lpips(self._prepare(in0), self._prepare(in1))
+
+
+def build_perceptual(perceptual_weight: float, lpips_weights: Optional[str], value_range, image_size: int):
+    """The frozen LPIPS network wrapped for the data, or None when the weight is 0.
+
+    Refuses to train against a randomly initialised VGG: without `lpips_weights` it raises, naming both ways out.
+    """
+    from .perceptual import LPIPS, PerceptualWeightsMissingError, missing_weights_message
+
+    if perceptual_weight == 0:
+        return None
+    if lpips_weights is None:
+        raise PerceptualWeightsMissingError(
+            f"--perceptual_weight {perceptual_weight:g} needs LPIPS weights and none were given. Either pass "
+            f"--lpips_weights DIR (a folder with vgg16_features.safetensors and lpips_vgg_heads.safetensors), or "
+            f"train without the perceptual term with --perceptual_weight 0.\n\n" + missing_weights_message())
+    if image_size < 16:
+        raise ValueError(f"LPIPS (VGG16, four 2x poolings) needs images of at least 16x16 pixels, got "
+                         f"{image_size}x{image_size}; use --perceptual_weight 0 for smaller images.")
+    return PerceptualAdapter(LPIPS.from_pretrained(lpips_weights), value_range)
+
+
+class AdversarialObjective:
+    """Latent diffusion's KL autoencoder loss, or taming's VQGAN loss for a VQ-VAE (see the module docstring).
+
+    VQ-VAE: the model's VQ terms are sums over latent elements per example; taming's VQGAN averages them over
+    elements, like its pixel term, so they are divided by the number of latent elements here.
+    """
+
+    def __init__(self, *, vq: bool, in_channels: int, image_size: int, latent_numel: int, value_range,
+                 perceptual: Optional[nn.Module], perceptual_weight: float, pixel_loss: str, kl_weight: float,
+                 disc_start: int, disc_weight: float, disc_loss: str, disc_num_layers: int, disc_ndf: int,
+                 logvar_init: float, codebook_weight: float, dataset_name: str = "dataset"):
+        from .ldm_loss import LatentDiffusionLoss
+
+        min_side = 3 * 2 ** disc_num_layers
+        if disc_weight > 0 and image_size < min_side:
+            raise ValueError(f"A PatchGAN with --disc_num_layers {disc_num_layers} needs images of at least "
+                             f"{min_side}x{min_side} pixels, got {image_size}x{image_size}: lower --disc_num_layers "
+                             f"or pass --disc_weight 0 to train without a discriminator.")
+        self.vq = vq
+        self.latent_numel = latent_numel
+        self.dataset_name = dataset_name
+        self.disc_weight = disc_weight
+        self.loss = LatentDiffusionLoss(
+            disc_start=disc_start, logvar_init=logvar_init, kl_weight=kl_weight, pixel_loss=pixel_loss,
+            perceptual_weight=perceptual_weight if perceptual is not None else 0.0, perceptual=perceptual,
+            disc_num_layers=disc_num_layers, disc_in_channels=in_channels, disc_weight=disc_weight,
+            disc_loss=disc_loss, disc_ndf=disc_ndf, codebook_weight=codebook_weight)
+
+    def to(self, device) -> "AdversarialObjective":
+        self.loss.to(device)
+        return self
+
+    # -- parameters trained outside the published model -------------------------------------------------------
+    def extra_parameters(self) -> List[nn.Parameter]:
+        # The learned output log-variance of the NLL (KL mode only; taming's VQGAN has none).
+        return [] if self.vq else [self.loss.logvar]
+
+    def discriminator_parameters(self) -> List[nn.Parameter]:
+        return list(self.loss.discriminator.parameters()) if self.disc_weight > 0 else []
+
+    def discriminator_active(self, step: int) -> bool:
+        return self.disc_weight > 0 and self.loss.discriminator_active(step)
+
+    # -- the two losses ----------------------------------------------------------------------------------------
+    def generator_loss(self, model, batch, step: int):
+        unwrapped = getattr(model, "module", model)
+        pixel_values, labels = _inputs(batch, unwrapped.is_conditional, self.dataset_name)
+        output = model(pixel_values, labels=labels)
+        reconstruction = output.reconstruction
+        # The generator step must not leave gradients in the discriminator: record no graph through its weights.
+        discriminator = self.loss.discriminator
+        discriminator.requires_grad_(False)
+        try:
+            if self.vq:
+                codebook_loss = output.regularisation_loss / self.latent_numel
+                loss, log = self.loss(pixel_values, reconstruction, codebook_loss=codebook_loss, optimizer_idx=0,
+                                      global_step=step, last_layer=unwrapped.get_last_layer())
+            else:
+                loss, log = self.loss(pixel_values, reconstruction, kl=output.latent_dist, optimizer_idx=0,
+                                      global_step=step, last_layer=unwrapped.get_last_layer())
+        finally:
+            discriminator.requires_grad_(True)
+        logs = {"loss": loss.detach()}
+        for key, value in log.items():
+            name = key.split("/", 1)[1]
+            if name in ("total_loss",):
+                continue
+            logs[name] = value.float()
+        for name in ("perplexity", "codebook_usage"):
+            value = getattr(output, name, None)
+            if value is not None:
+                logs[_SHORT_NAMES[name]] = value.detach().float()
+        return loss, logs, output
+
+    def discriminator_loss(self, batch, output, step: int):
+        d_loss, log = self.loss(batch["pixel_values"], output.reconstruction.detach(), optimizer_idx=1,
+                                global_step=step)
+        return d_loss, {key.split("/", 1)[1]: value.float() for key, value in log.items()}
+
+    # -- checkpointed state: the discriminator and the log-variance, not the frozen LPIPS network -------------
+    def state_dict(self) -> Dict:
+        return {"discriminator": self.loss.discriminator.state_dict(), "logvar": self.loss.logvar.detach().clone()}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.loss.discriminator.load_state_dict(state["discriminator"])
+        with torch.no_grad():
+            self.loss.logvar.copy_(state["logvar"])
+
+
+def build_objective(train_args, model, value_range, dataset_name: str):
+    """The objective for `train_args.model`: adversarial for klae (and vq_vae when asked), the ELBO otherwise."""
+    config = model.config
+    name = train_args.model
+    vqgan = name == "vq_vae" and ((train_args.perceptual_weight or 0) > 0 or train_args.disc_start is not None)
+    if name != "klae" and not vqgan:
+        asked = [flag for flag, value in (("--perceptual_weight", train_args.perceptual_weight),
+                                          ("--disc_start", train_args.disc_start),
+                                          ("--lpips_weights", train_args.lpips_weights)) if value]
+        if asked and name != "vq_vae":
+            raise ValueError(f"{', '.join(asked)} apply to the klae and vq_vae objectives, got --model {name}.")
+        return ElboObjective(model.is_conditional, dataset_name)
+    perceptual_weight = train_args.perceptual_weight
+    if perceptual_weight is None:
+        perceptual_weight = 1.0 if name == "klae" else 0.0
+    disc_start = train_args.disc_start
+    if disc_start is None:
+        disc_start = 50001 if name == "klae" else 0
+    pixel_loss = train_args.pixel_loss or getattr(config, "pixel_loss", None) or "l1"
+    image_size = config.image_size
+    perceptual = build_perceptual(perceptual_weight, train_args.lpips_weights, value_range, image_size)
+    return AdversarialObjective(
+        vq=name == "vq_vae", in_channels=config.in_channels, image_size=image_size,
+        latent_numel=math.prod(model.latent_shape), value_range=value_range, perceptual=perceptual,
+        perceptual_weight=perceptual_weight, pixel_loss=pixel_loss, kl_weight=getattr(config, "kl_weight", 0.0),
+        disc_start=disc_start, disc_weight=train_args.disc_weight, disc_loss=train_args.disc_loss,
+        disc_num_layers=train_args.disc_num_layers, disc_ndf=train_args.disc_ndf,
+        logvar_init=train_args.logvar_init, codebook_weight=train_args.codebook_weight, dataset_name=dataset_name)

@@ -1,0 +1,146 @@
+"""Tests of hf_vae.evaluation.evaluate and scripts/evaluate.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from hf_vae import CVAEConfig, CVAEModel, KLAEConfig, KLAEModel, VAEConfig, VAEModel, VQVAEConfig, VQVAEModel
+from hf_vae.evaluation import (
+    METRIC_NAMES,
+    codebook_stats,
+    evaluate,
+    format_metrics_table,
+    metrics_that_apply,
+)
+from hf_vae.evaluation.evaluate import main as evaluate_main
+
+EVAL = dict(max_examples=48, batch_size=16, num_importance_samples=8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(kind):
+    torch.manual_seed(0)
+    if kind == "vae":
+        return VAEModel(VAEConfig(image_size=16, hidden_dims=[32], latent_dim=4))
+    if kind == "cvae":
+        return CVAEModel(CVAEConfig(image_size=16, hidden_dims=[32], latent_dim=4, num_classes=3))
+    if kind == "vq_vae":
+        return VQVAEModel(VQVAEConfig(image_size=16, backbone="conv", block_out_channels=[8, 16], norm_num_groups=4,
+                                      num_embeddings=16, embedding_dim=4, mid_block_add_attention=False))
+    return KLAEModel(KLAEConfig(in_channels=1, out_channels=1, sample_size=16, block_out_channels=[8, 16],
+                                norm_num_groups=4, latent_channels=2, mid_block_add_attention=False))
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("vae", ["neg_elbo", "nll", "bits_per_dim", "mse", "psnr", "ssim", "mig"]),
+    ("cvae", ["neg_elbo", "nll", "bits_per_dim", "mse", "psnr", "ssim", "mig"]),
+    ("vq_vae", ["mse", "psnr", "ssim", "codebook_usage", "perplexity"]),
+    ("klae", ["mse", "psnr", "ssim"]),
+])
+def test_each_model_gets_the_metrics_that_apply_to_it(kind, expected):
+    model = tiny(kind)
+    model.train()
+    metrics = evaluate(model, "shapes", "test", **EVAL)
+    assert model.training  # the mode it was in is restored
+    assert list(metrics) == expected == metrics_that_apply(model)
+    assert set(metrics) <= set(METRIC_NAMES)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
+
+
+def test_likelihood_numbers_are_consistent():
+    model = tiny("vae")
+    metrics = evaluate(model, "shapes", "test", max_examples=64, batch_size=32, num_importance_samples=64)
+    # log p(x) >= IWAE bound >= ELBO in expectation: the importance-sampled NLL is below the -ELBO
+    assert metrics["nll"] < metrics["neg_elbo"]
+    assert metrics["bits_per_dim"] == pytest.approx(metrics["nll"] / (16 * 16 * math.log(2)))
+    assert metrics["psnr"] == pytest.approx(10 * math.log10(1 / metrics["mse"]), rel=0.2)  # mean of per-image
+    only = evaluate(model, "shapes", "test", max_examples=64, batch_size=32, num_importance_samples=0)
+    assert "nll" not in only and only["neg_elbo"] == pytest.approx(metrics["neg_elbo"])
+
+
+def test_a_perfect_reconstruction_scores_zero_error(monkeypatch):
+    model = tiny("klae")
+    monkeypatch.setattr(model, "reconstruct", lambda x, labels=None: x.clone())
+    metrics = evaluate(model, "shapes", "test", **EVAL)
+    assert metrics == {"mse": 0.0, "psnr": 100.0, "ssim": pytest.approx(1.0)}
+
+
+def test_evaluation_is_deterministic_and_leaves_the_global_rng_alone():
+    model = tiny("vae")
+    state = torch.get_rng_state()
+    first = evaluate(model, "shapes", "test", **EVAL)
+    assert torch.equal(state, torch.get_rng_state())
+    assert evaluate(model, "shapes", "test", **EVAL) == first
+    assert evaluate(model, "shapes", "test", **dict(EVAL, seed=1))["neg_elbo"] != first["neg_elbo"]
+
+
+def test_codebook_usage_and_perplexity_are_over_the_whole_split():
+    from hf_vae.data import build_dataset, collate_batch
+
+    model = tiny("vq_vae")
+    metrics = evaluate(model, "shapes", "test", max_examples=40, batch_size=16, metrics=["codebook_usage",
+                                                                                          "perplexity"])
+    assert list(metrics) == ["codebook_usage", "perplexity"]
+    rows = list(build_dataset("shapes", "test", image_size=16, value_range=(0, 1), binarize=True).take(40))
+    x = collate_batch(rows)["pixel_values"]
+    expected = codebook_stats(model.encode_to_indices(x), 16)
+    assert metrics["codebook_usage"] == pytest.approx(expected["usage"])
+    assert metrics["perplexity"] == pytest.approx(expected["perplexity"])
+    with pytest.raises(ValueError, match="Unknown metrics"):
+        evaluate(model, "shapes", "test", metrics=["fid"])
+
+
+def test_a_conditional_model_needs_labels():
+    with pytest.raises(ValueError, match="labels"):
+        evaluate(tiny("cvae"), "photos", "test", **EVAL)
+
+
+def test_evaluate_script_on_a_trained_output_folder(tmp_path, capsys):
+    from accelerate.state import AcceleratorState, GradientState
+
+    from hf_vae.training import DataArguments, TrainArguments, train
+
+    out = str(tmp_path / "run")
+    try:
+        train(TrainArguments(output_dir=out, max_steps=3, batch_size=8, eval_steps=0, checkpointing_steps=0,
+                             report_to="none", eval_importance_samples=4, final_eval_max_examples=32,
+                             num_sample_images=4),
+              DataArguments(num_train_examples=64, data_seed=5), {"image_size": 16, "hidden_dims": [32],
+                                                                  "latent_dim": 4})
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    capsys.readouterr()
+    # the run's final evaluation: 32 examples in one batch of the default eval_batch_size (128), K = 4
+    record = evaluate_main([out, "--split", "test", "--num_importance_samples", "4", "--max_examples", "32",
+                            "--batch_size", "128"])
+    printed = capsys.readouterr().out
+    assert "vae on shapes (test, step 3)" in printed and "bits_per_dim" in printed
+    with open(os.path.join(out, "eval_test.json")) as f:
+        written = json.load(f)
+    assert written == record and written["step"] == 3 and written["dataset"] == "shapes"
+    with open(os.path.join(out, "metrics.json")) as f:
+        trained = json.load(f)
+    # Same data (the run's data_seed 5 is read from training_args.json), same seed and batches: same numbers.
+    assert written["metrics"] == pytest.approx(trained["metrics"], rel=1e-6)
+    with pytest.raises(FileNotFoundError, match="Expected a trained model"):
+        evaluate_main([str(tmp_path), "--dataset", "shapes"])
+
+
+def test_metrics_table_lists_every_metric():
+    table = format_metrics_table({"nll": 80.123456, "psnr": 21.5}, title="vae on shapes")
+    lines = table.splitlines()
+    assert lines[0] == "vae on shapes" and lines[1].split() == ["metric", "value"]
+    assert lines[3].split() == ["nll", "80.1235"] and lines[4].split() == ["psnr", "21.5"]
