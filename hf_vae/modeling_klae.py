@@ -8,17 +8,107 @@ Architecture, parameter names and arithmetic are those of diffusers' `Autoencode
 so a state dict moves between the two unchanged and `encode(x).latent_dist` / `decode(z).sample` behave as
 diffusers pipelines expect. The perceptual (LPIPS) and adversarial (PatchGAN) terms of the full objective are
 added by the trainer, because they need networks that are not part of the published model.
+
+Drop-in use with diffusers:
+  * `KLAEModel.from_diffusers(vae_or_path)` / `model.to_diffusers()` move weights both ways, exactly;
+  * `KLAEModel.from_pretrained` also reads diffusers folders and Hub repos (`subfolder="vae"`), legacy attention
+    names and original latent-diffusion checkpoints in safetensors form (hf_vae.klae_conversion);
+  * `enable_slicing()` / `enable_tiling()` reproduce diffusers' sliced and tiled encode/decode, same tiles, same
+    overlap, same linear blending;
+  * `encode`/`decode` carry accelerate's forward hook, so model CPU offload works inside pipelines.
 """
 
-from typing import Dict, Optional, Tuple
+import os
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from transformers import PreTrainedModel  # noqa: F401  (diffusers finds the loader by this name in this module)
 
 from .configuration_klae import KLAEConfig
 from .conv_backbone import Decoder, Encoder
 from .distributions import DiagonalGaussianDistribution, PixelLossLikelihood
+from .klae_conversion import (
+    DIFFUSERS_CONFIG_NAME,
+    DIFFUSERS_WEIGHTS_NAME,
+    check_state_dict,
+    config_from_diffusers,
+    config_to_diffusers,
+    infer_config_from_state_dict,
+    is_diffusers_config,
+    load_safetensors,
+    read_json,
+    resolve_file,
+    split_config_overrides,
+    to_hf_state_dict,
+)
 from .modeling_base import AutoencoderPreTrainedModel, apply_forward_hook
+
+#: options of `from_pretrained` that locate files on the Hub (forwarded to transformers' `cached_file`).
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
+#: options diffusers' pipeline loader passes to every transformers model; meaningless for a small single-file VAE.
+_IGNORED_LOADING_KWARGS = ("low_cpu_mem_usage", "max_memory", "offload_folder", "offload_state_dict", "use_flashpack",
+                           "disable_mmap", "weights_only", "trust_remote_code", "_from_auto", "_commit_hash",
+                           "ignore_mismatched_sizes")
+
+
+def _blend_vertical(above: torch.Tensor, tile: torch.Tensor, extent: int) -> torch.Tensor:
+    """Cross-fade the first `extent` rows of `tile` (B, C, h, w) with the last `extent` rows of `above`.
+
+    Row y of the overlap becomes above[-extent + y] · (1 − y/extent) + tile[y] · (y/extent), diffusers'
+    `blend_v`, computed for all rows at once (and out of place, so autograd sees an ordinary graph).
+    """
+    extent = min(above.shape[2], tile.shape[2], extent)
+    if extent <= 0:
+        return tile
+    ramp = torch.arange(extent, dtype=torch.float64) / extent
+    weight_tile = ramp.to(device=tile.device, dtype=tile.dtype).view(-1, 1)
+    weight_above = (1.0 - ramp).to(device=tile.device, dtype=tile.dtype).view(-1, 1)
+    blended = above[:, :, above.shape[2] - extent:, :] * weight_above + tile[:, :, :extent, :] * weight_tile
+    return torch.cat([blended, tile[:, :, extent:, :]], dim=2)
+
+
+def _blend_horizontal(left: torch.Tensor, tile: torch.Tensor, extent: int) -> torch.Tensor:
+    """`_blend_vertical` along the width: diffusers' `blend_h`."""
+    return _blend_vertical(left.transpose(2, 3), tile.transpose(2, 3), extent).transpose(2, 3)
+
+
+def tiled_apply(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], tile_in: int, tile_out: int,
+                overlap_factor: float) -> torch.Tensor:
+    """Apply a resolution-changing network `fn` to overlapping tiles of x and blend the results: diffusers'
+    `_tiled_encode` / `tiled_decode` arithmetic.
+
+    Args:
+        x: (B, C, H, W) input.
+        fn: maps a (B, C, t, t) tile to (B, C', t·r, t·r) with r = tile_out / tile_in (r = 1/8 for the SD encoder).
+        tile_in, tile_out: nominal tile side before and after `fn`.
+        overlap_factor: fraction of a tile shared with its neighbour.
+
+    Tiles start every `int(tile_in · (1 − overlap_factor))` input pixels. Each output tile is blended with the
+    (already blended) tile above and then the one to its left over `int(tile_out · overlap_factor)` rows/columns,
+    and cropped to its top-left (tile_out − blend) square; the crops are concatenated. Only the previous row of
+    tiles is kept, so memory is bounded by one tile's activations plus two rows of outputs.
+    """
+    stride = int(tile_in * (1 - overlap_factor))
+    blend = int(tile_out * overlap_factor)
+    keep = tile_out - blend
+    if stride <= 0:
+        raise ValueError(f"Expected tile_overlap_factor < 1 and a tile larger than 1 pixel, got tile size {tile_in} "
+                         f"and overlap {overlap_factor} (stride {stride}).")
+    height, width = x.shape[-2:]
+    rows, previous = [], None
+    for top in range(0, height, stride):
+        row = []
+        for column, left in enumerate(range(0, width, stride)):
+            tile = fn(x[:, :, top:top + tile_in, left:left + tile_in])
+            if previous is not None:
+                tile = _blend_vertical(previous[column], tile, blend)
+            if row:
+                tile = _blend_horizontal(row[-1], tile, blend)
+            row.append(tile)
+        rows.append(torch.cat([tile[:, :, :keep, :keep] for tile in row], dim=3))
+        previous = row
+    return torch.cat(rows, dim=2)
 
 
 class KLAEModel(AutoencoderPreTrainedModel):
@@ -39,19 +129,96 @@ class KLAEModel(AutoencoderPreTrainedModel):
         self.quant_conv = nn.Conv2d(2 * latent, 2 * latent, 1) if config.use_quant_conv else None
         self.post_quant_conv = nn.Conv2d(latent, latent, 1) if config.use_post_quant_conv else None
         self.likelihood = PixelLossLikelihood(config.pixel_loss)
+
+        # Slicing and tiling, with diffusers' attribute names and defaults: tiles of `sample_size` pixels
+        # (sample_size / f latents) overlapping by a quarter.
+        self.use_slicing = False
+        self.use_tiling = False
+        self.tile_sample_min_size = config.sample_size
+        self.tile_latent_min_size = int(config.sample_size / config.downsampling_factor)
+        self.tile_overlap_factor = 0.25
         self.post_init()
 
+    # -- slicing and tiling ----------------------------------------------------------------------------------
+    def enable_tiling(self, tile_sample_min_size: Optional[int] = None, tile_overlap_factor: Optional[float] = None):
+        """Encode and decode large images in overlapping tiles of `tile_sample_min_size` pixels
+        (`tile_sample_min_size / f` latents), blended linearly: memory stays that of one tile, whatever the image
+        size. Results differ slightly from untiled ones (each tile sees only its own context), exactly as in
+        diffusers."""
+        if tile_sample_min_size is not None:
+            factor = self.config.downsampling_factor
+            if not isinstance(tile_sample_min_size, int) or tile_sample_min_size < factor:
+                raise ValueError(f"Expected an int `tile_sample_min_size` >= the down-sampling factor {factor}, "
+                                 f"got {tile_sample_min_size!r}.")
+            self.tile_sample_min_size = tile_sample_min_size
+            self.tile_latent_min_size = int(tile_sample_min_size / factor)
+        if tile_overlap_factor is not None:
+            if not 0.0 <= tile_overlap_factor < 1.0:
+                raise ValueError(f"Expected `tile_overlap_factor` in [0, 1), got {tile_overlap_factor!r}.")
+            self.tile_overlap_factor = tile_overlap_factor
+        self.use_tiling = True
+
+    def disable_tiling(self):
+        self.use_tiling = False
+
+    def enable_slicing(self):
+        """Encode and decode a batch one example at a time (lower peak memory, same results)."""
+        self.use_slicing = True
+
+    def disable_slicing(self):
+        self.use_slicing = False
+
+    # -- speed options ---------------------------------------------------------------------------------------
+    def enable_subpixel_upsampling(self):
+        """Compute the decoder's "nearest 2x up-sample + 3x3 conv" as four 2x2 convs on the low-resolution input
+        (conv_backbone.Upsample2D): 44 % fewer FLOPs in those layers, 10–15 % off an SD-1.x decode on a 2-core CPU
+        (benchmarks/bench_klae.py; the folded kernels take 1.8x the up-sampling conv weights, ~40 MB for SD). Same weights and state dict; outputs equal the default path to float rounding
+        (~1e-7 relative), not bit for bit, so it is off by default."""
+        self._set_subpixel(True)
+
+    def disable_subpixel_upsampling(self):
+        self._set_subpixel(False)
+
+    def _set_subpixel(self, enabled: bool) -> None:
+        for module in self.decoder.modules():
+            if hasattr(module, "subpixel"):
+                module.subpixel = enabled
+                if not enabled:  # drop the folded inference kernels (1.8x the up-sampling conv weights)
+                    module.__dict__.pop("_subpixel_cache", None)
+
     # -- the pluggable pieces --------------------------------------------------------------------------------
+    def _encode_tile(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> moments (B, 2·latent_channels, H/f, W/f): encoder, then quant_conv."""
+        moments = self.encoder(x)
+        return self.quant_conv(moments) if self.quant_conv is not None else moments
+
+    def _decode_tile(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, latent_channels, h, w) -> (B, out_channels, h·f, w·f): post_quant_conv, then decoder."""
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        return self.decoder(z)
+
+    def _encode_moments(self, x: torch.Tensor) -> torch.Tensor:
+        """Moments (B, 2·latent_channels, h, w), honouring slicing and tiling as diffusers' `encode` does."""
+        if self.use_slicing and x.shape[0] > 1:
+            return torch.cat([self._encode_moments(example) for example in x.split(1)])
+        if self.use_tiling and (x.shape[-1] > self.tile_sample_min_size or x.shape[-2] > self.tile_sample_min_size):
+            return tiled_apply(x, self._encode_tile, self.tile_sample_min_size, self.tile_latent_min_size,
+                               self.tile_overlap_factor)
+        return self._encode_tile(x)
+
     def _encode(self, pixel_values: torch.Tensor, condition=None) -> DiagonalGaussianDistribution:
-        moments = self.encoder(pixel_values)
-        if self.quant_conv is not None:
-            moments = self.quant_conv(moments)
-        return DiagonalGaussianDistribution(moments)
+        return DiagonalGaussianDistribution(self._encode_moments(pixel_values))
 
     def _decode(self, latents: torch.Tensor, condition=None) -> torch.Tensor:
-        if self.post_quant_conv is not None:
-            latents = self.post_quant_conv(latents)
-        return self.decoder(latents)
+        """(B, latent_channels, h, w) -> images (B, out_channels, h·f, w·f), honouring slicing and tiling."""
+        if self.use_slicing and latents.shape[0] > 1:
+            return torch.cat([self._decode(example) for example in latents.split(1)])
+        if self.use_tiling and (latents.shape[-1] > self.tile_latent_min_size
+                                or latents.shape[-2] > self.tile_latent_min_size):
+            return tiled_apply(latents, self._decode_tile, self.tile_latent_min_size, self.tile_sample_min_size,
+                               self.tile_overlap_factor)
+        return self._decode_tile(latents)
 
     def regularisation_loss(self, posterior, latents) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         kl = posterior.kl()
@@ -60,7 +227,8 @@ class KLAEModel(AutoencoderPreTrainedModel):
     # -- diffusers' public signatures ------------------------------------------------------------------------
     @apply_forward_hook
     def encode(self, x: torch.Tensor, return_dict: bool = True):
-        """(B, C, H, W) images in [-1, 1] -> EncoderOutput(latent_dist=DiagonalGaussianDistribution)."""
+        """(B, C, H, W) images in [-1, 1] -> EncoderOutput(latent_dist=DiagonalGaussianDistribution over
+        (B, latent_channels, H/f, W/f)); a tuple `(latent_dist,)` with `return_dict=False`."""
         self.check_pixel_values(x)
         posterior = self._encode(x)
         return self._encoder_output(posterior, return_dict)
@@ -71,3 +239,156 @@ class KLAEModel(AutoencoderPreTrainedModel):
         diffusers' signature; decoding is deterministic."""
         self.check_latents(z)
         return self._decoder_output(z, None, return_dict)
+
+    # -- conversion to and from diffusers --------------------------------------------------------------------
+    @classmethod
+    def from_diffusers(cls, vae, **kwargs) -> "KLAEModel":
+        """Exact copy of a diffusers `AutoencoderKL` (the module itself, or a folder / Hub repo / .safetensors file
+        passed on to `from_pretrained` with `kwargs`, e.g. `subfolder="vae"`).
+
+        From a module, `kwargs` may override config fields (e.g. `kl_weight=1e-6` for fine-tuning); the copy has the
+        module's dtype, device, train/eval mode and slicing/tiling settings, and shares no memory with it.
+        """
+        if isinstance(vae, (str, os.PathLike)):
+            return cls.from_pretrained(vae, **kwargs)
+        if not isinstance(vae, nn.Module) or not hasattr(vae, "config"):
+            raise ValueError(f"Expected a diffusers AutoencoderKL, a path or a Hub repo id, got {type(vae).__name__}.")
+        overrides = split_config_overrides(kwargs)
+        if kwargs:
+            raise ValueError(f"Expected only KLAEConfig fields as overrides, got {sorted(kwargs)}.")
+        config = config_from_diffusers(dict(vae.config), **overrides)
+        parameter = next(vae.parameters())
+        state_dict = {key: value.detach().clone() for key, value in to_hf_state_dict(vae.state_dict()).items()}
+        model = cls._from_state_dict(config, state_dict, dtype=parameter.dtype, source=type(vae).__name__)
+        model.to(parameter.device)
+        model.train(vae.training)
+        model._copy_tiling_settings(vae)
+        return model
+
+    def to_diffusers(self):
+        """An exact diffusers `AutoencoderKL` copy of this model (same weights, dtype, device, mode and slicing/
+        tiling settings; no shared memory). Needs diffusers installed."""
+        try:
+            from diffusers import AutoencoderKL
+        except ImportError as error:  # diffusers is optional for hf_vae
+            raise ImportError("`to_diffusers` needs diffusers: `pip install diffusers`.") from error
+        parameter = next(self.parameters())
+        vae = AutoencoderKL(**config_to_diffusers(self.config))
+        vae.load_state_dict(self.state_dict(), strict=True)
+        vae.to(device=parameter.device, dtype=parameter.dtype)
+        vae.train(self.training)
+        _copy_tiling(self, vae)
+        return vae
+
+    def _copy_tiling_settings(self, other) -> None:
+        _copy_tiling(other, self)
+
+    @classmethod
+    def _from_state_dict(cls, config: KLAEConfig, state_dict: Dict[str, torch.Tensor], dtype=None,
+                         source: str = "") -> "KLAEModel":
+        """Build the model for `config` directly around hf_vae-named `state_dict` (checked first: missing, unexpected
+        and mis-shaped keys are one ValueError). `dtype` None means float32; "auto" keeps the weights' dtype."""
+        if dtype is None:
+            dtype = torch.float32
+        elif isinstance(dtype, str) and dtype != "auto":
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ValueError(f"Expected dtype a torch.dtype, 'auto' or a name such as 'float16', got {dtype!r}.")
+            dtype = getattr(torch, dtype)
+        # Parameters are created on the meta device (no random initialisation to throw away), then replaced.
+        with torch.device("meta"):
+            model = cls(config)
+        check_state_dict(model.state_dict(), state_dict, source)
+        if dtype != "auto":
+            state_dict = {key: value.to(dtype) for key, value in state_dict.items()}
+        model.load_state_dict({key: value.contiguous() for key, value in state_dict.items()}, strict=True, assign=True)
+        model.eval()
+        return model
+
+    # -- loading diffusers folders, Hub repos and latent-diffusion files -------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' `from_pretrained`, extended to three more sources:
+
+        * a diffusers `AutoencoderKL` folder or Hub repo (config.json with `_class_name`,
+          `diffusion_pytorch_model[.variant].safetensors`), also inside a pipeline with `subfolder="vae"`;
+        * such weights with the older attention names (`query`/`key`/`value`/`proj_attn`);
+        * a `.safetensors` file of latent-diffusion (or diffusers) weights, optionally a whole SD checkpoint whose
+          autoencoder sits under `first_stage_model.`. The architecture is read off the weights; pass
+          `config=KLAEConfig(...)` or field overrides (e.g. `scaling_factor=0.13025`) for what weights do not fix.
+
+        Config fields given as keyword arguments override the file's. Weights are read from safetensors only.
+        Everything else (hf_vae's own checkpoints) is transformers' loader.
+        """
+        loaded = cls._load_foreign_format(pretrained_model_name_or_path, kwargs)
+        if loaded is not None:
+            return loaded
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def _load_foreign_format(cls, path_or_repo, kwargs) -> Optional["KLAEModel"]:
+        if path_or_repo is None:
+            return None
+        subfolder = kwargs.get("subfolder") or ""
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
+        path = os.fspath(path_or_repo)
+        if path.endswith(".safetensors") or os.path.isfile(path):  # one weight file (LDM or diffusers names)
+            weights_file, config_dict = path, None
+        else:
+            try:
+                config_file = resolve_file(path, DIFFUSERS_CONFIG_NAME, subfolder, hub_kwargs)
+            except OSError:  # not a folder, and not a reachable repo: transformers reports that properly
+                return None
+            if config_file is None:
+                return None
+            config_dict = read_json(config_file)
+            if not is_diffusers_config(config_dict):
+                return None  # hf_vae's own format
+            variant = kwargs.get("variant")
+            weights_name = DIFFUSERS_WEIGHTS_NAME if not variant else DIFFUSERS_WEIGHTS_NAME.replace(
+                ".safetensors", f".{variant}.safetensors")
+            weights_file = resolve_file(path, weights_name, subfolder, hub_kwargs)
+            if weights_file is None:
+                pickled = resolve_file(path, weights_name.replace(".safetensors", ".bin"), subfolder, hub_kwargs)
+                where = f"{path}/{subfolder}".rstrip("/")
+                raise ValueError(f"Expected diffusers weights {weights_name!r} in {where!r}, got "
+                                 f"{'only a pickled .bin file, which is never loaded' if pickled else 'no such file'}.")
+
+        options = dict(kwargs)
+        overrides = split_config_overrides(options)
+        config = options.pop("config", None)
+        dtype = options.pop("dtype", None) or options.pop("torch_dtype", None)
+        options.pop("torch_dtype", None)
+        device_map = options.pop("device_map", None)
+        if options.pop("use_safetensors", None) is False:
+            raise ValueError("Expected use_safetensors None or True: diffusers-format weights load from safetensors only.")
+        for key in (*_HUB_KWARGS, "subfolder", "variant", *_IGNORED_LOADING_KWARGS):
+            options.pop(key, None)
+        unknown = sorted(key for key, value in options.items() if value is not None)
+        if unknown:
+            raise ValueError(f"Expected loading options of transformers/diffusers or KLAEConfig fields, got {unknown}.")
+
+        state_dict = to_hf_state_dict(load_safetensors(weights_file))
+        if config is None and config_dict is not None:
+            config = config_from_diffusers(config_dict, **overrides)
+        elif config is None:
+            config = infer_config_from_state_dict(state_dict, **overrides)
+        elif isinstance(config, dict):
+            config = config_from_diffusers(config, **overrides)
+        elif isinstance(config, KLAEConfig):
+            if overrides:
+                config = KLAEConfig(**{**config.to_dict(), **overrides})
+        else:
+            raise ValueError(f"Expected `config` a KLAEConfig or a diffusers config dict, got {type(config).__name__}.")
+        model = cls._from_state_dict(config, state_dict, dtype=dtype, source=weights_file)
+        model.config.name_or_path = path
+        if device_map is not None:
+            if isinstance(device_map, dict):
+                raise ValueError(f"Expected device_map None or one device for a diffusers-format VAE, got {device_map!r}.")
+            model.to(device_map)
+        return model
+
+
+def _copy_tiling(source, target) -> None:
+    for name in ("use_slicing", "use_tiling", "tile_sample_min_size", "tile_latent_min_size", "tile_overlap_factor"):
+        if hasattr(source, name):
+            setattr(target, name, getattr(source, name))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
+from transformers import PreTrainedModel  # noqa: F401  (diffusers' pipeline loader finds the loader by this name here)
 
 from .configuration_vqvae import VQVAEConfig
 from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, DecoderOutput, apply_forward_hook

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Convert KL-autoencoder weights between hf_vae, diffusers and original latent-diffusion checkpoints.
+
+The source format is detected: an hf_vae folder, a diffusers AutoencoderKL folder or Hub repo (`--subfolder vae`
+for a pipeline), or a `.safetensors` file with diffusers or latent-diffusion names (optionally a whole Stable
+Diffusion checkpoint whose autoencoder is under `first_stage_model.`). `--to` picks the output:
+
+    python scripts/convert.py runwayml-sd15-folder  out/klae       --to hf_vae --subfolder vae
+    python scripts/convert.py out/klae               out/vae        --to diffusers
+    python scripts/convert.py sd-v1-5.safetensors    out/klae       --to hf_vae --set scaling_factor=0.18215
+    python scripts/convert.py out/klae               vae.safetensors --to ldm [--prefix first_stage_model.]
+
+Weights are read from and written to safetensors only. Conversion is a renaming: every tensor is bit-for-bit
+the original (the round trip is checked before anything is written unless `--no-verify`).
+"""
+
+import argparse
+import ast
+import json
+import os
+import sys
+from typing import Dict, List, Optional
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402
+
+from hf_vae.klae_conversion import to_hf_state_dict, to_ldm_state_dict  # noqa: E402
+from hf_vae.modeling_klae import KLAEModel  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_overrides(items: List[str]) -> Dict[str, object]:
+    """`["scaling_factor=0.13025", "force_upcast=False"]` -> {"scaling_factor": 0.13025, "force_upcast": False}."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"Expected --set KEY=VALUE, got {item!r}.")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value  # plain strings such as act_fn=silu
+    return overrides
+
+
+def load_source(source: str, subfolder: Optional[str], overrides: Dict[str, object], dtype) -> KLAEModel:
+    kwargs = dict(overrides)
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    return KLAEModel.from_pretrained(source, **kwargs)
+
+
+def save_ldm(model: KLAEModel, destination: str, prefix: str = "") -> None:
+    from safetensors.torch import save_file
+
+    if not destination.endswith(".safetensors"):
+        raise ValueError(f"Expected a .safetensors destination for --to ldm, got {destination!r}.")
+    state = to_ldm_state_dict(model.state_dict(), len(model.config.block_out_channels))
+    state = {prefix + key: value.contiguous() for key, value in state.items()}
+    metadata = {"format": "pt", "hf_vae_config": json.dumps(model.config.to_diff_dict())}
+    os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
+    save_file(state, destination, metadata=metadata)
+
+
+def verify(model: KLAEModel, destination: str, target: str) -> None:
+    """Reload what was written and check every tensor is identical to the model's."""
+    if target == "diffusers":
+        from diffusers import AutoencoderKL
+
+        reloaded = AutoencoderKL.from_pretrained(destination).state_dict()
+    elif target == "ldm":
+        from safetensors.torch import load_file
+
+        reloaded = to_hf_state_dict(load_file(destination))
+    else:
+        reloaded = KLAEModel.from_pretrained(destination, dtype="auto").state_dict()
+    original = model.state_dict()
+    if set(reloaded) != set(original):
+        raise RuntimeError(f"Verification failed: key sets differ: {sorted(set(reloaded) ^ set(original))}.")
+    bad = [key for key in original if not torch.equal(original[key], reloaded[key].to(original[key].dtype))]
+    if bad:
+        raise RuntimeError(f"Verification failed: tensors differ after the round trip: {bad}.")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="hf_vae folder, diffusers folder / Hub repo, or .safetensors file")
+    parser.add_argument("destination", help="output folder (hf_vae, diffusers) or .safetensors file (ldm)")
+    parser.add_argument("--to", choices=("hf_vae", "diffusers", "ldm"), required=True, help="output format")
+    parser.add_argument("--subfolder", default=None, help="component folder inside the source, e.g. 'vae'")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. scaling_factor=0.13025 (repeatable)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast the weights (default: float32)")
+    parser.add_argument("--prefix", default="", help="key prefix for --to ldm, e.g. 'first_stage_model.'")
+    parser.add_argument("--no-verify", action="store_true", help="skip reloading the output to check it")
+    args = parser.parse_args(argv)
+
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    model = load_source(args.source, args.subfolder, parse_overrides(args.overrides), dtype)
+    if args.to == "hf_vae":
+        model.save_pretrained(args.destination)
+    elif args.to == "diffusers":
+        model.to_diffusers().save_pretrained(args.destination)
+    else:
+        save_ldm(model, args.destination, args.prefix)
+    if not args.no_verify:
+        verify(model, args.destination, args.to)
+    config = model.config
+    print(f"Wrote {args.to} weights to {args.destination}: block_out_channels={config.block_out_channels}, "
+          f"latent_channels={config.latent_channels}, scaling_factor={config.scaling_factor}, "
+          f"shift_factor={config.shift_factor}, {sum(p.numel() for p in model.parameters()):,} parameters.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
