@@ -1,4 +1,6 @@
-"""The README's Python snippets run as written (a newcomer copies them first)."""
+"""The README's Python snippets run as written (a newcomer copies them first).
+
+Blocks fenced as ```python are run; ```py marks illustrations that need a real checkpoint or a long run."""
 
 import re
 from pathlib import Path

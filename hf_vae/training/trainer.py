@@ -10,7 +10,7 @@ Read `train` from top to bottom: it is the whole algorithm.
     6. the end: final checkpoint, evaluation on the held-out split, metrics.json, image grids, the published
        model (config.json + model.safetensors, written atomically), optional push to the Hub
 
-The same command runs on one CPU, one GPU, or many GPUs and machines (`accelerate launch`); see docs_training.md.
+The same command runs on one CPU, one GPU, or many GPUs and machines (`accelerate launch`); see the README, "Several GPUs and machines".
 """
 
 from __future__ import annotations
@@ -372,7 +372,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     if launched is not None and int(launched) != accelerator.num_processes:
         raise RuntimeError(f"Launched as {launched} processes (WORLD_SIZE) but Accelerate set up "
                            f"{accelerator.num_processes}: the processes would train separately. Expected a "
-                           f"distributed backend for this machine (see docs_training.md).")
+                           f"distributed backend for this machine (see the README, 'Several GPUs and machines').")
     is_main = accelerator.is_main_process
 
     # -- 2. the data's description and the model (bad arguments fail here, before anything is written) ------
