@@ -374,7 +374,7 @@ def test_a_few_training_steps_reduce_the_loss(name, backbone):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert max(losses[-3:]) < 0.9 * losses[0], losses
 
 
