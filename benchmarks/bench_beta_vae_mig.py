@@ -16,9 +16,7 @@ Prints a table and writes JSON to benchmarks/results/beta_vae_mig[_quick].json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,12 +25,11 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import machine, table, write_result  # noqa: E402
 
 
-def table(rows, headers):
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda values: "  ".join(str(v).ljust(w) for v, w in zip(values, widths))  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def main():
@@ -61,8 +58,7 @@ def main():
                     "norm_num_groups": 4, "layers_per_block": 1, "mid_block_add_attention": False,
                     "latent_channels": 8, "latent_dim": 10, "likelihood": "bernoulli"}
     result = {"benchmark": "beta_vae_mig", "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                          "torch_threads": torch.get_num_threads()},
+              "machine": machine(),
               "recipe": {"model": model_config, "steps": steps, "batch_size": args.batch_size,
                          "optimizer": "Adam 1e-3, 5% warm-up, cosine", "eval_examples": eval_examples,
                          "mig": "posterior means, 20 equal-width bins per latent, 5 factors"},
@@ -89,10 +85,7 @@ def main():
 
     output = args.output or os.path.join(ROOT, "benchmarks", "results",
                                          f"beta_vae_mig{'_quick' if args.quick else ''}.json")
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    write_result(result, output)
     print()
     print(table(rows, ["beta", "MIG", "-ELBO (nats)", "MSE", "time"]))
     print(f"\nwritten to {output}")

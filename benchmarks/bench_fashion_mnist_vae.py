@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,6 +37,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import machine, table, write_result  # noqa: E402
 
 MODEL_CONFIG = {"image_size": 28, "in_channels": 1, "hidden_dims": [512, 512], "latent_dim": 32,
                 "likelihood": "bernoulli"}
@@ -120,10 +122,6 @@ def bare_memory_throughput(steps, images):
     return steps * BATCH / (time.perf_counter() - start)
 
 
-def table(rows, headers):
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda values: "  ".join(str(v).ljust(w) for v, w in zip(values, widths))  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def main():
@@ -151,8 +149,7 @@ def main():
     rounds = args.rounds or (2 if quick else 5)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = {"benchmark": "fashion_mnist_vae", "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                          "torch_threads": torch.get_num_threads()},
+              "machine": machine(),
               "recipe": {"model": MODEL_CONFIG, "batch_size": BATCH, "optimizer": "Adam (fused), lr 1e-3 constant",
                          "data": "Fashion-MNIST train, dynamically binarised (fresh noise every epoch)"}}
     rows = []
@@ -217,7 +214,6 @@ def main():
 
     output = args.output or os.path.join(ROOT, "benchmarks", "results",
                                          f"fashion_mnist_vae{'_quick' if quick else ''}.json")
-    os.makedirs(os.path.dirname(output), exist_ok=True)
     if os.path.isfile(output) and (args.skip_quality or args.skip_speed):
         # Keep the section that was not rerun (with the command that produced it).
         with open(output) as f:
@@ -229,9 +225,7 @@ def main():
     for section in ("quality", "speed"):
         if section in result:
             result.setdefault(f"{section}_command", result["command"])
-    with open(output, "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    write_result(result, output)
     print()
     print(table(rows, ["MLP VAE on Fashion-MNIST", "value"]))
     print(f"\nwritten to {output}")

@@ -20,9 +20,7 @@ Prints a table and writes JSON to benchmarks/results/klae_photos[_quick].json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,12 +29,11 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import machine, table, write_result  # noqa: E402
 
 
-def table(rows, headers):
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda values: "  ".join(str(v).ljust(w) for v, w in zip(values, widths))  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def main():
@@ -79,8 +76,7 @@ def main():
     GradientState._reset_state()
     metrics = record["metrics"]
     result = {"benchmark": "klae_photos", "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                          "torch_threads": torch.get_num_threads()},
+              "machine": machine(),
               "recipe": {"model": model_config, "crop": args.crop, "steps": steps, "batch_size": args.batch_size,
                          "learning_rate": args.learning_rate, "disc_start": disc_start,
                          "perceptual_weight": train_args.perceptual_weight, "eval_examples": eval_examples,
@@ -88,10 +84,7 @@ def main():
               "seconds": round(seconds, 1), "metrics": metrics, "last_train_logs": record["train"]["last_logs"]}
     output = args.output or os.path.join(ROOT, "benchmarks", "results",
                                          f"klae_photos{'_quick' if args.quick else ''}.json")
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    write_result(result, output)
     print()
     print(table([["PSNR (dB)", f"{metrics['psnr']:.2f}"], ["SSIM", f"{metrics['ssim']:.3f}"],
                  ["MSE ([-1, 1] data)", f"{metrics['mse']:.5f}"], ["training time", f"{seconds:.0f} s"]],

@@ -22,9 +22,7 @@ Prints a table and writes JSON to benchmarks/results/vqvae_codebook[_quick].json
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,12 +31,11 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import machine, table, write_result  # noqa: E402
 
 
-def table(rows, headers):
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda values: "  ".join(str(v).ljust(w) for v, w in zip(values, widths))  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def main():
@@ -70,8 +67,7 @@ def main():
         "ema_restart": {"use_ema": True, "ema_decay": 0.99, "dead_code_threshold": args.dead_code_threshold},
     }
     result = {"benchmark": "vqvae_codebook", "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                          "torch_threads": torch.get_num_threads()},
+              "machine": machine(),
               "recipe": {"model": base, "steps": steps, "batch_size": args.batch_size,
                          "optimizer": "Adam 1e-3, 5% warm-up, cosine", "eval_examples": eval_examples or 10_000},
               "runs": []}
@@ -95,10 +91,7 @@ def main():
 
     output = args.output or os.path.join(ROOT, "benchmarks", "results",
                                          f"vqvae_codebook{'_quick' if args.quick else ''}.json")
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    write_result(result, output)
     print()
     print(table(rows, ["codebook", "usage", "perplexity", "PSNR (dB)", "SSIM", "time"]))
     print(f"\nwritten to {output}")

@@ -15,7 +15,6 @@ dense bottleneck (a vector latent, as in Burgess et al. 2018's β-VAE) and broad
 extra input channels (the CVAE).
 """
 
-import math
 from typing import Optional, Sequence
 
 import torch

@@ -5,8 +5,6 @@ The only piece it changes is `embed_condition`: labels become a condition vector
 concatenate to their inputs (broadcast as channels for conv maps).
 """
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 

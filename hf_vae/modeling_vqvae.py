@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel  # noqa: F401  (diffusers' pipeline loader finds the loader by this name here)
 
 from .configuration_vqvae import VQVAEConfig
-from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, DecoderOutput, apply_forward_hook
+from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, apply_forward_hook
 from .quantizers import VectorQuantizedPosterior, VectorQuantizer
 
 

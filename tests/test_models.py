@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel
 
 import hf_vae
@@ -25,7 +25,6 @@ from hf_vae import (
     VQVAEConfig,
     VQVAEModel,
 )
-from hf_vae.distributions import standard_normal_log_prob
 
 SMALL_CONV = dict(block_out_channels=[16, 32], norm_num_groups=8, latent_channels=4)
 SMALL_MLP = dict(hidden_dims=[64], latent_dim=8)
