@@ -122,8 +122,6 @@ def bare_memory_throughput(steps, images):
     return steps * BATCH / (time.perf_counter() - start)
 
 
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 epoch, K=100 on 500 test images, 2 short rounds")

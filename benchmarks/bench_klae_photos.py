@@ -34,8 +34,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine, table, write_result  # noqa: E402
 
 
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
