@@ -26,15 +26,7 @@ from hf_vae.klae_conversion import infer_config_from_state_dict, to_hf_state_dic
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models here are tiny, so one intra-op thread is as fast as two, and it cannot stall: with two OpenMP
-    threads on a 2-core machine that something else is using, every small op waits at a barrier for a descheduled
-    thread (measured: these tests 17 s with one thread, ~10 min with two under a concurrent benchmark)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 SMALL = dict(
     block_out_channels=[16, 32, 32, 64],

@@ -33,15 +33,7 @@ from hf_vae.integrations.diffusers import use_diffusers_vae, use_klae_vae  # noq
 PROMPT = "a cat"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models here are tiny, so one intra-op thread is as fast as two, and it cannot stall: with two OpenMP
-    threads on a 2-core machine that something else is using, every small op waits at a barrier for a descheduled
-    thread (measured: these tests 17 s with one thread, ~10 min with two under a concurrent benchmark)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -29,18 +29,7 @@ RUN = ["--model", "beta_vae", "--use_capacity", "--capacity_steps", "100", "--im
        "--num_sample_images", "4", "--resume_from_checkpoint", "latest"]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """One intra-op thread (tiny models gain nothing from two, and lose a lot when the other core is busy);
-    afterwards, reset Accelerate's process-wide state so that the next run may use other settings (bf16)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # see tests/conftest.py
 
 
 def _env():

@@ -23,18 +23,7 @@ TINY_CONV = {"image_size": 16, "backbone": "conv", "block_out_channels": [8, 16]
              "layers_per_block": 1, "mid_block_add_attention": False}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """One intra-op thread (tiny models gain nothing from two, and lose a lot when the other core is busy);
-    afterwards, reset Accelerate's process-wide state so that the next run may use other settings (bf16)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # see tests/conftest.py
 
 
 def tiny_run(tmp_path, name="run", **overrides):
