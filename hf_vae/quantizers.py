@@ -8,7 +8,8 @@ the reconstruction term:
 
 The codebook term moves only the codebook, the commitment term only the encoder. Options:
   * `use_ema`: the codebook follows exponential moving averages of its assigned encoder outputs instead of
-    the codebook term (paper, appendix A.1; VQ-VAE-2), with Laplace-smoothed counts.
+    the codebook term (paper, appendix A.1; VQ-VAE-2), with Laplace-smoothed counts. The averages start
+    consistent with the codebook (N_k = 1, m_k = e_k), so a code that no early batch selects stays put.
   * `kmeans_init`: the codebook starts from k-means centroids of the first training batch.
   * `dead_code_threshold`: a code whose moving-average assignment count per batch falls below the threshold is
     re-initialised from a random encoder output of the current batch ("codebook restart").
@@ -69,7 +70,10 @@ class VectorQuantizer(nn.Module):
         nn.init.uniform_(self.embedding.weight, -1.0 / num_embeddings, 1.0 / num_embeddings)
         if use_ema:
             self.embedding.weight.requires_grad_(False)
-            self.register_buffer("ema_cluster_size", torch.zeros(num_embeddings))
+            # A consistent start: each code counts as assigned once to itself (N_k = 1, m_k = e_k), as after
+            # k-means below. Counts of 0 with sums at the codebook would make e_k = m_k / Ñ_k ≈ e_k / ε for every
+            # code the first batch misses, stranding it ~1e5 times further out, never to be used again.
+            self.register_buffer("ema_cluster_size", torch.ones(num_embeddings))
             self.register_buffer("ema_embed_sum", self.embedding.weight.detach().clone())
         # Moving-average assignment count per batch, for dead-code detection (kept whatever the update rule).
         self.register_buffer("code_usage", torch.ones(num_embeddings))
