@@ -508,3 +508,12 @@ def test_render_model_card_from_an_output_dir(tmp_path):
                               repo_id="alice/flat") and not (tmp_path / "built" / "preview.png").exists()
     text = (tmp_path / "built" / "README.md").read_text()
     assert "preview.png" not in text and "torch.rand(4, 5)" in text
+
+
+def test_klae_card_says_whether_the_log_variance_was_learned():
+    model = tiny_klae()
+    args = {"model": "klae", "dataset": "photos", "max_steps": 10, "logvar_init": 0.0}
+    fixed = render_model_card(model, training_args=args).text
+    assert "was **fixed** at logvar = 0.0, as in latent diffusion" in fixed and "**learned**" not in fixed
+    learned = render_model_card(model, training_args={**args, "learn_logvar": True}).text
+    assert "was **learned** (`--learn_logvar`)" in learned and "**fixed**" not in learned

@@ -429,7 +429,7 @@ def test_ldm_loss_with_perceptual_and_logvar():
     torch.manual_seed(0)
     lp = LPIPS()
     loss_fn = LatentDiffusionLoss(disc_start=10**9, perceptual=lp, perceptual_weight=0.7, logvar_init=0.3,
-                                  pixel_loss="l2", allow_random_weights=True, disc_ndf=8,
+                                  learn_logvar=True, pixel_loss="l2", allow_random_weights=True, disc_ndf=8,
                                   disc_num_layers=2)
     x, y = _images(size=16)
     y.requires_grad_(True)
@@ -443,6 +443,16 @@ def test_ldm_loss_with_perceptual_and_logvar():
     loss.backward()
     assert loss_fn.logvar.grad is not None and y.grad is not None
     assert all(p.grad is None for p in lp.parameters())
+
+
+def test_ldm_loss_keeps_the_log_variance_fixed_unless_asked_to_learn_it():
+    # latent diffusion creates `logvar` as a parameter but never optimises it: it stays at logvar_init.
+    h, last, x = _toy_decoder()
+    fixed = LatentDiffusionLoss(disc_start=10**9, perceptual_weight=0.0, logvar_init=0.5, disc_ndf=8)
+    loss, log = fixed(x, last(h), torch.tensor([1.0, 1.0]), 0, 0)
+    loss.backward()
+    assert not fixed.logvar.requires_grad and fixed.logvar.grad is None and float(fixed.logvar) == 0.5
+    assert LatentDiffusionLoss(disc_start=0, perceptual_weight=0.0, learn_logvar=True, disc_ndf=8).logvar.requires_grad
 
 
 def test_ldm_loss_vq_mode():

@@ -211,7 +211,8 @@ def test_klae_full_objective_with_lpips_and_discriminator(tmp_path):
     assert [r["train/disc_factor"] for r in logs] == [0.0, 0.0, 0.0, 1.0, 1.0]  # switched on at disc_start
     assert all("train/disc_loss" in r for r in logs[3:]) and not any("train/disc_loss" in r for r in logs[:3])
     assert logs[-1]["train/d_weight"] > 0  # the adaptive weight on the decoder's last layer
-    assert logs[0]["train/logvar"] != logs[-1]["train/logvar"]  # the log-variance is learned
+    # latent diffusion's log-variance stays at logvar_init unless --learn_logvar (see the next test)
+    assert all(r["train/logvar"] == 0.0 for r in logs)
     # The discriminator is in the training state, not in the published model.
     published = load_file(os.path.join(args.output_dir, "model.safetensors"))
     assert not any("discriminator" in k or k.startswith("main.") for k in published)
@@ -221,6 +222,20 @@ def test_klae_full_objective_with_lpips_and_discriminator(tmp_path):
     disc_states = [s for s in states if isinstance(s, dict) and "discriminator" in s]
     assert len(disc_states) == 1 and "main.0.weight" in disc_states[0]["discriminator"]
     assert os.path.isfile(os.path.join(checkpoint, "optimizer_1.bin"))  # the discriminator's own optimiser
+
+
+def test_learn_logvar_trains_the_log_variance_with_the_generator(tmp_path):
+    from hf_vae import KLAEConfig, KLAEModel
+    from hf_vae.training.objectives import build_objective
+
+    model = KLAEModel(KLAEConfig(sample_size=16, block_out_channels=[8, 16], norm_num_groups=4, latent_channels=2))
+    for learn in (False, True):
+        args, _ = tiny_run(tmp_path, model="klae", perceptual_weight=0.0, disc_weight=0.0,
+                              learn_logvar=learn, logvar_init=0.25)
+        objective = build_objective(args, model, (-1.0, 1.0), "shapes")
+        assert float(objective.loss.logvar) == 0.25
+        assert objective.extra_parameters() == ([objective.loss.logvar] if learn else [])
+        assert objective.loss.logvar.requires_grad is learn
 
 
 def test_vq_vae_becomes_a_vqgan_when_a_discriminator_is_asked_for(tmp_path):

@@ -109,7 +109,10 @@ class TrainArguments:
     disc_ndf: int = field(default=64, metadata=_help("Channels of the first discriminator layer."))
     disc_learning_rate: Optional[float] = field(default=None, metadata=_help(
         "Discriminator learning rate (default: --learning_rate)."))
-    logvar_init: float = field(default=0.0, metadata=_help("Initial learned output log-variance of the KLAE NLL."))
+    logvar_init: float = field(default=0.0, metadata=_help(
+        "Output log-variance of the KLAE NLL (rec / exp(logvar) + logvar); its initial value with --learn_logvar."))
+    learn_logvar: bool = field(default=False, metadata=_help(
+        "Learn the KLAE NLL's log-variance. Off by default: latent diffusion keeps it at --logvar_init."))
     codebook_weight: float = field(default=1.0, metadata=_help("Weight of the VQ terms in the VQGAN objective."))
 
     def __post_init__(self):

@@ -16,7 +16,7 @@ in one module.  Which of the two is computed is chosen per call: pass ``kl``
 Generator step (``optimizer_idx=0``), KL autoencoder::
 
     rec      = |x - x_hat|  (or (x - x_hat)^2)  + perceptual_weight * LPIPS(x, x_hat)   per pixel, (B, C, H, W)
-    nll      = rec / exp(logvar) + logvar                                           learned scalar logvar
+    nll      = rec / exp(logvar) + logvar                                           scalar logvar, fixed (LDM) or learned
     nll_loss = sum(nll) / B          kl_loss = sum(kl) / B
     g_loss   = -mean(D(x_hat))
     d_weight = clamp(||dL_nll/dW|| / (||dL_g/dW|| + 1e-4), 0, 1e4).detach() * disc_weight   W = decoder's last layer
@@ -61,7 +61,10 @@ class LatentDiffusionLoss(nn.Module):
     Args:
         disc_start: global step from which the adversarial terms are switched on
             (``disc_factor`` is 0 for ``global_step < disc_start``). KL-f8: 50001.
-        logvar_init: initial value of the learned scalar output log-variance.
+        logvar_init: value of the scalar output log-variance of the NLL (its initial value if learned).
+        learn_logvar: learn the log-variance. Off by default, as in latent diffusion, whose trainer creates
+            ``logvar`` as a parameter but never gives it to an optimiser, so it stays at ``logvar_init``; a learned
+            log-variance changes the balance between the reconstruction and the KL and adversarial terms.
         kl_weight: weight of the KL term (KL-f8: 1e-6).
         pixel_loss: ``"l1"`` (|x - x_hat|) or ``"l2"`` ((x - x_hat)^2).
         perceptual_weight: weight of LPIPS; 0 disables the perceptual term.
@@ -83,10 +86,8 @@ class LatentDiffusionLoss(nn.Module):
             perceptual network was given (see the message for how to get one).
 
     Attributes:
-        logvar: learned scalar ``nn.Parameter`` (KL mode only).  NB: the original
-            latent-diffusion trainer never passed it to an optimiser, so there it
-            stayed at ``logvar_init``; include it in the generator optimiser to
-            learn it, as the name suggests.
+        logvar: scalar ``nn.Parameter`` (KL mode only), with ``requires_grad`` only
+            when ``learn_logvar``; include it in the generator optimiser then.
         discriminator: the :class:`NLayerDiscriminator` (optimise it with a
             separate optimiser).
         perceptual_loss: the frozen perceptual module, or None.
@@ -96,6 +97,7 @@ class LatentDiffusionLoss(nn.Module):
         self,
         disc_start: int,
         logvar_init: float = 0.0,
+        learn_logvar: bool = False,
         kl_weight: float = 1e-6,
         pixel_loss: str = "l1",
         perceptual_weight: float = 1.0,
@@ -130,7 +132,8 @@ class LatentDiffusionLoss(nn.Module):
 
         self.perceptual_loss: Optional[nn.Module] = self._build_perceptual(perceptual, allow_random_weights)
         # Output log-variance of the decoder's Laplace (l1) / Gaussian (l2) likelihood.
-        self.logvar = nn.Parameter(torch.ones(()) * logvar_init)
+        self.learn_logvar = bool(learn_logvar)
+        self.logvar = nn.Parameter(torch.full((), float(logvar_init)), requires_grad=self.learn_logvar)
         self.discriminator = NLayerDiscriminator(
             input_nc=disc_in_channels, ndf=disc_ndf, n_layers=disc_num_layers, use_actnorm=use_actnorm
         )

@@ -128,7 +128,8 @@ class AdversarialObjective:
     def __init__(self, *, vq: bool, in_channels: int, image_size: int, latent_numel: int, value_range,
                  perceptual: Optional[nn.Module], perceptual_weight: float, pixel_loss: str, kl_weight: float,
                  disc_start: int, disc_weight: float, disc_loss: str, disc_num_layers: int, disc_ndf: int,
-                 logvar_init: float, codebook_weight: float, dataset_name: str = "dataset"):
+                 logvar_init: float, codebook_weight: float, dataset_name: str = "dataset",
+                 learn_logvar: bool = False):
         from .ldm_loss import LatentDiffusionLoss
 
         min_side = 3 * 2 ** disc_num_layers
@@ -141,7 +142,8 @@ class AdversarialObjective:
         self.dataset_name = dataset_name
         self.disc_weight = disc_weight
         self.loss = LatentDiffusionLoss(
-            disc_start=disc_start, logvar_init=logvar_init, kl_weight=kl_weight, pixel_loss=pixel_loss,
+            disc_start=disc_start, logvar_init=logvar_init, learn_logvar=learn_logvar and not vq,
+            kl_weight=kl_weight, pixel_loss=pixel_loss,
             perceptual_weight=perceptual_weight if perceptual is not None else 0.0, perceptual=perceptual,
             disc_num_layers=disc_num_layers, disc_in_channels=in_channels, disc_weight=disc_weight,
             disc_loss=disc_loss, disc_ndf=disc_ndf, codebook_weight=codebook_weight)
@@ -152,8 +154,8 @@ class AdversarialObjective:
 
     # -- parameters trained outside the published model -------------------------------------------------------
     def extra_parameters(self) -> List[nn.Parameter]:
-        # The learned output log-variance of the NLL (KL mode only; taming's VQGAN has none).
-        return [] if self.vq else [self.loss.logvar]
+        # The output log-variance of the NLL, when it is learned (KL mode only; taming's VQGAN has none).
+        return [self.loss.logvar] if self.loss.learn_logvar else []
 
     def discriminator_parameters(self) -> List[nn.Parameter]:
         return list(self.loss.discriminator.parameters()) if self.disc_weight > 0 else []
@@ -234,4 +236,5 @@ def build_objective(train_args, model, value_range, dataset_name: str):
         perceptual_weight=perceptual_weight, pixel_loss=pixel_loss, kl_weight=getattr(config, "kl_weight", 0.0),
         disc_start=disc_start, disc_weight=train_args.disc_weight, disc_loss=train_args.disc_loss,
         disc_num_layers=train_args.disc_num_layers, disc_ndf=train_args.disc_ndf,
-        logvar_init=train_args.logvar_init, codebook_weight=train_args.codebook_weight, dataset_name=dataset_name)
+        logvar_init=train_args.logvar_init, learn_logvar=train_args.learn_logvar,
+        codebook_weight=train_args.codebook_weight, dataset_name=dataset_name)
