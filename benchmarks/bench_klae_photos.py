@@ -4,7 +4,7 @@
 Model: `KLAEModel` with down-sampling factor 4 (block_out_channels 32, 64, 64) and 4 latent channels, trained
 with `hf_vae.training.train` on random 32x32 crops of scikit-image's bundled RGB photos (hf_vae.data "photos";
 the test crops come from a strip of every photo that the training crops never touch). Objective: L1 pixel loss
-with a learned log-variance NLL, kl_weight · KL, and a PatchGAN discriminator (hinge) switched on at
+with latent diffusion's NLL (log-variance fixed at 0), kl_weight · KL, and a PatchGAN discriminator (hinge) switched on at
 --disc_start with latent diffusion's adaptive weight.
 
 No pretrained LPIPS weights exist on this machine, so the perceptual term is off (--perceptual_weight 0); pass
