@@ -77,6 +77,32 @@ def test_a_perfect_reconstruction_scores_zero_error(monkeypatch):
     assert metrics == {"mse": 0.0, "psnr": 100.0, "ssim": pytest.approx(1.0)}
 
 
+def test_image_metrics_are_on_the_unit_scale_whatever_the_model_range(monkeypatch):
+    # SSIM's constants are not shift-invariant and MSE scales with the range: every model is scored on images in
+    # [0, 1], here against scikit-image on the same images mapped to [0, 1] (a [-1, 1] KLAE and a [0, 1] VAE).
+    from skimage.metrics import structural_similarity
+
+    from hf_vae.data import build_dataset, collate_batch
+
+    rows = list(build_dataset("shapes", "test", image_size=16, value_range=(0, 1), binarize=False).take(16))
+    unit = collate_batch(rows)["pixel_values"].double()
+    unit_recon = (0.6 * unit + 0.25 + 0.05 * torch.sin(7 * unit.sum(1, keepdim=True))).clamp(0, 1)
+    mse = ((unit_recon - unit) ** 2).flatten(1).mean(1)
+    ssim = [structural_similarity(a.numpy(), b.numpy(), data_range=1.0, channel_axis=0, gaussian_weights=True,
+                                  sigma=1.5, use_sample_covariance=False) for a, b in zip(unit_recon, unit)]
+    expected = {"mse": float(mse.mean()), "psnr": float((10 * torch.log10(1 / mse)).mean()),
+                "ssim": sum(ssim) / len(ssim)}
+    for kind, (lo, hi) in (("klae", (-1.0, 1.0)), ("vae", (0.0, 1.0))):
+        model = tiny(kind)
+        to_model = lambda t: (t * (hi - lo) + lo).float()  # noqa: E731
+        monkeypatch.setattr(model, "reconstruct", lambda x, labels=None: to_model(
+            (0.6 * (x.double() - lo) / (hi - lo) + 0.25
+             + 0.05 * torch.sin(7 * ((x.double() - lo) / (hi - lo)).sum(1, keepdim=True))).clamp(0, 1)))
+        metrics = evaluate(model, "shapes", "test", max_examples=16, batch_size=16, binarize=False,
+                           metrics=["mse", "psnr", "ssim"])
+        assert metrics == pytest.approx(expected, rel=1e-5), kind
+
+
 def test_evaluation_is_deterministic_and_leaves_the_global_rng_alone():
     model = tiny("vae")
     state = torch.get_rng_state()

@@ -9,13 +9,17 @@ a number in `metrics.json` is reproduced by the script. Only the metrics that ap
     neg_elbo       −ELBO in nats per example, one posterior sample per example    Gaussian posterior, normalised p(x|z)
     nll            −log p(x) by importance sampling, K samples (Burda et al. 2016) idem
     bits_per_dim   nll / (D · ln 2), D = number of data dimensions               idem
-    mse            mean squared error of the deterministic reconstruction        all
-    psnr, ssim     per image, averaged over the split (PSNR capped at 100 dB)    images
+    mse            mean squared error of the deterministic reconstruction, [0, 1] all
+    psnr, ssim     per image on [0, 1], averaged over the split (PSNR ≤ 100 dB)  images
     mig            Mutual Information Gap of the posterior means (Chen 2018)     vector Gaussian latents, data with factors
     codebook_usage fraction of the codes used over the whole split               VQ-VAE
     perplexity     exp(entropy) of the code distribution over the split          VQ-VAE
 
 Reconstructions are clipped to the data range before the image metrics (as the published SD VAE numbers are).
+MSE, PSNR and SSIM are computed on images in [0, 1] whatever the model's range (a [-1, 1] model's images and
+reconstructions are mapped by (x + 1) / 2 first), as scikit-image and the literature do: MSE scales with the square
+of the range and SSIM's stabilising constants are not shift-invariant, so numbers on the model's own range would
+not be comparable between a Bernoulli model in [0, 1] and a KLAE in [-1, 1]. PSNR uses a peak of 1.
 For data in [-1, 1] with a Gaussian or Laplace likelihood, `nll` is a density, not the probability of 8-bit
 pixels, so it is not comparable with discrete bits/dim in the literature.
 
@@ -225,16 +229,17 @@ def evaluate(
                 log_px = model.log_likelihood(x, labels, num_samples=k, chunk_size=chunk,
                                               generator=iwae_generator)
                 sums["nll"] += float(-log_px.double().sum())
-            recon = model.reconstruct(x, labels).clamp(lo, hi).float()
-            xf = x.float()
+            # The image metrics see images in [0, 1] whatever the model's range (see the module docstring).
+            recon = (model.reconstruct(x, labels).clamp(lo, hi).float() - lo) / (hi - lo)
+            xf = (x.float() - lo) / (hi - lo)
             sums["mse"] += float(((recon - xf) ** 2).flatten(1).mean(1).double().sum())
             if is_image:
-                sums["psnr"] += float(torch.nan_to_num(psnr(recon, xf, hi - lo), posinf=PSNR_CAP_DB)
+                sums["psnr"] += float(torch.nan_to_num(psnr(recon, xf, 1.0), posinf=PSNR_CAP_DB)
                                       .clamp(max=PSNR_CAP_DB).double().sum())
                 side = min(x.shape[-2:])
                 if side >= 3:
                     win = min(11, side if side % 2 else side - 1)
-                    sums["ssim"] += float(ssim(recon, xf, hi - lo, win_size=win).double().sum())
+                    sums["ssim"] += float(ssim(recon, xf, 1.0, win_size=win).double().sum())
             if want_mig and "factors" in batch:
                 posterior = model.encode(x, labels=labels) if model.is_conditional else model.encode(x)
                 latents.append(posterior.latent_dist.mean.float().cpu())
