@@ -19,7 +19,8 @@ class KLAEConfig(PretrainedConfig):
         block_out_channels (`Sequence[int]`, defaults to (64,)): channels per resolution; the latent is
             f = 2^(len − 1) times smaller than the image (SD-1.x: (128, 256, 512, 512), f = 8).
         layers_per_block (`int`, defaults to 1): ResNet blocks per resolution (SD: 2).
-        act_fn (`str`, defaults to "silu"), norm_num_groups (`int`, defaults to 32).
+        act_fn (`str`, defaults to "silu"): activation of the ResNet blocks.
+        norm_num_groups (`int`, defaults to 32): GroupNorm groups; must divide every entry of `block_out_channels`.
         latent_channels (`int`, defaults to 4): channels of the latent (SD3 and Flux: 16).
         sample_size (`int`, defaults to 32): nominal image size; used for tiling and `generate`.
         scaling_factor (`float`, defaults to 0.18215): diffusion models see (z − shift_factor) · scaling_factor
@@ -28,7 +29,8 @@ class KLAEConfig(PretrainedConfig):
         latents_mean, latents_std (optional per-channel statistics used by some SDXL pipelines).
         force_upcast (`bool`, defaults to True): pipelines run this VAE in float32 even when the rest is fp16.
         use_quant_conv, use_post_quant_conv (`bool`, default True): the 1x1 convs around the latent (Flux: False).
-        mid_block_add_attention (`bool`, defaults to True).
+        mid_block_add_attention (`bool`, defaults to True): self-attention in the mid blocks (over every latent
+            position, so its cost grows with the square of (H/f)·(W/f)).
         kl_weight (`float`, defaults to 1e-6): weight of KL(q(z|x) || N(0, I)) in the loss (latent diffusion's
             KL-f8 setting); the latent is meant to be near-deterministic, not a generative prior.
         pixel_loss (`str`, defaults to "l1"): the pixel reconstruction term, Σ|x − x̂| or Σ(x − x̂)².

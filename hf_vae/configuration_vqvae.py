@@ -15,12 +15,15 @@ class VQVAEConfig(AutoencoderConfig):
         commitment_cost (`float`, defaults to 0.25): β of the commitment term ‖z_e − sg[e]‖².
         use_ema (`bool`, defaults to False): update codes by exponential moving averages (decay `ema_decay`,
             Laplace smoothing `ema_epsilon`); the codebook loss term is then dropped.
+        ema_decay (`float`, defaults to 0.99): decay γ of the EMA codebook updates (VQ-VAE appendix).
+        ema_epsilon (`float`, defaults to 1e-5): Laplace smoothing of the EMA cluster sizes.
         kmeans_init (`bool`, defaults to False): initialise the codebook by k-means on the first training batch.
         dead_code_threshold (`float`, defaults to 0.0): restart codes whose moving-average count per batch falls
             below this (0 disables restarts).
         use_cosine_sim (`bool`, defaults to False): nearest codes by cosine similarity on l2-normalised vectors.
         beta_on_codebook (`bool`, defaults to False): legacy placement of β on the codebook term (taming's legacy
             quantiser, diffusers' VQModel), only for reproducing such checkpoints.
+        scaling_factor (`float`, defaults to 1.0): latent scale that diffusers' LDMPipeline divides by before `decode`.
         Other fields are those of [`AutoencoderConfig`].
     """
 

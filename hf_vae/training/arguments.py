@@ -2,118 +2,153 @@
 
     python scripts/train.py --model vae --dataset shapes --max_steps 2000 --latent_dim 10 --config run.yaml
 
-`TrainArguments` and `DataArguments` are parsed by transformers' `HfArgumentParser`; every other `--name value`
-pair must be a field of the chosen model's config (`--latent_dim 10`, `--block_out_channels 32 64`,
+`TrainArguments` and `DataArguments` become argparse flags, in the groups of `GROUPS`; every other
+`--name value` pair must be a field of the chosen model's config (`--latent_dim 10`, `--block_out_channels 32 64`,
 `--beta 4`) and goes to the config constructor. `--config FILE.json|yaml` holds the same keys; flags given on
 the command line win over the file.
+
+This module imports only the standard library at module level (yaml when a value or file is parsed): the
+command line is parsed, and `--help` answered, before torch and transformers are imported, which takes seconds.
+The model configs' fields and their one-line descriptions are read from the configuration modules' source
+(`ast`), not by importing them; a test checks that this agrees with the classes themselves.
 """
 
 from __future__ import annotations
 
-import inspect
+import argparse
+import ast
+import functools
 import json
 import os
+import re
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-MODEL_NAMES = ("vae", "beta_vae", "vq_vae", "cvae", "klae")
+#: --model NAME -> (configuration module in hf_vae/, config class). The one list of model names on the command
+#: line (hf_vae.MODELS maps the same names to the classes; a test keeps the two in step). Adding a variant is
+#: one line here.
+MODEL_REGISTRY: Dict[str, Tuple[str, str]] = {
+    "vae": ("configuration_vae", "VAEConfig"),
+    "beta_vae": ("configuration_beta_vae", "BetaVAEConfig"),
+    "vq_vae": ("configuration_vqvae", "VQVAEConfig"),
+    "cvae": ("configuration_cvae", "CVAEConfig"),
+    "klae": ("configuration_klae", "KLAEConfig"),
+}
+MODEL_NAMES = tuple(MODEL_REGISTRY)
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("cosine", "constant")
 REPORT_TO = ("auto", "tensorboard", "jsonl", "all", "none")
 DISC_LOSSES = ("hinge", "vanilla")
 PIXEL_LOSSES = ("l1", "l2")
 
+#: argument groups of --help, in order: key -> title. A field names its group in its metadata (`group=`).
+MODEL, DATA, OPTIM, EVAL, CKPT, LOG, HUB, OBJ = "model", "data", "optim", "eval", "ckpt", "log", "hub", "objective"
+GROUPS: Dict[str, str] = {
+    MODEL: "model and run",
+    DATA: "data",
+    OPTIM: "optimisation",
+    EVAL: "evaluation",
+    CKPT: "checkpointing and resuming",
+    LOG: "logging and images",
+    HUB: "Hub",
+    OBJ: "KLAE / VQGAN objective (perceptual and adversarial terms)",
+}
 
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
+
+def _help(text: str, group: Optional[str] = None, **extra) -> dict:
+    """Field metadata: the --help text, its group in `GROUPS` and argparse extras (`choices=`, `metavar=`)."""
+    return {"help": text, "group": group, **extra}
 
 
 @dataclass
 class TrainArguments:
     """How to train: model variant, optimisation, schedule, checkpoints, evaluation, logging, publishing."""
 
-    model: str = field(default="vae", metadata=_help(f"Model variant, one of {MODEL_NAMES}."))
+    model: str = field(default="vae", metadata=_help("Model variant (its training recipe fills the fields you do not give).", group=MODEL, choices=MODEL_NAMES))
     output_dir: Optional[str] = field(default=None, metadata=_help(
         "Where the run is written (default outputs/<model>-<dataset>): config.json and model.safetensors at the "
-        "root, metrics.json, training_args.json, reconstructions.png, samples.png, checkpoints/, logs/."))
+        "root, metrics.json, training_args.json, reconstructions.png, samples.png, checkpoints/, logs/.", group=MODEL, metavar="DIR"))
     config: Optional[str] = field(default=None, metadata=_help(
         "A JSON or YAML file of arguments (the same keys as the flags, model config fields included); flags "
-        "given on the command line override it."))
-    max_steps: int = field(default=1000, metadata=_help("Number of optimisation steps."))
+        "given on the command line override it.", group=MODEL, metavar="FILE"))
+    max_steps: int = field(default=1000, metadata=_help("Number of optimisation steps.", group=OPTIM))
     num_epochs: Optional[float] = field(default=None, metadata=_help(
         "Train for this many passes over the training split instead of --max_steps (needs a dataset of known "
-        "size): max_steps = epochs * examples // (batch_size * processes * accumulation)."))
-    batch_size: int = field(default=64, metadata=_help("Examples per process per micro-batch."))
+        "size): max_steps = epochs * examples // (batch_size * processes * accumulation).", group=OPTIM))
+    batch_size: int = field(default=64, metadata=_help("Examples per process per micro-batch.", group=OPTIM))
     gradient_accumulation_steps: int = field(default=1, metadata=_help(
-        "Micro-batches per optimisation step (effective batch = batch_size * processes * this)."))
-    learning_rate: float = field(default=1e-3, metadata=_help("Peak learning rate (Adam)."))
+        "Micro-batches per optimisation step (effective batch = batch_size * processes * this).", group=OPTIM))
+    learning_rate: float = field(default=1e-3, metadata=_help("Peak learning rate (Adam).", group=OPTIM))
     lr_scheduler: str = field(default="cosine", metadata=_help(
-        f"Learning-rate schedule after the linear warm-up, one of {LR_SCHEDULERS}."))
+        "Learning-rate schedule after the linear warm-up.", group=OPTIM, choices=LR_SCHEDULERS))
     warmup_steps: Optional[int] = field(default=None, metadata=_help(
-        "Linear warm-up steps (default: 5 %% of max_steps)."))
-    min_lr_ratio: float = field(default=0.0, metadata=_help("Final learning rate of the cosine, as a fraction of the peak."))
+        "Linear warm-up steps (default: 5 % of max_steps).", group=OPTIM))
+    min_lr_ratio: float = field(default=0.0, metadata=_help("Final learning rate of the cosine, as a fraction of the peak.", group=OPTIM))
     adam_beta1: Optional[float] = field(default=None, metadata=_help(
-        "Adam beta1 (default 0.9; 0.5 when a discriminator is trained, as in latent diffusion)."))
+        "Adam beta1 (default 0.9; 0.5 when a discriminator is trained, as in latent diffusion).", group=OPTIM))
     adam_beta2: Optional[float] = field(default=None, metadata=_help(
-        "Adam beta2 (default 0.999; 0.9 when a discriminator is trained)."))
-    weight_decay: float = field(default=0.0, metadata=_help("Decoupled weight decay (AdamW); 0 is plain Adam."))
-    max_grad_norm: float = field(default=1.0, metadata=_help("Clip the gradient norm to this (0 disables clipping)."))
+        "Adam beta2 (default 0.999; 0.9 when a discriminator is trained).", group=OPTIM))
+    weight_decay: float = field(default=0.0, metadata=_help("Decoupled weight decay (AdamW); 0 is plain Adam.", group=OPTIM))
+    max_grad_norm: float = field(default=1.0, metadata=_help("Clip the gradient norm to this (0 disables clipping).", group=OPTIM))
     ema_decay: float = field(default=0.0, metadata=_help(
         "Keep an exponential moving average of the weights with this decay (e.g. 0.999; 0 = off). When on, the "
-        "averaged weights are evaluated and published."))
-    seed: int = field(default=0, metadata=_help("Seed of the model initialisation, the data order and the noise."))
+        "averaged weights are evaluated and published.", group=OPTIM))
+    seed: int = field(default=0, metadata=_help("Seed of the model initialisation, the data order and the noise.", group=MODEL))
     mixed_precision: str = field(default="no", metadata=_help(
-        f"One of {MIXED_PRECISION}. fp16 needs an accelerator (CUDA/XPU/MPS) and falls back to 'no' without one; "
-        "bf16 also runs on CPUs."))
+        "fp16 needs an accelerator (CUDA/XPU/MPS) and falls back to 'no' without one; bf16 also runs on CPUs.",
+        group=OPTIM, choices=MIXED_PRECISION))
     checkpointing_steps: int = field(default=500, metadata=_help(
-        "Save the full training state to output_dir/checkpoints/checkpoint-<step> every N steps (0 = only at the end)."))
+        "Save the full training state to output_dir/checkpoints/checkpoint-<step> every N steps (0 = only at the end).", group=CKPT))
     checkpoints_total_limit: Optional[int] = field(default=3, metadata=_help(
-        "Keep only the newest N checkpoints (None keeps all)."))
+        "Keep only the newest N checkpoints (None keeps all).", group=CKPT))
     resume_from_checkpoint: Optional[str] = field(default=None, metadata=_help(
         "'latest' (the newest complete checkpoint in output_dir/checkpoints; a fresh start if there is none) or "
-        "the path of a checkpoint folder."))
-    eval_steps: int = field(default=500, metadata=_help("Evaluate every N steps (0 = only at the end)."))
+        "the path of a checkpoint folder.", group=CKPT, metavar="{latest,PATH}"))
+    eval_steps: int = field(default=500, metadata=_help("Evaluate every N steps (0 = only at the end).", group=EVAL))
     eval_max_examples: Optional[int] = field(default=1000, metadata=_help(
-        "Examples used by the periodic evaluations (the first ones of the split)."))
+        "Examples used by the periodic evaluations (the first ones of the split).", group=EVAL))
     final_eval_max_examples: Optional[int] = field(default=None, metadata=_help(
-        "Examples used by the final evaluation that writes metrics.json (default: the whole split)."))
-    eval_batch_size: int = field(default=128, metadata=_help("Batch size of the evaluations."))
+        "Examples used by the final evaluation that writes metrics.json (default: the whole split).", group=EVAL))
+    eval_batch_size: int = field(default=128, metadata=_help("Batch size of the evaluations.", group=EVAL))
     eval_importance_samples: int = field(default=100, metadata=_help(
-        "Importance samples K of the NLL during training (scripts/evaluate.py defaults to 1000; 0 skips it)."))
-    logging_steps: int = field(default=10, metadata=_help("Log averaged loss terms every N steps."))
+        "Importance samples K of the NLL during training (scripts/evaluate.py defaults to 1000; 0 skips it).", group=EVAL))
+    logging_steps: int = field(default=10, metadata=_help("Log averaged loss terms every N steps.", group=LOG))
     report_to: str = field(default="auto", metadata=_help(
-        f"Trackers, one of {REPORT_TO}: auto = TensorBoard when installed, otherwise JSON lines in logs/metrics.jsonl."))
+        "Trackers: auto = TensorBoard when installed, otherwise JSON lines in logs/train/metrics.jsonl.", group=LOG,
+        choices=REPORT_TO))
     skip_nonfinite: bool = field(default=False, metadata=_help(
-        "Skip a batch whose loss or gradient is NaN/inf instead of stopping the run."))
-    num_sample_images: int = field(default=64, metadata=_help("Images in samples.png (reconstructions.png: half)."))
-    push_to_hub: bool = field(default=False, metadata=_help("Upload output_dir to the Hub at the end (needs --hub_model_id)."))
-    hub_model_id: Optional[str] = field(default=None, metadata=_help("Hub repository id, e.g. user/vae-shapes."))
-    hub_private: bool = field(default=False, metadata=_help("Create the Hub repository as private."))
+        "Skip a batch whose loss or gradient is NaN/inf instead of stopping the run.", group=OPTIM))
+    num_sample_images: int = field(default=64, metadata=_help("Images in samples.png (reconstructions.png: half).", group=LOG))
+    push_to_hub: bool = field(default=False, metadata=_help("Upload output_dir to the Hub at the end (needs --hub_model_id).", group=HUB))
+    hub_model_id: Optional[str] = field(default=None, metadata=_help("Hub repository id, e.g. user/vae-shapes.", group=HUB, metavar="ID"))
+    hub_private: bool = field(default=False, metadata=_help("Create the Hub repository as private.", group=HUB))
     # -- the perceptual + adversarial objective (klae always; vq_vae when asked: VQGAN) -----------------------
     pixel_loss: Optional[str] = field(default=None, metadata=_help(
-        f"Pixel term of the KLAE/VQGAN objective, one of {PIXEL_LOSSES} (default: the KLAE config's, else l1)."))
+        "Pixel term of the KLAE/VQGAN objective (default: the KLAE config's, else l1).", group=OBJ,
+        choices=PIXEL_LOSSES))
     perceptual_weight: Optional[float] = field(default=None, metadata=_help(
         "Weight of the LPIPS term (default 1.0 for klae; for vq_vae a value > 0 switches on the VQGAN objective). "
-        "Needs --lpips_weights; 0 trains without it."))
+        "Needs --lpips_weights; 0 trains without it.", group=OBJ))
     lpips_weights: Optional[str] = field(default=None, metadata=_help(
-        "Folder of LPIPS weights in safetensors (see scripts/convert_lpips_weights.py)."))
+        "Folder of LPIPS weights in safetensors (see scripts/convert_lpips_weights.py).", group=OBJ, metavar="DIR"))
     disc_start: Optional[int] = field(default=None, metadata=_help(
         "Step at which the PatchGAN discriminator switches on (default 50001 for klae as in latent diffusion's "
-        "KL-f8; for vq_vae, setting it switches on the VQGAN objective)."))
+        "KL-f8; for vq_vae, setting it switches on the VQGAN objective).", group=OBJ))
     disc_weight: float = field(default=0.5, metadata=_help(
-        "Multiplies the adaptive GAN weight (0 trains no discriminator)."))
-    disc_loss: str = field(default="hinge", metadata=_help(f"Discriminator loss, one of {DISC_LOSSES}."))
+        "Multiplies the adaptive GAN weight (0 trains no discriminator).", group=OBJ))
+    disc_loss: str = field(default="hinge", metadata=_help("Discriminator loss.", group=OBJ, choices=DISC_LOSSES))
     disc_num_layers: int = field(default=3, metadata=_help(
-        "PatchGAN depth; images need at least 3 * 2**layers pixels per side."))
-    disc_ndf: int = field(default=64, metadata=_help("Channels of the first discriminator layer."))
+        "PatchGAN depth; images need at least 3 * 2**layers pixels per side.", group=OBJ))
+    disc_ndf: int = field(default=64, metadata=_help("Channels of the first discriminator layer.", group=OBJ))
     disc_learning_rate: Optional[float] = field(default=None, metadata=_help(
-        "Discriminator learning rate (default: --learning_rate)."))
+        "Discriminator learning rate (default: --learning_rate).", group=OBJ))
     logvar_init: float = field(default=0.0, metadata=_help(
-        "Output log-variance of the KLAE NLL (rec / exp(logvar) + logvar); its initial value with --learn_logvar."))
+        "Output log-variance of the KLAE NLL (rec / exp(logvar) + logvar); its initial value with --learn_logvar.",
+        group=OBJ))
     learn_logvar: bool = field(default=False, metadata=_help(
-        "Learn the KLAE NLL's log-variance. Off by default: latent diffusion keeps it at --logvar_init."))
-    codebook_weight: float = field(default=1.0, metadata=_help("Weight of the VQ terms in the VQGAN objective."))
+        "Learn the KLAE NLL's log-variance. Off by default: latent diffusion keeps it at --logvar_init.", group=OBJ))
+    codebook_weight: float = field(default=1.0, metadata=_help("Weight of the VQ terms in the VQGAN objective.", group=OBJ))
 
     def __post_init__(self):
         _choice("model", self.model, MODEL_NAMES)
@@ -159,19 +194,19 @@ class DataArguments:
 
     dataset: str = field(default="shapes", metadata=_help(
         "'shapes' (procedural dSprites), 'fashion_mnist', 'photos' (scikit-image crops), a datasets id or a local "
-        "path (image folder, data files or save_to_disk folder)."))
-    eval_split: str = field(default="test", metadata=_help("Split used by the evaluations."))
-    image_column: Optional[str] = field(default=None, metadata=_help("Image column of a generic dataset."))
-    label_column: Optional[str] = field(default=None, metadata=_help("Label column of a generic dataset (cvae)."))
-    data_dir: Optional[str] = field(default=None, metadata=_help("data_dir for datasets.load_dataset / Fashion-MNIST IDX files."))
+        "path (image folder, data files or save_to_disk folder).", group=DATA))
+    eval_split: str = field(default="test", metadata=_help("Split used by the evaluations.", group=DATA))
+    image_column: Optional[str] = field(default=None, metadata=_help("Image column of a generic dataset.", group=DATA))
+    label_column: Optional[str] = field(default=None, metadata=_help("Label column of a generic dataset (cvae).", group=DATA))
+    data_dir: Optional[str] = field(default=None, metadata=_help("data_dir for datasets.load_dataset / Fashion-MNIST IDX files.", group=DATA, metavar="DIR"))
     binarize: Optional[bool] = field(default=None, metadata=_help(
-        "Dynamic binarisation x ~ Bernoulli(intensity), fresh every epoch (default: on for Bernoulli decoders)."))
+        "Dynamic binarisation x ~ Bernoulli(intensity), fresh every epoch (default: on for Bernoulli decoders).", group=DATA))
     data_seed: int = field(default=0, metadata=_help(
-        "Content of procedural datasets (shapes factors and held-out split, photo crops); keep it fixed across runs."))
+        "Content of procedural datasets (shapes factors and held-out split, photo crops); keep it fixed across runs.", group=DATA))
     num_train_examples: Optional[int] = field(default=None, metadata=_help(
-        "Size of the training split of a procedural dataset (shapes, photos): a prefix of the default stream."))
-    shuffle_buffer: int = field(default=1000, metadata=_help("Size of the streaming shuffle buffer."))
-    num_workers: int = field(default=0, metadata=_help("DataLoader worker processes per training process."))
+        "Size of the training split of a procedural dataset (shapes, photos): a prefix of the default stream.", group=DATA))
+    shuffle_buffer: int = field(default=1000, metadata=_help("Size of the streaming shuffle buffer.", group=DATA))
+    num_workers: int = field(default=0, metadata=_help("DataLoader worker processes per training process.", group=DATA))
 
     def __post_init__(self):
         _positive_int("shuffle_buffer", self.shuffle_buffer)
@@ -196,28 +231,167 @@ def _non_negative_int(name: str, value) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Model config fields
+# Model config fields, read from the configuration modules' source
 # ------------------------------------------------------------------------------------------------------------
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TRANSFORMERS_BASES = ("PretrainedConfig", "PreTrainedConfig")
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """One keyword argument of a model config: its default and the first sentence of its docstring entry."""
+
+    name: str
+    default: Any
+    description: str = ""
+
+
+@functools.lru_cache(maxsize=None)
+def _module_tree(module: str) -> ast.Module:
+    path = os.path.join(_PACKAGE_DIR, module + ".py")
+    with open(path, encoding="utf-8") as f:
+        return ast.parse(f.read(), filename=path)
+
+
+def _constant(node: ast.AST, tree: ast.Module) -> Any:
+    """A default value: a literal, or a module-level constant of the same file."""
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        pass
+    if isinstance(node, ast.Name):
+        for statement in tree.body:
+            if isinstance(statement, ast.Assign) and any(isinstance(t, ast.Name) and t.id == node.id
+                                                          for t in statement.targets):
+                return _constant(statement.value, tree)
+    return ast.unparse(node)
+
+
+def _docstring_args(doc: Optional[str]) -> Dict[str, str]:
+    """{'name': 'first sentence'} from the `Args:` section of a transformers-style docstring.
+
+    An entry is `name (`type`, defaults to x): description`, possibly several names sharing one entry
+    (`in_channels (...), out_channels (...): image channels.`) and continuation lines indented deeper.
+    """
+    if not doc:
+        return {}
+    lines = doc.expandtabs().splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Args:") + 1
+    except StopIteration:
+        return {}
+    entries: List[str] = []
+    indent = None
+    for line in lines[start:]:
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
+        if indent is None:
+            indent = depth
+        if depth < indent:
+            break
+        if depth == indent:
+            entries.append(line.strip())
+        elif entries:
+            entries[-1] += " " + line.strip()
+    out: Dict[str, str] = {}
+    for entry in entries:
+        # Split at the first colon outside parentheses and backquotes: names and types, then the description.
+        level, quoted, split = 0, False, None
+        for i, char in enumerate(entry):
+            if char == "`":
+                quoted = not quoted
+            elif not quoted and char in "([":
+                level += 1
+            elif not quoted and char in ")]":
+                level -= 1
+            elif char == ":" and level == 0 and not quoted:
+                split = i
+                break
+        header = entry if split is None else entry[:split]
+        if split is None:  # `name (`type`, defaults to x).`: the parenthesis is the description
+            inside = header[header.find("(") + 1: header.rfind(")")] if "(" in header else ""
+            description = re.sub(r"^`[^`]*`,?\s*", "", inside.strip())
+        else:
+            description = entry[split + 1:].strip()
+        description = re.split(r"\.\s+(?=[A-Z])", description)[0].rstrip(".")  # the first sentence
+        level, names, word = 0, [], ""
+        for char in header + " ":
+            if char in "([":
+                level += 1
+            elif char in ")]":
+                level -= 1
+            elif level == 0 and (char.isalnum() or char == "_"):
+                word += char
+                continue
+            if word:
+                names.append(word)
+            word = ""
+        for name in names:
+            out.setdefault(name, description)
+    return out
+
+
+def _class_fields(module: str, class_name: str) -> Dict[str, ConfigField]:
+    """The keyword arguments of `class_name.__init__` and of its bases up to transformers' config, in MRO order
+    (a subclass's default wins), with their docstring descriptions."""
+    tree = _module_tree(module)
+    klass = next((node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == class_name), None)
+    if klass is None:
+        raise ValueError(f"Expected a class {class_name} in hf_vae/{module}.py, found none.")
+    docs = _docstring_args(ast.get_docstring(klass))
+    own: Dict[str, ConfigField] = {}
+    init = next((node for node in klass.body if isinstance(node, ast.FunctionDef) and node.name == "__init__"), None)
+    if init is not None:
+        positional = init.args.posonlyargs + init.args.args
+        defaults = [None] * (len(positional) - len(init.args.defaults)) + list(init.args.defaults)
+        pairs = list(zip(positional, defaults)) + list(zip(init.args.kwonlyargs, init.args.kw_defaults))
+        for arg, default in pairs:
+            if arg.arg != "self":
+                value = MISSING if default is None else _constant(default, tree)
+                own[arg.arg] = ConfigField(arg.arg, value, docs.get(arg.arg, ""))
+    inherited: Dict[str, ConfigField] = {}
+    for base in klass.bases:
+        base_name = base.id if isinstance(base, ast.Name) else getattr(base, "attr", "")
+        if base_name in _TRANSFORMERS_BASES:
+            continue
+        for name, entry in _class_fields(_defining_module(tree, module, base_name), base_name).items():
+            inherited.setdefault(name, entry)
+    merged = dict(own)
+    for name, entry in inherited.items():
+        if name in merged:  # redefined default, inherited description when the subclass gives none
+            merged[name] = ConfigField(name, merged[name].default, merged[name].description or entry.description)
+        else:
+            merged[name] = entry
+    return merged
+
+
+def _defining_module(tree: ast.Module, module: str, name: str) -> str:
+    """The sibling module that defines `name` as seen from `module` (`from .configuration_base import X`)."""
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and any(a.name == name for a in node.names):
+            return node.module
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return module
+    raise ValueError(f"Cannot find where {name}, a base class in hf_vae/{module}.py, is defined.")
+
+
+@functools.lru_cache(maxsize=None)
+def model_config_field_info(model: str) -> Tuple[ConfigField, ...]:
+    """The fields `--model model` accepts as --name value, with defaults and one-line descriptions."""
+    _choice("model", model, MODEL_NAMES)
+    module, class_name = MODEL_REGISTRY[model]
+    entries = dict(_class_fields(module, class_name))
+    if "sample_size" in entries and "image_size" not in entries:  # the KLAE: every variant takes --image_size
+        entries["image_size"] = ConfigField("image_size", None, "alias of sample_size")
+    return tuple(entries.values())
 
 
 def model_config_defaults(model: str) -> Dict[str, Any]:
     """The keyword arguments the config class of `model` accepts (its own and its parents', up to transformers'),
     with their default values."""
-    import hf_vae
-    from transformers import PretrainedConfig
-
-    _choice("model", model, MODEL_NAMES)
-    config_class = hf_vae.MODELS[model][0]
-    defaults: Dict[str, Any] = {}
-    for klass in config_class.__mro__:
-        if klass is PretrainedConfig or not issubclass(klass, PretrainedConfig):
-            break
-        for p in inspect.signature(klass.__init__).parameters.values():
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self" and p.name not in defaults:
-                defaults[p.name] = p.default
-    if model == "klae":
-        defaults["image_size"] = None  # alias of sample_size, so every variant takes --image_size
-    return defaults
+    return {entry.name: entry.default for entry in model_config_field_info(model)}
 
 
 def model_config_fields(model: str) -> List[str]:
@@ -247,9 +421,7 @@ def check_model_config(model: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _config_class_name(model: str) -> str:
-    import hf_vae
-
-    return hf_vae.MODELS[model][0].__name__
+    return MODEL_REGISTRY[model][1]
 
 
 def _parse_value(tokens: List[str]) -> Any:
@@ -324,23 +496,163 @@ def load_config_file(path: str) -> Dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def build_parser():
-    """An `HfArgumentParser` over (TrainArguments, DataArguments), with the model config fields in the epilog."""
-    import argparse
+# ------------------------------------------------------------------------------------------------------------
+# The command line
+# ------------------------------------------------------------------------------------------------------------
 
-    from transformers import HfArgumentParser
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
-    epilog = ["Any field of the model's config is also accepted as --name value, e.g. --latent_dim 10 "
-              "--block_out_channels 32 64 --beta 4. Fields per model:"]
-    for name in MODEL_NAMES:
-        try:
-            epilog.append(f"  {name}: {', '.join(model_config_fields(name))}")
-        except Exception:  # pragma: no cover - only if hf_vae failed to import
-            pass
-    parser = HfArgumentParser((TrainArguments, DataArguments), prog="train.py",
-                              description="Train an hf_vae model with one Accelerate loop.",
-                              epilog="\n".join(epilog), formatter_class=argparse.RawDescriptionHelpFormatter)
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter with lines wrapped at 100 columns at most and the help column at 34."""
+
+    def __init__(self, prog: str):
+        import shutil
+
+        width = min(100, shutil.get_terminal_size((100, 24)).columns - 2)
+        super().__init__(prog, max_help_position=34, width=max(60, width))
+
+
+def _field_type(f) -> Tuple[str, bool]:
+    """('int' | 'float' | 'str' | 'bool', optional) from a dataclass field's annotation (a string here)."""
+    annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    optional = annotation.startswith("Optional[")
+    return (annotation[len("Optional["):-1] if optional else annotation), optional
+
+
+def _converter(base: str, optional: bool):
+    kind = {"int": int, "float": float, "str": str}[base]
+
+    def convert(token: str):
+        if optional and token.lower() in ("none", "null"):
+            return None
+        return kind(token)
+
+    convert.__name__ = base  # argparse names it in "invalid int value: 'x'"
+    return convert
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(_show(v) for v in value) or "[]"
+    return "None" if value is None else str(value)
+
+
+_METAVARS = {"int": "N", "float": "X", "str": "NAME"}
+
+
+def _field_metavar(default: Any) -> str:
+    if isinstance(default, bool):
+        return "{true,false}"
+    if isinstance(default, (list, tuple)):
+        return f"{_field_metavar(default[0]) if default else 'V'} [...]"
+    return {int: "N", float: "X", str: "NAME"}.get(type(default), "VALUE")
+
+
+def _add_field(group, f) -> None:
+    """One dataclass field as a flag: a switch for a bool, a typed value otherwise, with its default shown."""
+    meta = dict(f.metadata)
+    text = meta.pop("help", "").replace("%", "%%")  # argparse %-formats help strings
+    meta.pop("group", None)
+    base, optional = _field_type(f)
+    flag = "--" + f.name
+    if base == "bool":
+        if f.default is None:  # three states: --x, --no_x, or neither (the run decides)
+            group.add_argument(flag, dest=f.name, action="store_const", const=True, default=None, help=text)
+            group.add_argument(f"--no_{f.name}", dest=f.name, action="store_const", const=False,
+                               help=f"Turn --{f.name} off.")
+        else:  # the switch that changes the default is shown; the other one exists for `--x false` and files
+            on, off = (argparse.SUPPRESS, text) if f.default else (text, argparse.SUPPRESS)
+            group.add_argument(flag, dest=f.name, action="store_true", default=f.default, help=on)
+            group.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", help=off)
+        return
+    if f.default is not None and f.default is not MISSING:
+        text = f"{text} (default: {_show(f.default)})"
+    metavar = meta.pop("metavar", None) or (None if "choices" in meta else _METAVARS[base])
+    group.add_argument(flag, dest=f.name, type=_converter(base, optional), default=f.default, metavar=metavar,
+                       help=text, **meta)
+
+
+def _switch_values(argv: List[str]) -> List[str]:
+    """`--skip_nonfinite true`, `--binarize=false`, `--no_x yes` (the older spelling of the switches) ->
+    `--skip_nonfinite`, `--no_binarize`, `--no_x`."""
+    switches = {}
+    for f in fields(TrainArguments) + fields(DataArguments):
+        if _field_type(f)[0] == "bool":
+            switches[f.name] = f.default
+    out: List[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name, eq, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        if name not in switches or (not eq and (i + 1 >= len(argv) or argv[i + 1].lower() not in _TRUE + _FALSE)):
+            out.append(token)
+            i += 1
+            continue
+        if not eq:
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        if value.lower() not in _TRUE + _FALSE:
+            raise ValueError(f"Expected --{name} alone, or followed by true or false, got {value!r}.")
+        out.append(f"--{name}" if value.lower() in _TRUE else f"--no_{name}")
+    return out
+
+
+def _model_fields_help(model: str) -> str:
+    """The `model fields` section of --help: every field of the model's config, default and one-line description."""
+    module, class_name = MODEL_REGISTRY[model]
+    helper = argparse.ArgumentParser(add_help=False, usage=argparse.SUPPRESS, formatter_class=_Formatter)
+    group = helper.add_argument_group(
+        f"{model} model fields ({class_name})",
+        "Any of them as --name VALUE (lists as 32 64 or 32,64); '--model NAME --help' shows another model's.")
+    for entry in model_config_field_info(model):
+        default = "" if entry.default is MISSING else f" (default: {_show(entry.default)})"
+        text = (entry.description + default).replace("%", "%%")
+        group.add_argument("--" + entry.name, metavar=_field_metavar(entry.default), help=text)
+    return helper.format_help()
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose --help ends with the chosen model's config fields."""
+
+    help_model = "vae"
+
+    def format_help(self) -> str:
+        return super().format_help().rstrip("\n") + "\n\n" + _model_fields_help(self.help_model)
+
+
+def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser of `scripts/train.py`: trainer and data flags in their groups, with choices and defaults;
+    --help then lists the config fields of `model` (default: vae)."""
+    parser = _Parser(
+        prog="train.py", formatter_class=_Formatter, allow_abbrev=False,
+        usage="%(prog)s [-h] [--model {" + ",".join(MODEL_NAMES) + "}] [--dataset NAME] [--config FILE]\n"
+              "                [--FLAG VALUE ...] [--MODEL_FIELD VALUE ...]",
+        description="Train an hf_vae model with one Accelerate loop. With no arguments: a VAE on the procedural "
+                    "shapes stream, a few minutes on 2 CPU cores. Every model config field is accepted as "
+                    "--name VALUE (listed at the end).")
+    parser.help_model = model if model in MODEL_REGISTRY else "vae"
+    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
+    other = None
+    for f in fields(TrainArguments) + fields(DataArguments):
+        group = groups.get(f.metadata.get("group"))
+        if group is None:
+            other = other or parser.add_argument_group("other options")
+            group = other
+        _add_field(group, f)
     return parser
+
+
+def _peek(argv: Sequence[str], name: str) -> Optional[str]:
+    """The value of --name in argv (last one wins), before parsing."""
+    value = None
+    for i, token in enumerate(argv):
+        if token == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif token.startswith(f"--{name}="):
+            value = token.split("=", 1)[1]
+    return value
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[TrainArguments, DataArguments, Dict[str, Any]]:
@@ -349,19 +661,29 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[TrainArguments, Da
     Precedence: command line > --config file > defaults (dataset-derived model fields are filled in later by
     the trainer, only where neither gave a value).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    argv = _switch_values(list(sys.argv[1:] if argv is None else argv))
     # The config file is read first so that its values become defaults the command line can override.
-    config_path = None
-    for i, token in enumerate(argv):
-        if token == "--config" and i + 1 < len(argv):
-            config_path = argv[i + 1]
-        elif token.startswith("--config="):
-            config_path = token.split("=", 1)[1]
+    config_path = _peek(argv, "config")
     file_values = load_config_file(config_path) if config_path else {}
     known = _train_data_field_names()
+    parser = build_parser(_peek(argv, "model") or file_values.get("model"))
     parser.set_defaults(**{k: v for k, v in file_values.items() if k in known})
-    train_args, data_args, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    namespace, remaining = parser.parse_known_args(argv)
+    values = vars(namespace)
+    train_args = TrainArguments(**{f.name: values[f.name] for f in fields(TrainArguments)})
+    data_args = DataArguments(**{f.name: values[f.name] for f in fields(DataArguments)})
     model_config = {k: v for k, v in file_values.items() if k not in known}
     model_config.update(_parse_model_flags(remaining))
     return train_args, data_args, check_model_config(train_args.model, model_config)
+
+
+def parse_command_line(argv: Optional[Sequence[str]] = None) -> Tuple[TrainArguments, DataArguments, Dict[str, Any]]:
+    """`parse_args` for a command: a bad argument prints `train.py: error: ...` and exits with status 1
+    (argparse's own errors exit with 2); --help prints and exits 0."""
+    try:
+        return parse_args(argv)
+    except (ValueError, FileNotFoundError) as error:
+        if os.environ.get("HF_VAE_TRACEBACK"):
+            raise
+        print(f"train.py: error: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from ..evaluation.evaluate import data_settings, evaluate, format_metrics_table, metrics_record, write_json_atomic
-from .arguments import DataArguments, TrainArguments, check_model_config, parse_args
+from .arguments import DataArguments, TrainArguments, check_model_config, parse_command_line
 from .checkpointing import (
     TrainingState,
     checkpoint_dir,
@@ -631,8 +631,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """The command line: parse arguments (flags, --config file, model config fields) and train."""
     from .perceptual import PerceptualWeightsMissingError
 
+    train_args, data_args, model_config = parse_command_line(argv)
     try:
-        train_args, data_args, model_config = parse_args(argv)
         return train(train_args, data_args, model_config)
     except (ValueError, FileNotFoundError, PerceptualWeightsMissingError, NonFiniteLossError) as error:
         if os.environ.get("HF_VAE_TRACEBACK"):

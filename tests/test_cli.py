@@ -1,0 +1,125 @@
+"""The command line of scripts/train.py: parsed before torch is imported, grouped, with defaults, choices,
+switches and each model's config fields."""
+
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hf_vae.training import arguments
+from hf_vae.training.arguments import MODEL_REGISTRY, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = str(REPO / "scripts" / "train.py")
+
+
+def run_train_script(*argv):
+    """Run scripts/train.py in a fresh interpreter; report its exit code, output, and whether torch, transformers
+    or datasets got imported."""
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['train.py', *{list(argv)!r}]\n"
+        "code = 0\n"
+        "try:\n"
+        f"    runpy.run_path({TRAIN!r}, run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    code = exit.code or 0\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules)\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+        "sys.exit(code)\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="100")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    out, _, heavy = result.stdout.rpartition("HEAVY=")
+    return result.returncode, out, result.stderr, heavy.strip()
+
+
+def test_help_is_answered_before_torch_is_imported():
+    code, out, err, heavy = run_train_script("--help")
+    assert code == 0, err
+    assert heavy == "", f"--help imported {heavy}"
+    assert "--model {vae,beta_vae,vq_vae,cvae,klae}" in out
+    for title in arguments.GROUPS.values():
+        assert f"\n{title}:\n" in out
+    assert "--skip_nonfinite " in out and "[SKIP_NONFINITE]" not in out  # a switch, not a value
+    assert "--mixed_precision {no,fp16,bf16}" in out
+    assert "(default: 64)" in out  # defaults are shown
+    assert max(len(line) for line in out.splitlines()) <= 100  # wrapped
+    assert "vae model fields (VAEConfig" in out and "--latent_dim" in out
+
+
+def test_model_help_lists_that_models_fields_with_descriptions():
+    code, out, err, heavy = run_train_script("--model", "klae", "--help")
+    assert code == 0 and heavy == "", (err, heavy)
+    section = out[out.index("klae model fields (KLAEConfig"):]
+    assert "--scaling_factor X" in section and "0.18215" in section
+    assert "--latent_channels N" in section and "channels of the latent" in section
+    assert "--use_quant_conv {true,false}" in section
+    assert "--beta " not in section  # another model's field
+
+
+def test_a_bad_flag_is_refused_before_torch_is_imported():
+    code, _, err, heavy = run_train_script("--model", "vq_vae", "--num_embedings", "8")
+    assert code == 1 and heavy == ""
+    assert err.startswith("train.py: error: Unknown argument(s) --num_embedings for --model vq_vae")
+    code, _, err, heavy = run_train_script("--model", "gan")
+    assert code == 2 and heavy == "" and "invalid choice: 'gan'" in err
+
+
+def test_switches_and_their_older_true_false_spelling():
+    train, data, _ = parse_args(["--skip_nonfinite", "--no_binarize"])
+    assert train.skip_nonfinite is True and data.binarize is False
+    train, data, _ = parse_args(["--skip_nonfinite", "false", "--binarize=true", "--push_to_hub", "yes",
+                                 "--hub_model_id", "me/x"])
+    assert train.skip_nonfinite is False and data.binarize is True and train.push_to_hub is True
+    train, data, _ = parse_args([])
+    assert train.skip_nonfinite is False and data.binarize is None  # None: the decoder decides
+    with pytest.raises(ValueError, match=r"Expected --skip_nonfinite alone, or followed by true or false"):
+        parse_args(["--skip_nonfinite=maybe"])
+    train, _, _ = parse_args(["--checkpoints_total_limit", "none"])  # Optional ints take none
+    assert train.checkpoints_total_limit is None
+
+
+def test_config_fields_read_from_source_match_the_config_classes():
+    """The command line reads the config fields from the modules' source (no import); they must be exactly
+    the keyword arguments and defaults of the classes themselves."""
+    import hf_vae
+    from transformers import PretrainedConfig
+
+    assert set(MODEL_REGISTRY) == set(hf_vae.MODELS)
+    for name, (module, class_name) in MODEL_REGISTRY.items():
+        config_class = hf_vae.MODELS[name][0]
+        assert (config_class.__module__, config_class.__name__) == (f"hf_vae.{module}", class_name)
+        expected = {}
+        for klass in config_class.__mro__:
+            if klass is PretrainedConfig or not issubclass(klass, PretrainedConfig):
+                break
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                    expected.setdefault(p.name, p.default)
+        read = arguments.model_config_defaults(name)
+        read.pop("image_size") if name == "klae" else None  # the alias of sample_size
+        assert read == expected, name
+        described = [f.name for f in arguments.model_config_field_info(name) if not f.description]
+        assert described == [], f"{name}: fields without a docstring entry: {described}"
+
+
+def test_docstring_entries_are_parsed_into_one_line_descriptions():
+    doc = """Intro.
+
+    Args:
+        alpha (`int`, defaults to 1): the first (et al. 2017). Second sentence.
+        beta_one (`float`), beta_two (`float`): shared
+            over two lines.
+        gamma (`bool`, defaults to True).
+        Other fields are those of [`Base`].
+
+    Example:
+        >>> x
+    """
+    parsed = arguments._docstring_args(inspect.cleandoc(doc))
+    assert parsed["alpha"] == "the first (et al. 2017)"
+    assert parsed["beta_one"] == parsed["beta_two"] == "shared over two lines"
+    assert parsed["gamma"] == "defaults to True"
