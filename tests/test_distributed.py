@@ -43,7 +43,9 @@ def test_two_processes_train_evaluate_checkpoint_and_resume(tmp_path):
         resolved = json.load(f)["resolved"]
     assert resolved["num_processes"] == 2 and resolved["effective_batch_size"] == 16
     checkpoint = os.path.join(out, "checkpoints", "checkpoint-8")
-    assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors"} <= set(os.listdir(checkpoint))
+    assert {"rng_state_0.safetensors", "rng_state_1.json", "model.safetensors", "manifest.json"} <= \
+        set(os.listdir(checkpoint))
+    assert all(name.endswith((".safetensors", ".json")) for name in os.listdir(checkpoint))
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
     assert metrics["step"] == 8 and {"neg_elbo", "nll", "mse", "psnr", "ssim", "mig"} <= set(metrics["metrics"])

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_vae.training import DataArguments, TrainArguments, latest_checkpoint, list_checkpoints, train
-from hf_vae.training.checkpointing import TMP_PREFIX, remove_temporary, resolve_resume
+from hf_vae.training.checkpointing import TMP_PREFIX, CheckpointError, remove_temporary, resolve_resume, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "scripts" / "train.py")
@@ -93,6 +93,7 @@ def test_latest_ignores_unfinished_checkpoints(tmp_path):
     for name in ("checkpoint-10", "checkpoint-200", "checkpoint-30", f"{TMP_PREFIX}checkpoint-300", "notes"):
         (directory / name).mkdir(parents=True)
         (directory / name / "model.safetensors").write_bytes(b"")
+        write_manifest(str(directory / name), 0)
     assert [step for step, _ in list_checkpoints(str(directory))] == [10, 30, 200]
     assert latest_checkpoint(str(directory)) == str(directory / "checkpoint-200")
     assert resolve_resume("latest", str(tmp_path)) == str(directory / "checkpoint-200")
@@ -102,7 +103,7 @@ def test_latest_ignores_unfinished_checkpoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="expected 'latest' or a checkpoint folder"):
         resolve_resume(str(directory / "checkpoint-999"), str(tmp_path))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="holds no model state"):
+    with pytest.raises(CheckpointError, match="manifest.json: missing"):
         resolve_resume(str(tmp_path / "empty"), str(tmp_path))
     assert remove_temporary(str(directory)) == [f"{TMP_PREFIX}checkpoint-300"]
     assert not (directory / f"{TMP_PREFIX}checkpoint-300").exists()

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from hf_vae.training import DataArguments, NonFiniteLossError, TrainArguments, parse_args, train
 from hf_vae.training.arguments import model_config_fields
 from hf_vae.training.perceptual import LPIPS, PerceptualWeightsMissingError
+from hf_vae.training.checkpointing import read_training_state
 from hf_vae.training.trainer import _lr_lambda, default_output_dir, main
 
 TINY_MLP = {"image_size": 16, "hidden_dims": [32], "latent_dim": 4}
@@ -217,11 +218,9 @@ def test_klae_full_objective_with_lpips_and_discriminator(tmp_path):
     published = load_file(os.path.join(args.output_dir, "model.safetensors"))
     assert not any("discriminator" in k or k.startswith("main.") for k in published)
     checkpoint = os.path.join(args.output_dir, "checkpoints", "checkpoint-5")
-    states = [torch.load(os.path.join(checkpoint, n), weights_only=False) for n in sorted(os.listdir(checkpoint))
-              if n.startswith("custom_checkpoint")]
-    disc_states = [s for s in states if isinstance(s, dict) and "discriminator" in s]
-    assert len(disc_states) == 1 and "main.0.weight" in disc_states[0]["discriminator"]
-    assert os.path.isfile(os.path.join(checkpoint, "optimizer_1.bin"))  # the discriminator's own optimiser
+    states = read_training_state(checkpoint)
+    assert "main.0.weight" in states["objective"]["discriminator"]
+    assert states["disc_optimizer"]["state"]  # the discriminator's own optimiser, with its Adam moments
 
 
 def test_learn_logvar_trains_the_log_variance_with_the_generator(tmp_path):
@@ -296,9 +295,7 @@ def test_ema_weights_are_evaluated_and_published(tmp_path):
     published = load_file(os.path.join(args.output_dir, "model.safetensors"))
     checkpoint = os.path.join(args.output_dir, "checkpoints", "checkpoint-6")
     live = load_file(os.path.join(checkpoint, "model.safetensors"))
-    ema_state = [s for s in (torch.load(os.path.join(checkpoint, n), weights_only=False)
-                             for n in os.listdir(checkpoint) if n.startswith("custom_checkpoint"))
-                 if isinstance(s, dict) and "shadow" in s][0]
+    ema_state = read_training_state(checkpoint)["ema"]
     assert ema_state["num_updates"] == 6
     name = "encoder.layers.0.weight" if "encoder.layers.0.weight" in published else next(iter(ema_state["shadow"]))
     assert torch.equal(published[name], ema_state["shadow"][name])

@@ -69,6 +69,9 @@ class TrainArguments:
     output_dir: Optional[str] = field(default=None, metadata=_help(
         "Where the run is written (default outputs/<model>-<dataset>): config.json and model.safetensors at the "
         "root, metrics.json, training_args.json, reconstructions.png, samples.png, checkpoints/, logs/.", group=MODEL, metavar="DIR"))
+    overwrite_output_dir: bool = field(default=False, metadata=_help(
+        "Train into an --output_dir that holds another run's files, replacing them (its checkpoints are deleted). "
+        "Without it such a folder is refused, unless --resume_from_checkpoint continues that run.", group=CKPT))
     config: Optional[str] = field(default=None, metadata=_help(
         "A JSON or YAML file of arguments (the same keys as the flags, model config fields included); flags "
         "given on the command line override it.", group=MODEL, metavar="FILE"))

@@ -35,11 +35,16 @@ from .arguments import DataArguments, TrainArguments, check_model_config, parse_
 from .checkpointing import (
     TrainingState,
     checkpoint_dir,
+    claim_output_dir,
+    clear_previous_run,
     latest_checkpoint,
+    load_checkpoint,
     publish_pretrained,
+    remove_publish_leftovers,
     remove_temporary,
     resolve_resume,
     save_checkpoint,
+    set_aside_newer,
 )
 from .ema import EMA
 from .objectives import build_objective
@@ -374,6 +379,10 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                            f"{accelerator.num_processes}: the processes would train separately. Expected a "
                            f"distributed backend for this machine (see the README, 'Several GPUs and machines').")
     is_main = accelerator.is_main_process
+    # Every process looks before any writes (the barrier below): a folder of another run is refused everywhere.
+    previous_files = claim_output_dir(output_dir, train_args.overwrite_output_dir,
+                                      train_args.resume_from_checkpoint is not None)
+    accelerator.wait_for_everyone()
 
     # -- 2. the data's description and the model (bad arguments fail here, before anything is written) ------
     dataset_info = _describe(data_args, model_config)
@@ -385,9 +394,13 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     model.to(accelerator.device)
     objective.to(accelerator.device)
     if is_main:
+        if previous_files and train_args.overwrite_output_dir and train_args.resume_from_checkpoint is None:
+            cleared = clear_previous_run(output_dir)
+            accelerator.print(f"--overwrite_output_dir: replacing the run in {output_dir}"
+                              f"{' (its checkpoints deleted)' if cleared else ''}.")
+        for name in remove_publish_leftovers(output_dir) + remove_temporary(checkpoint_dir(output_dir)):
+            logger.warning("Removed %s, left unfinished by a killed run.", name)
         os.makedirs(checkpoint_dir(output_dir), exist_ok=True)
-        for name in remove_temporary(checkpoint_dir(output_dir)):
-            logger.warning("Removed %s, an unfinished checkpoint of a killed run.", name)
     accelerator.wait_for_everyone()
 
     # Steps: --num_epochs (when given) counts passes over the training split.
@@ -424,8 +437,10 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                                                    accelerator.device))
     ema = EMA(unwrapped, train_args.ema_decay) if train_args.ema_decay > 0 else None
     state = TrainingState(accelerator.num_processes)
-    checkpointed = [state, scheduler, objective] + ([ema] if ema is not None else [])
-    accelerator.register_for_checkpointing(*checkpointed)
+    # What a checkpoint holds besides the weights (safetensors + JSON; see checkpointing.py).
+    checkpointed = {"training_state": state, "scheduler": scheduler, "optimizer": optimizer, "objective": objective}
+    checkpointed.update({name: part for name, part in (("disc_optimizer", disc_optimizer), ("ema", ema),
+                                                        ("grad_scaler", accelerator.scaler)) if part is not None})
 
     run_args = {**dataclasses.asdict(train_args), **dataclasses.asdict(data_args), "model_config": model_config,
                 "output_dir": output_dir, "resolved": {"max_steps": max_steps, "warmup_steps": warmup_steps,
@@ -441,7 +456,9 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     # -- 4. resume ------------------------------------------------------------------------------------------
     resume_path = resolve_resume(train_args.resume_from_checkpoint, output_dir)
     if resume_path is not None:
-        accelerator.load_state(resume_path)
+        load_checkpoint(accelerator, resume_path, unwrapped, checkpointed, verified=True)
+        if is_main and os.path.dirname(os.path.abspath(resume_path)) == os.path.abspath(checkpoint_dir(output_dir)):
+            set_aside_newer(checkpoint_dir(output_dir), state.step)
         if getattr(state, "resharded_from", None):
             logger.warning("Checkpoint written by %d processes, resumed on %d: the data order differs from an "
                            "uninterrupted run.", state.resharded_from, accelerator.num_processes)
@@ -488,7 +505,8 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         positions = accelerator.gather(position).view(-1, 2).tolist()
         state.data_epochs = [int(e) for e, _ in positions]
         state.data_batches = [int(b) for _, b in positions]
-        return save_checkpoint(accelerator, output_dir, state.step, train_args.checkpoints_total_limit)
+        return save_checkpoint(accelerator, output_dir, state.step, unwrapped, checkpointed,
+                               train_args.checkpoints_total_limit)
 
     # -- 5. the loop ------------------------------------------------------------------------------------------
     from tqdm.auto import tqdm
