@@ -5,7 +5,7 @@
 The warm-up of d (as in diffusers' EMAModel) keeps the first averages from being dominated by the random
 initialisation. Only parameters are averaged; buffers (BatchNorm statistics, the VQ-EMA codebook sums) are
 taken from the live model when the average is copied out, since they are averages or counters already.
-The object has `state_dict` / `load_state_dict`, so `accelerator.register_for_checkpointing` saves and resumes it.
+The object has `state_dict` / `load_state_dict`, which the trainer's checkpoints save (safetensors) and resume.
 """
 
 from __future__ import annotations
