@@ -11,15 +11,21 @@ from transformers import AutoConfig, AutoModel
 from .configuration_base import AutoencoderConfig
 from .configuration_beta_vae import BetaVAEConfig
 from .configuration_cvae import CVAEConfig
+from .configuration_iwae import IWAEConfig
 from .configuration_klae import KLAEConfig
+from .configuration_miwae import MIWAEConfig
 from .configuration_vae import VAEConfig
+from .configuration_vamp_vae import VampVAEConfig
 from .configuration_vqvae import VQVAEConfig
 from .distributions import DiagonalGaussianDistribution
 from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, DecoderOutput, EncoderOutput
 from .modeling_beta_vae import BetaVAEModel
 from .modeling_cvae import CVAEModel
+from .modeling_iwae import IWAEModel
 from .modeling_klae import KLAEModel
+from .modeling_miwae import MIWAEModel
 from .modeling_vae import VAEModel
+from .modeling_vamp_vae import VampVAEModel
 from .modeling_vqvae import VQVAEModel, VQVAEOutput
 from .quantizers import VectorQuantizer
 
@@ -32,6 +38,9 @@ MODELS = {
     "vq_vae": (VQVAEConfig, VQVAEModel),
     "cvae": (CVAEConfig, CVAEModel),
     "klae": (KLAEConfig, KLAEModel),
+    "iwae": (IWAEConfig, IWAEModel),
+    "miwae": (MIWAEConfig, MIWAEModel),
+    "vamp_vae": (VampVAEConfig, VampVAEModel),
 }
 
 for _config_class, _model_class in MODELS.values():
@@ -52,10 +61,16 @@ __all__ = [
     "DecoderOutput",
     "DiagonalGaussianDistribution",
     "EncoderOutput",
+    "IWAEConfig",
+    "IWAEModel",
     "KLAEConfig",
     "KLAEModel",
+    "MIWAEConfig",
+    "MIWAEModel",
     "VAEConfig",
     "VAEModel",
+    "VampVAEConfig",
+    "VampVAEModel",
     "VQVAEConfig",
     "VQVAEModel",
     "VQVAEOutput",

@@ -6,11 +6,18 @@
 A variant changes only the pluggable pieces, each a small method or module:
 
     posterior(encoder_output)          q(z|x): a DiagonalGaussianDistribution, or a VectorQuantizedPosterior
-    sample_latent(posterior, ...)      reparameterised sample / straight-through code / the mode
+    num_posterior_samples              K latents per example (1; K for the importance-weighted bounds)
+    sample_latent(posterior, ...)      reparameterised sample(s) / straight-through code / the mode
     likelihood                         a `Likelihood` module: Bernoulli, Gaussian, Laplace, or a pixel loss
-    regularisation_loss(posterior, z)  KL, β·KL, γ|KL − C|, the VQ codebook and commitment terms, ...
-    sample_prior / prior_log_prob      p(z)
+    regularisation_loss(posterior, z)  per example: KL, β·KL, γ|KL − C|, log q(z|x) − log p(z), VQ terms, TC, ...
+    combine_samples(rec, reg)          the K per-sample terms -> one per-example objective (mean, or IWAE's
+                                       log-mean-exp)
+    batch_regularisation(q, z, params) a term of the whole batch: MMD(q(z), p(z)), a decoder penalty (0 default)
+    sample_prior / prior_log_prob      p(z) (the VampPrior replaces both)
     embed_condition(labels)            c for conditional models (None otherwise)
+
+Any model can also fit an ex-post density to its latents (`fit_latent_density`, a Gaussian mixture saved with
+the weights); `generate` then samples from it instead of p(z).
 
 `forward`, `encode`, `decode`, `generate`, `reconstruct` and `log_likelihood` live here and nowhere else.
 """
@@ -27,6 +34,7 @@ from transformers.utils import ModelOutput
 
 from .conv_backbone import ConvDecoder, ConvEncoder
 from .distributions import DiagonalGaussianDistribution, Likelihood, build_likelihood, randn_tensor, standard_normal_log_prob
+from .latent_density import GaussianMixtureDensity, encode_dataset
 from .mlp_backbone import MLPDecoder, MLPEncoder
 
 try:  # transformers >= 5 guards initialisers so that weights loaded from a checkpoint are never overwritten
@@ -114,6 +122,18 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     output_class = AutoencoderOutput
     #: whether `forward`/`generate` need `labels` (the CVAE)
     is_conditional = False
+    #: latents drawn per example in `forward`: K > 1 gives (K, B, *latent_shape) latents (IWAE, MIWAE)
+    num_posterior_samples = 1
+
+    def __init__(self, config, *inputs, **kwargs):
+        super().__init__(config, *inputs, **kwargs)
+        # The ex-post latent density (`fit_latent_density`) is stored in the weights; the config records its size
+        # so that `from_pretrained` builds the buffers it loads into.
+        components = getattr(config, "latent_density_components", None)
+        self.latent_density = None
+        if components:
+            self.latent_density = GaussianMixtureDensity(components, math.prod(self.latent_shape),
+                                                         getattr(config, "latent_density_covariance", "full"))
 
     # --------------------------------------------------------------------------------------------------------
     # Construction helpers for variants
@@ -177,12 +197,28 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
 
     def sample_latent(self, posterior, generator: Optional[torch.Generator] = None,
                       sample_posterior: bool = True) -> torch.Tensor:
-        return posterior.sample(generator) if sample_posterior else posterior.mode()
+        """(B, *latent_shape), or (K, B, *latent_shape) reparameterised samples when num_posterior_samples = K > 1."""
+        if not sample_posterior:
+            return posterior.mode()
+        if self.num_posterior_samples == 1:
+            return posterior.sample(generator)
+        eps = randn_tensor((self.num_posterior_samples, *posterior.mean.shape), generator=generator,
+                           device=posterior.mean.device, dtype=posterior.mean.dtype)
+        return posterior.mean + posterior.std * eps
 
     def regularisation_loss(self, posterior, latents: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Per-example regulariser (B,) and extra output fields (already batch-averaged)."""
+        """Per-example regulariser (B,) (or (K, B) for stacked latents) and extra output fields (batch-averaged)."""
         kl = posterior.kl()
         return kl, {"kl": kl.mean()}
+
+    def combine_samples(self, reconstruction_loss: torch.Tensor, regularisation_loss: torch.Tensor) -> torch.Tensor:
+        """(K, B) per-sample −log p(x|z_k) and regulariser -> (B,) objective: the Monte Carlo average by default."""
+        return (reconstruction_loss + regularisation_loss).mean(0)
+
+    def batch_regularisation(self, posterior, latents: torch.Tensor,
+                             params: torch.Tensor) -> Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]:
+        """A scalar term of the whole batch added to the loss (MMD, decoder penalty), and extra output fields."""
+        return None, {}
 
     def sample_prior(self, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return randn_tensor((num_samples, *self.latent_shape), generator=generator, device=self.device, dtype=self.dtype)
@@ -256,6 +292,15 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     def _decode(self, latents: torch.Tensor, condition: Optional[torch.Tensor]) -> torch.Tensor:
         return self.decoder(latents, condition)
 
+    def _decode_samples(self, latents: torch.Tensor, condition: Optional[torch.Tensor]) -> torch.Tensor:
+        """`_decode` for (B, *latent_shape) or stacked (K, B, *latent_shape) latents (decoded as one batch)."""
+        if latents.dim() == len(self.latent_shape) + 1:
+            return self._decode(latents, condition)
+        k, batch = latents.shape[:2]
+        cond = None if condition is None else condition.repeat(k, *([1] * (condition.dim() - 1)))
+        params = self._decode(latents.reshape(k * batch, *latents.shape[2:]), cond)
+        return params.view(k, batch, *params.shape[1:])
+
     @apply_forward_hook
     def encode(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, return_dict: bool = True):
         """(B, *data_shape) -> EncoderOutput(latent_dist=q(z|x))."""
@@ -296,19 +341,29 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
         self.check_pixel_values(pixel_values)
         condition = self.embed_condition(labels, pixel_values.shape[0])
         posterior = self._encode(pixel_values, condition)
-        latents = self.sample_latent(posterior, generator, sample_posterior)
-        params = self._decode(latents, condition)
-        reconstruction_loss = self.likelihood.nll(pixel_values, params)
+        latents = self.sample_latent(posterior, generator, sample_posterior)  # (B, ...), or (K, B, ...) samples
+        params = self._decode_samples(latents, condition)
+        reconstruction_loss = self.likelihood.nll(pixel_values, params)  # (B,) or (K, B)
         regularisation_loss, extras = self.regularisation_loss(posterior, latents)
-        loss = (reconstruction_loss + regularisation_loss).mean()
+        objective = reconstruction_loss + regularisation_loss  # per example
+        stacked = latents.dim() > len(self.latent_shape) + 1
+        if stacked:  # K samples per example: their mean, or an importance-weighted bound
+            objective = self.combine_samples(reconstruction_loss, regularisation_loss)
+        batch_term, batch_extras = self.batch_regularisation(posterior, latents, params)
+        loss, regularisation = objective.mean(), regularisation_loss.mean()
+        if batch_term is not None:
+            loss, regularisation = loss + batch_term, regularisation + batch_term
+        if stacked:
+            params, latents = params[0], latents[0]  # report the first of the K samples
         output = self.output_class(
             loss=loss,
             reconstruction_loss=reconstruction_loss.mean(),
-            regularisation_loss=regularisation_loss.mean(),
+            regularisation_loss=regularisation,
             reconstruction=self.likelihood.mean(params),
             latents=latents,
             latent_dist=posterior,
             **extras,
+            **batch_extras,
         )
         return output if return_dict else output.to_tuple()
 
@@ -338,9 +393,35 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
         """Draw z ~ p(z) and return the decoder mean, (num_samples, *data_shape)."""
         if not isinstance(num_samples, int) or num_samples <= 0:
             raise ValueError(f"Expected a positive int `num_samples`, got {num_samples!r}.")
-        latents = self.sample_prior(num_samples, generator)
-        params = self._decode(latents, self.embed_condition(labels, num_samples))
+        if self.latent_density is not None:  # fitted ex post (fit_latent_density)
+            latents = self.latent_density.sample(num_samples, generator).view(num_samples, *self.latent_shape)
+        else:
+            latents = self.sample_prior(num_samples, generator)
+        params = self._decode(latents.to(self.dtype), self.embed_condition(labels, num_samples))
         return self.likelihood.mean(params)
+
+    @torch.no_grad()
+    def fit_latent_density(self, data, num_components: int = 10, covariance_type: str = "full",
+                           batch_size: int = 256, max_examples: Optional[int] = None, max_iter: int = 100,
+                           tol: float = 1e-3, reg_covar: float = 1e-6,
+                           generator: Optional[torch.Generator] = None) -> GaussianMixtureDensity:
+        """Fit a Gaussian mixture to the posterior modes of `data`; `generate` samples from it from then on.
+
+        The ex-post density estimation of Ghosh et al. (2020, sec. 4), for any model (pythae's
+        GaussianMixtureSampler). `data`: a tensor (N, *data_shape) or an iterable of batches / {"pixel_values"}
+        dicts. The mixture's parameters are buffers of the model and its size goes into the config, so
+        `save_pretrained` / `from_pretrained` keep it. `prior_log_prob` and `log_likelihood` still use p(z).
+        """
+        if self.is_conditional:
+            raise NotImplementedError(f"{type(self).__name__} is conditional; an ex-post latent density would "
+                                      f"ignore the condition, so it is not offered.")
+        latents = encode_dataset(self, data, batch_size, max_examples)
+        density = GaussianMixtureDensity(num_components, latents.shape[1], covariance_type)
+        density.fit(latents, max_iter=max_iter, tol=tol, reg_covar=reg_covar, generator=generator)
+        self.latent_density = density.to(self.device, self.dtype)
+        self.config.latent_density_components = num_components
+        self.config.latent_density_covariance = covariance_type
+        return self.latent_density
 
     @torch.no_grad()
     def reconstruct(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -365,18 +446,15 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
         self.check_pixel_values(pixel_values)
         condition = self.embed_condition(labels, pixel_values.shape[0])
         posterior = self._encode(pixel_values, condition)
-        if not hasattr(posterior, "log_prob"):
+        if not hasattr(posterior, "log_prob") or getattr(posterior, "deterministic", False):
             raise NotImplementedError(f"{type(self).__name__}'s posterior has no density; log p(x) needs one.")
-        batch = pixel_values.shape[0]
         log_weights = []
         for start in range(0, num_samples, chunk_size):
             k = min(chunk_size, num_samples - start)
             eps = randn_tensor((k, *posterior.mean.shape), generator=generator, device=posterior.mean.device,
                                dtype=posterior.mean.dtype)
             latents = posterior.mean + posterior.std * eps  # (k, B, *latent_shape)
-            flat = latents.reshape(k * batch, *latents.shape[2:])
-            cond = None if condition is None else condition.repeat(k, 1)
-            params = self._decode(flat, cond).view(k, batch, *pixel_values.shape[1:])
+            params = self._decode_samples(latents, condition)
             log_px_given_z = -self.likelihood.nll(pixel_values, params)
             log_weights.append(log_px_given_z + self.prior_log_prob(latents) - posterior.log_prob(latents))
         log_weights = torch.cat(log_weights, dim=0)

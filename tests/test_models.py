@@ -57,6 +57,8 @@ def example_inputs(config, batch=4, seed=0, size=None):
 
 VARIANTS = [(name, backbone) for name in ("vae", "beta_vae", "vq_vae", "cvae") for backbone in ("mlp", "conv")]
 VARIANTS.append(("klae", "conv"))
+#: the other families (tests/test_families.py checks their objectives); here: save/load and remote code
+FAMILIES = [(name, "mlp") for name in hf_vae.MODELS if name not in dict(VARIANTS)] + [("iwae", "conv")]
 
 
 # ---- shapes -------------------------------------------------------------------------------------------
@@ -258,7 +260,7 @@ def _outputs(model, config):
     }
 
 
-@pytest.mark.parametrize("name,backbone", VARIANTS)
+@pytest.mark.parametrize("name,backbone", VARIANTS + FAMILIES)
 def test_save_pretrained_and_auto_model_round_trip(tmp_path, name, backbone):
     config = tiny_config(name, backbone)
     model = AutoModel.from_config(config)
@@ -277,8 +279,8 @@ def test_save_pretrained_and_auto_model_round_trip(tmp_path, name, backbone):
 def test_trust_remote_code_loads_every_variant_without_hf_vae(tmp_path):
     """A fresh interpreter that cannot import hf_vae loads each checkpoint from its copied model code."""
     cases = {}
-    for name, backbone in VARIANTS:
-        if backbone == "mlp" and name != "vae":
+    for name, backbone in VARIANTS + FAMILIES:
+        if backbone == "mlp" and name != "vae" and (name, backbone) not in FAMILIES:
             continue
         config = tiny_config(name, backbone)
         model = AutoModel.from_config(config)

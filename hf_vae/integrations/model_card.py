@@ -102,6 +102,12 @@ VARIANTS: Dict[str, VariantSpec] = {
     "klae": VariantSpec("KL autoencoder (latent diffusion VAE)",
                         ("autoencoder-kl", "latent-diffusion", "stable-diffusion", "vae"), None,
                         ("image-to-image", "Image reconstruction")),
+    "iwae": VariantSpec("IWAE", ("iwae", "vae", "generative-model"), "unconditional-image-generation",
+                        ("unconditional-image-generation", "Density estimation")),
+    "miwae": VariantSpec("MIWAE", ("miwae", "iwae", "vae", "generative-model"), "unconditional-image-generation",
+                         ("unconditional-image-generation", "Density estimation")),
+    "vamp_vae": VariantSpec("VAE with a VampPrior", ("vampprior", "vae", "generative-model"),
+                            "unconditional-image-generation", ("unconditional-image-generation", "Density estimation")),
 }
 
 

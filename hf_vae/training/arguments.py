@@ -34,6 +34,9 @@ MODEL_REGISTRY: Dict[str, Tuple[str, str]] = {
     "vq_vae": ("configuration_vqvae", "VQVAEConfig"),
     "cvae": ("configuration_cvae", "CVAEConfig"),
     "klae": ("configuration_klae", "KLAEConfig"),
+    "iwae": ("configuration_iwae", "IWAEConfig"),
+    "miwae": ("configuration_miwae", "MIWAEConfig"),
+    "vamp_vae": ("configuration_vamp_vae", "VampVAEConfig"),
 }
 MODEL_NAMES = tuple(MODEL_REGISTRY)
 MIXED_PRECISION = ("no", "fp16", "bf16")
