@@ -68,7 +68,9 @@ def _help(text: str, group: Optional[str] = None, **extra) -> dict:
 class TrainArguments:
     """How to train: model variant, optimisation, schedule, checkpoints, evaluation, logging, publishing."""
 
-    model: str = field(default="vae", metadata=_help("Model variant (its training recipe fills the fields you do not give).", group=MODEL, choices=MODEL_NAMES))
+    model: str = field(default="vae", metadata=_help(
+        f"Model variant, one of {', '.join(MODEL_NAMES)} (its training recipe fills the fields you do not give).",
+        group=MODEL, choices=MODEL_NAMES, metavar="NAME"))
     output_dir: Optional[str] = field(default=None, metadata=_help(
         "Where the run is written (default outputs/<model>-<dataset>): config.json and model.safetensors at the "
         "root, metrics.json, training_args.json, reconstructions.png, samples.png, checkpoints/, logs/.", group=MODEL, metavar="DIR"))
@@ -633,7 +635,7 @@ def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
     --help then lists the config fields of `model` (default: vae)."""
     parser = _Parser(
         prog="train.py", formatter_class=_Formatter, allow_abbrev=False,
-        usage="%(prog)s [-h] [--model {" + ",".join(MODEL_NAMES) + "}] [--dataset NAME] [--config FILE]\n"
+        usage="%(prog)s [-h] [--model NAME] [--dataset NAME] [--config FILE]\n"
               "                [--FLAG VALUE ...] [--MODEL_FIELD VALUE ...]",
         description="Train an hf_vae model with one Accelerate loop. With no arguments: a VAE on the procedural "
                     "shapes stream, a few minutes on 2 CPU cores. Every model config field is accepted as "
