@@ -135,6 +135,20 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
             self.latent_density = GaussianMixtureDensity(components, math.prod(self.latent_shape),
                                                          getattr(config, "latent_density_covariance", "full"))
 
+    @classmethod
+    def can_generate(cls) -> bool:
+        """False: `generate` decodes draws from the prior p(z); it is not transformers' token generation.
+
+        transformers' remote-code loader (`add_generation_mixin_to_remote_model` in `models/auto/auto_factory.py`)
+        mixes `GenerationMixin` into every loaded class that defines a `generate` of its own, and
+        `PreTrainedModel.can_generate()` then answers True because `GenerationMixin` is among the bases. Everything
+        generation-specific keys off this answer: a `generation_config` built in `__init__`, the probe for
+        `custom_generate/generate.py` in `from_pretrained`, and the `generation_config.json` that `save_pretrained`
+        writes. Answering False here keeps a model loaded with `trust_remote_code=True` like the installed class
+        (our `generate` comes first in the method resolution order, so it is still the one called).
+        """
+        return False
+
     # --------------------------------------------------------------------------------------------------------
     # Construction helpers for variants
     # --------------------------------------------------------------------------------------------------------

@@ -323,6 +323,57 @@ def test_trust_remote_code_loads_every_variant_without_hf_vae(tmp_path):
     assert f"remote-code-ok {len(cases)}" in result.stdout
 
 
+def test_a_remote_code_model_behaves_like_the_installed_class(tmp_path):
+    """transformers mixes GenerationMixin into remote classes that define `generate`; that must change nothing:
+    no generation_config, no custom_generate probe, the same files written by save_pretrained, the same outputs."""
+    installed = {}
+    for name in ("vae", "klae"):
+        model = AutoModel.from_config(tiny_config(name, "conv"))
+        path = tmp_path / name
+        model.save_pretrained(path)
+        model.save_pretrained(tmp_path / f"{name}-resaved")
+        x, _ = example_inputs(model.config, seed=3)
+        save_file({"x": x, "expected": model.eval().reconstruct(x)}, tmp_path / f"{name}.safetensors")
+        assert not model.can_generate() and not hasattr(model, "generation_config")
+        installed[str(path)] = sorted(p.name for p in (tmp_path / f"{name}-resaved").iterdir())
+    script = textwrap.dedent(f"""
+        import filecmp, os, sys
+        class BlockHfVae:
+            def find_spec(self, name, path=None, target=None):
+                if name == "hf_vae" or name.startswith("hf_vae."):
+                    raise ImportError("hf_vae is not installed in this environment")
+        sys.meta_path.insert(0, BlockHfVae())
+        import torch
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+        from transformers.generation import GenerationMixin
+
+        def no_probe(*args, **kwargs):
+            raise AssertionError("from_pretrained looked for generation files (custom_generate/generate.py)")
+        GenerationMixin.adjust_generation_fn = no_probe
+        for path, files in {installed!r}.items():
+            model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+            assert model.can_generate() is False and not hasattr(model, "generation_config")
+            t = load_file(path + ".safetensors")
+            assert torch.equal(model.reconstruct(t["x"]), t["expected"]), path
+            assert model.generate(2, generator=torch.Generator().manual_seed(0)).shape[0] == 2  # ours, not GenerationMixin's
+            model.save_pretrained(path + "-remote")
+            written = sorted(os.listdir(path + "-remote"))
+            assert written == files, (written, files)
+            for name in written:
+                assert filecmp.cmp(os.path.join(path + "-remote", name), os.path.join(path + "-resaved", name),
+                                   shallow=False), name
+        assert "hf_vae" not in sys.modules
+        print("remote-like-installed-ok")
+    """)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "remote-like-installed-ok" in result.stdout
+
+
 # ---- generation, checkpointing, training ------------------------------------------------------------
 
 
