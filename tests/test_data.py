@@ -3,6 +3,7 @@
 import gzip
 import os
 import struct
+import zlib
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -318,8 +319,10 @@ def _write_folder(root, sizes, labelled=True, mode="RGB"):
 def test_image_folder(tmp_path):
     folder = _write_folder(tmp_path / "imgs", [(40, 30), (33, 50), (64, 64), (20, 24)])
     ds = build_dataset(str(folder), "train", image_size=16, value_range=(-1, 1), shuffle=False)
+    held_out = _rows(build_dataset(str(folder), "test", image_size=16, value_range=(-1, 1), shuffle=False))
     rows = _rows(ds)
-    assert len(rows) == 4
+    assert len(rows) == 3 and len(held_out) == 1  # class folders, no split folders: a held-out image is carved
+    rows += held_out
     for r in rows:
         assert r["pixel_values"].shape == (3, 16, 16)
         assert -1.0 <= r["pixel_values"].min() and r["pixel_values"].max() <= 1.0
@@ -433,3 +436,56 @@ def test_fashion_hub_rows_and_fallback(monkeypatch, tmp_path):
     monkeypatch.setattr(fm, "DEFAULT_FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="no network.*apt-get install dataset-fashion-mnist"):
         fashion_mnist_dataset("test")
+
+
+def _png(path, value):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+def _layout_rows(folder, split):
+    rows = _rows(build_dataset(str(folder), split, image_size=8, shuffle=False))
+    return sorted((int(round(float(r["pixel_values"].mean()) * 255)), r.get("labels")) for r in rows)
+
+
+def test_image_folder_layouts(tmp_path):
+    """The three ways people lay out image folders, in streaming mode: split folders holding the images,
+    split folders of class folders, class folders alone and a flat folder (held-out split carved by name)."""
+    split_root = tmp_path / "splits"
+    for i in range(4):
+        _png(split_root / "train" / f"{i}.png", 10 + i)
+    _png(split_root / "test" / "0.png", 200)
+    assert _layout_rows(split_root, "train") == [(10, None), (11, None), (12, None), (13, None)]
+    assert _layout_rows(split_root, "test") == [(200, None)]
+    assert describe_dataset(str(split_root))["num_classes"] is None
+
+    classes_in_splits = tmp_path / "class_splits"
+    for split, base in (("train", 10), ("test", 100)):
+        for label, name in enumerate(("cat", "dog")):
+            _png(classes_in_splits / split / name / "a.png", base + label)
+    assert _layout_rows(classes_in_splits, "train") == [(10, 0), (11, 1)]
+    assert _layout_rows(classes_in_splits, "test") == [(100, 0), (101, 1)]
+    assert describe_dataset(str(classes_in_splits))["num_classes"] == 2
+
+    flat = tmp_path / "flat"
+    names = [f"img{i:03d}.png" for i in range(40)]
+    for i, name in enumerate(names):
+        _png(flat / name, i)
+    files, has_labels = im.image_folder_files(str(flat))
+    expected_test = sorted(str(flat / n) for n in names if zlib.crc32(n.encode()) % 10 == 0)
+    assert not has_labels and files["test"] == expected_test and 0 < len(expected_test) < 40
+    assert sorted(files["train"] + files["test"]) == sorted(str(flat / n) for n in names)
+    test_values = [v for v, _ in _layout_rows(flat, "test")]
+    assert test_values == sorted(names.index(os.path.basename(f)) for f in expected_test)
+    _png(flat / "zzz-new.png", 250)  # adding an image never moves another one across
+    assert [f for f in im.image_folder_files(str(flat))[0]["test"] if "zzz" not in f] == expected_test
+
+    with pytest.raises(ValueError, match=r"split 'validation' not found in image folder .*\['test', 'train'\]"):
+        build_dataset(str(flat), "validation")
+    mixed = tmp_path / "mixed"
+    _png(mixed / "a.png", 1)
+    _png(mixed / "cls" / "b.png", 2)
+    with pytest.raises(ValueError, match="mixes images"):
+        build_dataset(str(mixed))

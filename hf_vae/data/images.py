@@ -191,6 +191,74 @@ def _is_image_folder(path: str) -> bool:
     return found_image
 
 
+#: Folder names read as splits in an image folder (``imagefolder``'s own list, plus common short forms).
+SPLIT_FOLDER_NAMES: tuple[str, ...] = ("train", "training", "test", "testing", "eval", "evaluation", "valid",
+                                       "validation", "val", "dev")
+#: Share of a folder without split folders that is held out as the "test" split (see `image_folder_files`).
+HELD_OUT_MODULUS = 10
+
+
+def _images_in(folder: str) -> list[str]:
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if f.lower().endswith(_IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f)))
+
+
+def _class_folders(folder: str) -> list[str]:
+    return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith("."))
+
+
+def _files_of(folder: str) -> tuple[list[str], bool]:
+    """Images of one split folder: directly inside (no labels) or one level down in class folders (labels)."""
+    direct = _images_in(folder)
+    classes = [c for c in _class_folders(folder) if _images_in(os.path.join(folder, c))]
+    if direct and classes:
+        raise ValueError(f"image folder {folder!r} mixes images ({len(direct)}) and class folders {classes}: "
+                         f"expected either images directly inside, or one sub-folder per class")
+    if classes:
+        return [f for c in classes for f in _images_in(os.path.join(folder, c))], True
+    return direct, False
+
+
+def _held_out(relative_path: str) -> bool:
+    return zlib.crc32(relative_path.replace(os.sep, "/").encode()) % HELD_OUT_MODULUS == 0
+
+
+def image_folder_files(path: str) -> tuple[dict, bool]:
+    """The splits of a local image folder, as people lay them out: ``({split: [files]}, has_labels)``.
+
+    * ``path/train/*.png``, ``path/test/*.png`` (any names of `SPLIT_FOLDER_NAMES`): those splits, no labels.
+    * ``path/train/<class>/*.png``, ``path/test/<class>/*.png``: those splits, one label per class folder.
+    * ``path/<class>/*.png`` (no split folders): labels from the class folders, and a held-out split.
+    * ``path/*.png`` (a flat folder): no labels, and a held-out split.
+
+    The held-out ("test") split of a folder without split folders holds the images whose relative path (class
+    folder included) has ``crc32(path) % 10 == 0``, about 10 %: decided by each file's name alone, so it is the
+    same on every machine and run, and adding or removing images never moves another image across. A folder
+    where no name falls there (fewer than ~10 images) holds out the one with the smallest crc32 instead. Labels
+    index the sorted class-folder names.
+    """
+    splits = {d: os.path.join(path, d) for d in _class_folders(path) if d.lower() in SPLIT_FOLDER_NAMES}
+    if splits:
+        found = {name: _files_of(folder) for name, folder in splits.items()}
+        labelled = {name for name, (_, has_labels) in found.items() if has_labels}
+        if labelled and labelled != set(found):
+            raise ValueError(f"image folder {path!r}: split folders {sorted(labelled)} have class sub-folders but "
+                             f"{sorted(set(found) - labelled)} do not; expected the same layout in every split")
+        files = {("test" if name.lower() in ("testing",) else "train" if name.lower() == "training"
+                  else name.lower()): files for name, (files, _) in found.items()}
+        return files, bool(labelled)
+    files, has_labels = _files_of(path)
+    if not files:
+        raise ValueError(f"image folder {path!r} holds no images ({', '.join(_IMAGE_EXTENSIONS)}) directly or in "
+                         f"sub-folders")
+    relative = {f: os.path.relpath(f, path) for f in files}
+    test = [f for f in files if _held_out(relative[f])]
+    if not test and len(files) > 1:
+        test = [min(files, key=lambda f: zlib.crc32(relative[f].replace(os.sep, "/").encode()))]
+    train = [f for f in files if f not in set(test)]
+    return {"train": train, "test": test}, has_labels
+
+
 def _is_saved_dataset(path: str) -> bool:
     return os.path.isdir(path) and (
         os.path.isfile(os.path.join(path, "state.json")) or os.path.isfile(os.path.join(path, "dataset_dict.json"))
@@ -215,7 +283,14 @@ def _load_stream(name_or_path: str, split: str, data_dir: Optional[str], load_kw
             raise ValueError("'imagefolder' needs data_dir=<folder of images>")
         return load_dataset("imagefolder", data_dir=data_dir, split=split, streaming=True, **load_kwargs)
     if data_dir is None and os.path.isdir(path) and _is_image_folder(path):
-        return load_dataset("imagefolder", data_dir=path, split=split, streaming=True, **load_kwargs)
+        # The layout is read here (split folders, class folders, flat) rather than left to imagefolder's guess,
+        # which takes train/ and test/ for classes when they hold the images directly.
+        files, has_labels = image_folder_files(path)
+        if split not in files or not files[split]:
+            raise ValueError(f"split {split!r} not found in image folder {path!r}; available splits: "
+                             f"{sorted(k for k, v in files.items() if v)}")
+        return load_dataset("imagefolder", data_files={split: files[split]}, split=split, streaming=True,
+                            drop_labels=not has_labels, **load_kwargs)
     # Hub id or folder of data files; datasets' own errors ("Bad split: ... Available
     # splits: ...", missing repo) are already explicit.
     return load_dataset(name_or_path, data_dir=data_dir, split=split, streaming=True, **load_kwargs)

@@ -335,6 +335,20 @@ def format_metrics_table(metrics: Dict[str, float], title: Optional[str] = None)
     return "\n".join(lines)
 
 
+def format_comparison_table(before: Dict[str, float], after: Dict[str, float], title: Optional[str] = None,
+                            labels: Sequence[str] = ("pretrained", "fine-tuned")) -> str:
+    """Two models side by side on the same images: one metric per row, with the change."""
+    names = [k for k in after if k in before]
+    rows = [(k, f"{before[k]:.6g}", f"{after[k]:.6g}", f"{after[k] - before[k]:+.4g}") for k in names]
+    header = ("metric", *labels, "change")
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i]) for i in range(4)]
+    lines = [title] if title else []
+    lines.append(f"{header[0]:<{widths[0]}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(header[1:], widths[1:])))
+    lines.append("  ".join("-" * w for w in widths))
+    lines += [f"{r[0]:<{widths[0]}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(r[1:], widths[1:])) for r in rows]
+    return "\n".join(lines)
+
+
 def write_json_atomic(obj: Any, path: str) -> str:
     """Write JSON under a temporary name and rename it, so a reader never sees a partial file."""
     directory = os.path.dirname(os.path.abspath(path))

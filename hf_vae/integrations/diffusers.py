@@ -66,3 +66,29 @@ def use_diffusers_vae(pipe):
     converted = vae.to_diffusers()
     pipe.vae = converted
     return converted
+
+
+def save_diffusers_copy(model: KLAEModel, output_dir: str, subfolder: str = "vae") -> str:
+    """Write `model` as a diffusers `AutoencoderKL` into `output_dir/subfolder` (checked to reproduce the model's
+    outputs, as for a Hub push), replacing an older copy atomically: a temporary folder, then one rename.
+
+    Then `AutoencoderKL.from_pretrained(output_dir, subfolder="vae")` and
+    `StableDiffusionPipeline.from_pretrained(base, vae=...)` work on a training output without hf_vae. Returns the path.
+    """
+    import os
+    import shutil
+
+    from .hub import diffusers_autoencoder
+
+    target = os.path.join(output_dir, subfolder)
+    tmp = os.path.join(output_dir, f".tmp-{subfolder}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    diffusers_autoencoder(model).save_pretrained(tmp)
+    old = None
+    if os.path.exists(target):
+        old = f"{tmp}-old"
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

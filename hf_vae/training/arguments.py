@@ -44,11 +44,14 @@ LR_SCHEDULERS = ("cosine", "constant")
 REPORT_TO = ("auto", "tensorboard", "jsonl", "all", "none")
 DISC_LOSSES = ("hinge", "vanilla")
 PIXEL_LOSSES = ("l1", "l2")
+TRAIN_MODULES = ("all", "decoder")  # hf_vae.training.pretrained.TRAIN_MODULES (kept here: --help imports nothing)
 
 #: argument groups of --help, in order: key -> title. A field names its group in its metadata (`group=`).
 MODEL, DATA, OPTIM, EVAL, CKPT, LOG, HUB, OBJ = "model", "data", "optim", "eval", "ckpt", "log", "hub", "objective"
+PRETRAINED = "pretrained"
 GROUPS: Dict[str, str] = {
     MODEL: "model and run",
+    PRETRAINED: "starting from a pretrained model (fine-tuning)",
     DATA: "data",
     OPTIM: "optimisation",
     EVAL: "evaluation",
@@ -68,8 +71,9 @@ def _help(text: str, group: Optional[str] = None, **extra) -> dict:
 class TrainArguments:
     """How to train: model variant, optimisation, schedule, checkpoints, evaluation, logging, publishing."""
 
-    model: str = field(default="vae", metadata=_help(
-        f"Model variant, one of {', '.join(MODEL_NAMES)} (its training recipe fills the fields you do not give).",
+    model: Optional[str] = field(default=None, metadata=_help(
+        f"Model variant, one of {', '.join(MODEL_NAMES)} (its training recipe fills the fields you do not give); "
+        f"default vae, or with --pretrained_model_name_or_path the source's.",
         group=MODEL, choices=MODEL_NAMES, metavar="NAME"))
     output_dir: Optional[str] = field(default=None, metadata=_help(
         "Where the run is written (default outputs/<model>-<dataset>): config.json and model.safetensors at the "
@@ -157,9 +161,38 @@ class TrainArguments:
     learn_logvar: bool = field(default=False, metadata=_help(
         "Learn the KLAE NLL's log-variance. Off by default: latent diffusion keeps it at --logvar_init.", group=OBJ))
     codebook_weight: float = field(default=1.0, metadata=_help("Weight of the VQ terms in the VQGAN objective.", group=OBJ))
+    # -- starting from a pretrained model (hf_vae.training.pretrained) --------------------------------------------
+    pretrained_model_name_or_path: Optional[str] = field(default=None, metadata=_help(
+        "Start from these weights instead of random ones: an hf_vae output folder or Hub repo (any variant), a "
+        "diffusers AutoencoderKL folder or Hub repo (-> klae), or a latent-diffusion .safetensors file (-> klae). "
+        "--model is inferred; flags that change the architecture are refused; --resume_from_checkpoint wins.",
+        group=PRETRAINED, metavar="SRC"))
+    pretrained_subfolder: Optional[str] = field(default=None, metadata=_help(
+        "Subfolder of the pretrained folder/repo that holds the model, e.g. vae in a Stable Diffusion pipeline.",
+        group=PRETRAINED, metavar="DIR"))
+    pretrained_revision: Optional[str] = field(default=None, metadata=_help(
+        "Branch or commit of the pretrained Hub repo (default: main).", group=PRETRAINED, metavar="REV"))
+    pretrained_config: Optional[str] = field(default=None, metadata=_help(
+        "Architecture of a latent-diffusion .safetensors file: a diffusers/hf_vae config.json or latent "
+        "diffusion's YAML (default: read off the weights' shapes).", group=PRETRAINED, metavar="FILE"))
+    train_modules: str = field(default="all", metadata=_help(
+        "Which weights train: decoder freezes the encoder and quant_conv, so the latent space stays exactly the "
+        "pretrained one (how sd-vae-ft-ema/mse were made).", group=PRETRAINED, choices=TRAIN_MODULES))
+    gradient_checkpointing: bool = field(default=False, metadata=_help(
+        "Recompute the conv blocks' activations in the backward pass: less memory for more compute.", group=OPTIM))
 
     def __post_init__(self):
-        _choice("model", self.model, MODEL_NAMES)
+        if self.model is None and self.pretrained_model_name_or_path is None:
+            self.model = "vae"
+        if self.model is not None:
+            _choice("model", self.model, MODEL_NAMES)
+        _choice("train_modules", self.train_modules, TRAIN_MODULES)
+        if self.train_modules != "all" and self.pretrained_model_name_or_path is None:
+            raise ValueError(f"--train_modules {self.train_modules} needs --pretrained_model_name_or_path: a "
+                             f"randomly initialised encoder would stay random.")
+        for name in ("pretrained_subfolder", "pretrained_revision", "pretrained_config"):
+            if getattr(self, name) is not None and self.pretrained_model_name_or_path is None:
+                raise ValueError(f"--{name} was given without --pretrained_model_name_or_path.")
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         _choice("report_to", self.report_to, REPORT_TO)
@@ -438,9 +471,12 @@ def _parse_value(tokens: List[str]) -> Any:
 
     def one(token: str):
         try:
-            return yaml.safe_load(token)
+            value = yaml.safe_load(token)
         except yaml.YAMLError:
             return token
+        if isinstance(value, str) and _is_number(value):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            return float(value)
+        return value
 
     if len(tokens) == 1:
         token = tokens[0]
@@ -682,6 +718,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[TrainArguments, Da
     data_args = DataArguments(**{f.name: values[f.name] for f in fields(DataArguments)})
     model_config = {k: v for k, v in file_values.items() if k not in known}
     model_config.update(_parse_model_flags(remaining))
+    if train_args.pretrained_model_name_or_path is not None:  # the model comes from the source: checked in train()
+        return train_args, data_args, model_config
     return train_args, data_args, check_model_config(train_args.model, model_config)
 
 

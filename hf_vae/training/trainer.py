@@ -30,7 +30,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from ..evaluation.evaluate import data_settings, evaluate, format_metrics_table, metrics_record, write_json_atomic
+from ..evaluation.evaluate import (
+    data_settings,
+    evaluate,
+    format_comparison_table,
+    format_metrics_table,
+    metrics_record,
+    write_json_atomic,
+)
 from .arguments import DataArguments, TrainArguments, check_model_config, parse_command_line
 from .checkpointing import (
     TrainingState,
@@ -159,6 +166,16 @@ def _describe(data_args: DataArguments, model_config: Dict[str, Any]) -> Dict[st
     if data_args.num_train_examples is not None and info.get("num_examples"):
         info["num_examples"] = dict(info["num_examples"], train=data_args.num_train_examples)
     return info
+
+
+def _publish_diffusers_copy(model, output_dir: str) -> None:
+    """A KLAE output folder also carries the diffusers `AutoencoderKL` copy in vae/ (as a Hub push does)."""
+    try:
+        from ..integrations.diffusers import save_diffusers_copy
+    except ImportError:
+        logger.warning("diffusers is not installed: %s has no vae/ folder (AutoencoderKL copy).", output_dir)
+        return
+    save_diffusers_copy(model, output_dir)
 
 
 def _lr_lambda(warmup_steps: int, max_steps: int, schedule: str, min_ratio: float):
@@ -363,6 +380,13 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
 
     train_args = train_args or TrainArguments()
     data_args = data_args or DataArguments()
+    source = None  # the pretrained model the run starts from (--pretrained_model_name_or_path)
+    if train_args.pretrained_model_name_or_path is not None:
+        from .pretrained import check_requested_model, resolve_source
+
+        source = resolve_source(train_args.pretrained_model_name_or_path, subfolder=train_args.pretrained_subfolder,
+                                revision=train_args.pretrained_revision, config_file=train_args.pretrained_config)
+        train_args = dataclasses.replace(train_args, model=check_requested_model(source, train_args.model))
     model_config = check_model_config(train_args.model, model_config or {})
     output_dir = train_args.output_dir or default_output_dir(train_args.model, data_args.dataset)
 
@@ -386,10 +410,27 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
 
     # -- 2. the data's description and the model (bad arguments fail here, before anything is written) ------
     dataset_info = _describe(data_args, model_config)
-    config = build_model_config(train_args, data_args, model_config, dataset_info)
+    resume_path = resolve_resume(train_args.resume_from_checkpoint, output_dir)
+    if source is None:
+        config = build_model_config(train_args, data_args, model_config, dataset_info)
+    else:
+        from .pretrained import run_config
+
+        config = run_config(source, model_config, image_size=dataset_info.get("image_size"),
+                            pixel_loss=train_args.pixel_loss, dataset_num_classes=dataset_info.get("num_classes"),
+                            dataset=data_args.dataset)
     settings = data_settings(config, data_args.binarize)
     set_seed(train_args.seed)  # the same initial weights on every process
-    model = hf_vae.MODELS[train_args.model][1](config)
+    if source is not None and resume_path is None:
+        model = source.load(config)  # a resumed fine-tune takes its weights from the checkpoint instead
+        accelerator.print(f"Starting from {source.describe()}.")
+    else:
+        model = hf_vae.MODELS[train_args.model][1](config)
+    from .pretrained import freeze_modules
+
+    frozen_modules = freeze_modules(model, train_args.train_modules)
+    if train_args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     objective = build_objective(train_args, model, settings["value_range"], data_args.dataset)
     model.to(accelerator.device)
     objective.to(accelerator.device)
@@ -448,13 +489,15 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                                                         "num_processes": accelerator.num_processes,
                                                         "mixed_precision": accelerator.mixed_precision,
                                                         "value_range": list(settings["value_range"]),
-                                                        "binarize": settings["binarize"]}}
+                                                        "binarize": settings["binarize"],
+                                                        "frozen_modules": frozen_modules}}
+    if source is not None:
+        run_args["pretrained"] = source.record()
     if is_main:
         write_json_atomic(_jsonable(run_args), os.path.join(output_dir, "training_args.json"))
     accelerator.init_trackers("train", config=_tracker_config({k: v for k, v in run_args.items() if k != "resolved"}))
 
     # -- 4. resume ------------------------------------------------------------------------------------------
-    resume_path = resolve_resume(train_args.resume_from_checkpoint, output_dir)
     if resume_path is not None:
         load_checkpoint(accelerator, resume_path, unwrapped, checkpointed, verified=True)
         if is_main and os.path.dirname(os.path.abspath(resume_path)) == os.path.abspath(checkpoint_dir(output_dir)):
@@ -486,11 +529,11 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         ema.copy_to(averaged)
         return averaged
 
-    def run_evaluation(max_examples):
+    def run_evaluation(max_examples, model_to_evaluate=None):
         # fork_rng: evaluation must not move the training RNG, or a resumed run would diverge.
         devices = [accelerator.device.index or 0] if accelerator.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            return evaluate(evaluation_model(), data_args.dataset, data_args.eval_split,
+            return evaluate(model_to_evaluate or evaluation_model(), data_args.dataset, data_args.eval_split,
                             batch_size=train_args.eval_batch_size,
                             num_importance_samples=train_args.eval_importance_samples, max_examples=max_examples,
                             seed=train_args.seed, data_seed=data_args.data_seed, binarize=settings["binarize"],
@@ -615,17 +658,28 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         final_model = evaluation_model()
         metrics = run_evaluation(train_args.final_eval_max_examples)
         record = metrics_record(train_args.model, data_args.dataset, data_args.eval_split, state.step, metrics)
+        if source is not None:
+            # Before and after: the starting model, with the run's config, on the same held-out images.
+            start_model = source.load(config).to(accelerator.device)
+            record["pretrained"] = {**source.record(), "train_modules": train_args.train_modules,
+                                    "metrics": run_evaluation(train_args.final_eval_max_examples, start_model)}
+            del start_model
         steps_run = state.step - start_step
         examples_per_second = steps_run * effective_batch / train_time if train_time > 0 else float("nan")
         if is_main:
             publish_pretrained(final_model, output_dir)
+            if train_args.model == "klae":
+                _publish_diffusers_copy(final_model, output_dir)
             write_json_atomic(record, os.path.join(output_dir, "metrics.json"))
             grid_batch = _first_eval_batch(data_args.dataset, data_args.eval_split, settings, data_args,
                                            max(1, train_args.num_sample_images // 2), unwrapped.is_conditional)
             _image_grids(final_model, grid_batch, settings, output_dir, train_args.num_sample_images,
                          train_args.seed)
-            accelerator.print(format_metrics_table(metrics, title=f"{train_args.model} on {data_args.dataset} "
-                                                                  f"({data_args.eval_split}, step {state.step})"))
+            title = f"{train_args.model} on {data_args.dataset} ({data_args.eval_split}, step {state.step})"
+            if source is not None:
+                accelerator.print(format_comparison_table(record["pretrained"]["metrics"], metrics, title=title))
+            else:
+                accelerator.print(format_metrics_table(metrics, title=title))
             accelerator.print(f"Model, metrics and images written to {output_dir}")
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
         accelerator.wait_for_everyone()
