@@ -123,3 +123,25 @@ def test_docstring_entries_are_parsed_into_one_line_descriptions():
     assert parsed["alpha"] == "the first (et al. 2017)"
     assert parsed["beta_one"] == parsed["beta_two"] == "shared over two lines"
     assert parsed["gamma"] == "defaults to True"
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_a_run_says_what_it_does_before_the_first_step_and_sums_up_in_one_line(tmp_path, capsys):
+    from hf_vae.training import DataArguments, TrainArguments, train
+
+    output_dir = str(tmp_path / "run")
+    train(TrainArguments(output_dir=output_dir, max_steps=2, batch_size=8, eval_steps=0, checkpointing_steps=0,
+                         report_to="jsonl", eval_importance_samples=2, final_eval_max_examples=16,
+                         num_sample_images=4),
+          DataArguments(num_train_examples=64), {"image_size": 16, "hidden_dims": [16], "latent_dim": 2})
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    banner = lines[: lines.index("  steps   " + next(l[10:] for l in lines if l.startswith("  steps   "))) + 1]
+    assert banner[0] == "Training vae on shapes"
+    assert banner[1] == f"  output  {output_dir}"
+    assert "M parameters" in banner[2] and "mlp [16], latent 2" in banner[2]
+    assert banner[3] == "  data    shapes: 1x16x16 images, 64 train, 5,000 test examples"
+    assert banner[4].startswith("  steps   2 (~0.25 epochs), batch 8, lr 0.001")
+    done = [line for line in lines if line.startswith("Done: 2 steps in ")]
+    assert len(done) == 1 and output_dir in done[0] and "psnr" in done[0]
+    assert "evaluate test:   0%|          | 0/16" in out.err  # the final evaluation's progress bar has a total

@@ -412,7 +412,7 @@ def test_stream_survives_set_epoch_zero_and_dataloader_workers():
     assert sorted(seen) == sorted(ref)
 
 
-def test_fashion_hub_rows_and_fallback(monkeypatch, tmp_path):
+def test_fashion_hub_rows_and_fallback(monkeypatch, tmp_path, caplog):
     from PIL import Image
 
     row = fm._hub_row({"image": Image.new("L", (28, 28), color=255), "label": 4}, 7)
@@ -428,10 +428,13 @@ def test_fashion_hub_rows_and_fallback(monkeypatch, tmp_path):
     def no_network(split):
         raise ConnectionError("no network")
 
+    monkeypatch.setattr(fm, "hub_unreachable_reason", lambda: None)  # the probe passes, the download fails
     monkeypatch.setattr(fm, "_hub_dataset", no_network)
     monkeypatch.setattr(fm, "DEFAULT_FASHION_MNIST_DIR", str(tmp_path))
-    with pytest.warns(UserWarning, match="Could not stream"):
+    monkeypatch.setattr(fm, "_warned", set())
+    with caplog.at_level("WARNING", logger=fm.logger.name):
         ds = fashion_mnist_dataset("test")
+    assert [r.getMessage() for r in caplog.records if "could not stream" in r.getMessage()]
     assert [r["label"] for r in ds] == [3, 1]
     monkeypatch.setattr(fm, "DEFAULT_FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="no network.*apt-get install dataset-fashion-mnist"):
@@ -489,3 +492,33 @@ def test_image_folder_layouts(tmp_path):
     _png(mixed / "cls" / "b.png", 2)
     with pytest.raises(ValueError, match="mixes images"):
         build_dataset(str(mixed))
+
+
+def test_fashion_mnist_without_network_falls_back_at_once_with_one_warning(tmp_path, monkeypatch, caplog):
+    """Hub allowed but unreachable (its endpoint is a closed local port): the probe fails in milliseconds, the Hub
+    loader is never called (no retries), the local copy is used, and one warning line says so, once."""
+    import socket
+
+    images = (np.arange(3 * 28 * 28) % 256).reshape(3, 28, 28)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", images, 2051, False)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([7, 8, 9]), 2049, False)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port}")
+    monkeypatch.setattr(fm, "DEFAULT_FASHION_MNIST_DIR", str(tmp_path))
+    monkeypatch.setattr(fm, "_warned", set())
+    fm.hub_unreachable_reason.cache_clear()
+    hub_calls = []
+    monkeypatch.setattr(fm, "_hub_dataset", lambda split: hub_calls.append(split))
+    with caplog.at_level("WARNING", logger=fm.logger.name):
+        first = _rows(fashion_mnist_dataset("test"))
+        second = _rows(fashion_mnist_dataset("test"))
+    fm.hub_unreachable_reason.cache_clear()
+    assert hub_calls == []
+    assert [r["label"] for r in first] == [r["label"] for r in second] == [7, 8, 9]
+    warnings_logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings_logged) == 1 and "\n" not in warnings_logged[0]
+    assert f"127.0.0.1:{closed_port}" in warnings_logged[0] and str(tmp_path) in warnings_logged[0]

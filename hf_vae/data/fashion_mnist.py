@@ -5,7 +5,9 @@ Sources, in order:
 1. ``data_dir`` when given: the four IDX files (``.gz`` or plain) in that folder.
 2. The Hub dataset ``zalando-datasets/fashion_mnist`` (``streaming=True``), only when the
    Hub is allowed, i.e. neither ``HF_HUB_OFFLINE`` nor ``HF_DATASETS_OFFLINE`` is set to a
-   true value.  A failure there (no network, no such repo) falls through to 3.
+   true value, and answers a quick connection probe (so that an offline machine does not
+   wait for ``datasets``' retries).  A failure there (no network, no such repo) falls
+   through to 3, with one warning line.
 3. The Debian package ``dataset-fashion-mnist``: IDX files under
    ``/usr/share/datasets/fashion-mnist``.
 
@@ -19,7 +21,6 @@ import functools
 import gzip
 import logging
 import os
-import warnings
 from typing import Iterator, Optional
 
 import numpy as np
@@ -165,6 +166,38 @@ def hub_allowed() -> bool:
     return not (_env_true("HF_HUB_OFFLINE") or _env_true("HF_DATASETS_OFFLINE"))
 
 
+@functools.lru_cache(maxsize=None)
+def hub_unreachable_reason(endpoint: Optional[str] = None, timeout: float = 3.0) -> Optional[str]:
+    """Why the Hub cannot be reached from here, or None when it can: one TCP connection to its host (or to the
+    HTTPS proxy), cached per process.
+
+    `datasets` retries a Hub that does not answer for about a minute, with an error line per retry, before it
+    gives up; this probe takes milliseconds when there is no network (or no name resolution), `timeout` at
+    most, so the local copy is used at once.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    target = urlparse(proxy if proxy and endpoint.startswith("https") else endpoint)
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((target.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        return f"{target.hostname}:{port} {'(proxy) ' if proxy else ''}did not answer: {error}"
+    return None
+
+
+_warned: set = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
+
+
 def _generate_idx(ranges: list, images_path: str, labels_path: str, mtimes: tuple) -> Iterator[dict]:
     # Small picklable arguments (paths, index ranges); the arrays come from the per-process
     # cache, so DataLoader workers decode the files at most once each.
@@ -233,7 +266,12 @@ def fashion_mnist_dataset(split: str = "train", data_dir: Optional[str] = None, 
         return _local_dataset(split, data_dir, num_shards)
 
     hub_error: Optional[BaseException] = None
-    if hub_allowed():
+    unreachable = hub_unreachable_reason() if hub_allowed() else None
+    if unreachable and _idx_paths(split, DEFAULT_FASHION_MNIST_DIR) is not None:
+        _warn_once(f"Fashion-MNIST: the Hub is not reachable ({unreachable}); using the local copy in "
+                   f"{DEFAULT_FASHION_MNIST_DIR} (HF_HUB_OFFLINE=1 skips this check).")
+        return _local_dataset(split, DEFAULT_FASHION_MNIST_DIR, num_shards)
+    if hub_allowed() and not unreachable:
         try:
             return _hub_dataset(split)
         except Exception as err:  # no network, repo moved, ... -> fall back to local files
@@ -242,15 +280,15 @@ def fashion_mnist_dataset(split: str = "train", data_dir: Optional[str] = None, 
 
     if _idx_paths(split, DEFAULT_FASHION_MNIST_DIR) is not None:
         if hub_error is not None:
-            warnings.warn(
-                f"Could not stream {FASHION_MNIST_HUB_ID} from the Hub ({type(hub_error).__name__}: "
-                f"{hub_error}); using the local copy in {DEFAULT_FASHION_MNIST_DIR}."
-            )
+            _warn_once(f"Fashion-MNIST: could not stream {FASHION_MNIST_HUB_ID} from the Hub "
+                       f"({type(hub_error).__name__}: {hub_error}); using the local copy in "
+                       f"{DEFAULT_FASHION_MNIST_DIR}.")
         return _local_dataset(split, DEFAULT_FASHION_MNIST_DIR, num_shards)
 
     why = (
         f"the Hub failed with {type(hub_error).__name__}: {hub_error}"
         if hub_error is not None
+        else f"the Hub is not reachable ({unreachable})" if unreachable
         else "the Hub is disabled (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)"
     )
     raise FileNotFoundError(

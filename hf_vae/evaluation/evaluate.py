@@ -124,6 +124,7 @@ def evaluate(
     metrics: Optional[Sequence[str]] = None,
     mig_num_bins: int = 20,
     progress: bool = False,
+    num_examples: Optional[int] = None,
 ) -> Dict[str, float]:
     """Evaluate `model` on `split` of `dataset` and return `{metric name: float}`.
 
@@ -146,6 +147,7 @@ def evaluate(
         metrics: restrict to these names (default: all that apply).
         mig_num_bins: histogram bins per latent for MIG.
         progress: show a tqdm bar (main process only).
+        num_examples: size of the split, when the caller knows it: the progress bar's total (with `max_examples`).
 
     Raises:
         ValueError: the stream has no labels for a conditional model, an unknown metric was asked for, or the
@@ -202,7 +204,9 @@ def evaluate(
     if progress and (accelerator is None or accelerator.is_local_main_process):
         from tqdm.auto import tqdm
 
-        bar = tqdm(desc=f"evaluate {split}", unit="ex", leave=False)
+        total = min(remaining, math.ceil(num_examples / num_processes) if num_examples else math.inf)
+        bar = tqdm(desc=f"evaluate {split}", unit="ex", leave=False, dynamic_ncols=True,
+                   total=None if math.isinf(total) else int(total))
     try:
         for batch in loader:
             if remaining <= 0:

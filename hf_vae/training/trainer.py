@@ -155,9 +155,7 @@ def build_model_config(train_args: TrainArguments, data_args: DataArguments, mod
 def _describe(data_args: DataArguments, model_config: Dict[str, Any]) -> Dict[str, Any]:
     from ..data import describe_dataset
 
-    kwargs = {}
-    if data_args.num_train_examples is not None:
-        kwargs["num_examples"] = data_args.num_train_examples
+    kwargs = {}  # not num_train_examples: it limits the training split only, the evaluations see the whole split
     for key in ("label_column", "data_dir"):
         if getattr(data_args, key) is not None:
             kwargs[key] = getattr(data_args, key)
@@ -176,6 +174,38 @@ def _publish_diffusers_copy(model, output_dir: str) -> None:
         logger.warning("diffusers is not installed: %s has no vae/ folder (AutoencoderKL copy).", output_dir)
         return
     save_diffusers_copy(model, output_dir)
+
+
+def _startup_banner(train_args: TrainArguments, data_args: DataArguments, model, dataset_info: Dict[str, Any],
+                    output_dir: str, max_steps: int, warmup_steps: int, effective_batch: int,
+                    num_processes: int) -> str:
+    """What the run is about to do, printed before the first step: where, what model, what data, how long."""
+    config = model.config
+    num_params = sum(p.numel() for p in model.parameters())
+    shape = "x".join(str(d) for d in config.data_shape)
+    if getattr(config, "backbone", "conv") == "conv":
+        latent = f"latent {config.latent_dim}" if getattr(config, "latent_dim", None) else \
+            f"latent {config.latent_channels}x{config.image_size // config.downsampling_factor}^2 " \
+            f"(f={config.downsampling_factor})"
+        arch = f"conv {list(config.block_out_channels)}, {latent}"
+    else:
+        arch = f"mlp {list(config.hidden_dims)}, latent {config.latent_dim}"
+    sizes = dataset_info.get("num_examples") or {}
+    counts = ", ".join(f"{n:,} {split}" for split, n in sizes.items() if n)
+    epochs = ""
+    if sizes.get("train"):
+        epochs = f" (~{max_steps * effective_batch / sizes['train']:.3g} epochs)"
+    batch = f"batch {effective_batch}" + (f" = {train_args.batch_size} x {num_processes} processes x "
+                                          f"{train_args.gradient_accumulation_steps}"
+                                          if effective_batch != train_args.batch_size else "")
+    return "\n".join([
+        f"Training {train_args.model} on {data_args.dataset}",
+        f"  output  {output_dir}",
+        f"  model   {train_args.model} ({type(config).__name__}; {arch}): {num_params / 1e6:.2f} M parameters",
+        f"  data    {data_args.dataset}: {shape} images" + (f", {counts} examples" if counts else ""),
+        f"  steps   {max_steps}{epochs}, {batch}, lr {train_args.learning_rate:g} ({train_args.lr_scheduler}, "
+        f"{warmup_steps} warm-up), evaluation every {train_args.eval_steps or max_steps} steps",
+    ])
 
 
 def _lr_lambda(warmup_steps: int, max_steps: int, schedule: str, min_ratio: float):
@@ -378,6 +408,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
 
     import hf_vae
 
+    run_start = time.perf_counter()
     train_args = train_args or TrainArguments()
     data_args = data_args or DataArguments()
     source = None  # the pretrained model the run starts from (--pretrained_model_name_or_path)
@@ -455,6 +486,8 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         batches_per_epoch = num_train // accelerator.num_processes // train_args.batch_size
         max_steps = max(1, int(train_args.num_epochs * batches_per_epoch / train_args.gradient_accumulation_steps))
     warmup_steps = train_args.warmup_steps if train_args.warmup_steps is not None else max_steps // 20
+    accelerator.print(_startup_banner(train_args, data_args, model, dataset_info, output_dir, max_steps,
+                                      warmup_steps, effective_batch, accelerator.num_processes))
 
     # -- 3. optimisers, schedules, EMA ---------------------------------------------------------------------
     discriminator_params = objective.discriminator_parameters()
@@ -540,7 +573,8 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                             dataset_kwargs={k: getattr(data_args, k) for k in ("image_column", "label_column",
                                                                                "data_dir")
                                             if getattr(data_args, k) is not None},
-                            accelerator=accelerator)
+                            accelerator=accelerator, progress=True,
+                            num_examples=(dataset_info.get("num_examples") or {}).get(data_args.eval_split))
 
     def checkpoint():
         # Each process's data position goes into the state, which only the main process writes.
@@ -680,7 +714,11 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                 accelerator.print(format_comparison_table(record["pretrained"]["metrics"], metrics, title=title))
             else:
                 accelerator.print(format_metrics_table(metrics, title=title))
-            accelerator.print(f"Model, metrics and images written to {output_dir}")
+            headline = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("nll", "neg_elbo", "psnr", "ssim", "codebook_usage")
+                                 if k in metrics)
+            accelerator.print(f"Done: {state.step} steps in {time.perf_counter() - run_start:.0f} s; "
+                              f"{data_args.eval_split} {headline}; model, metrics.json, reconstructions.png and "
+                              f"samples.png in {output_dir}")
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
         accelerator.wait_for_everyone()
         if train_args.push_to_hub and is_main:
