@@ -11,22 +11,28 @@ from transformers import AutoConfig, AutoModel
 from .configuration_base import AutoencoderConfig
 from .configuration_beta_vae import BetaVAEConfig
 from .configuration_cvae import CVAEConfig
+from .configuration_info_vae import InfoVAEConfig
 from .configuration_iwae import IWAEConfig
 from .configuration_klae import KLAEConfig
 from .configuration_miwae import MIWAEConfig
+from .configuration_rae import RAEConfig
 from .configuration_vae import VAEConfig
 from .configuration_vamp_vae import VampVAEConfig
 from .configuration_vqvae import VQVAEConfig
+from .configuration_wae import WAEConfig
 from .distributions import DiagonalGaussianDistribution
 from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, DecoderOutput, EncoderOutput
 from .modeling_beta_vae import BetaVAEModel
 from .modeling_cvae import CVAEModel
+from .modeling_info_vae import InfoVAEModel
 from .modeling_iwae import IWAEModel
 from .modeling_klae import KLAEModel
 from .modeling_miwae import MIWAEModel
+from .modeling_rae import RAEModel
 from .modeling_vae import VAEModel
 from .modeling_vamp_vae import VampVAEModel
 from .modeling_vqvae import VQVAEModel, VQVAEOutput
+from .modeling_wae import WAEModel
 from .quantizers import VectorQuantizer
 
 __version__ = "0.1.0"
@@ -41,6 +47,9 @@ MODELS = {
     "iwae": (IWAEConfig, IWAEModel),
     "miwae": (MIWAEConfig, MIWAEModel),
     "vamp_vae": (VampVAEConfig, VampVAEModel),
+    "info_vae": (InfoVAEConfig, InfoVAEModel),
+    "wae": (WAEConfig, WAEModel),
+    "rae": (RAEConfig, RAEModel),
 }
 
 for _config_class, _model_class in MODELS.values():
@@ -63,16 +72,22 @@ __all__ = [
     "EncoderOutput",
     "IWAEConfig",
     "IWAEModel",
+    "InfoVAEConfig",
+    "InfoVAEModel",
     "KLAEConfig",
     "KLAEModel",
     "MIWAEConfig",
     "MIWAEModel",
+    "RAEConfig",
+    "RAEModel",
     "VAEConfig",
     "VAEModel",
-    "VampVAEConfig",
-    "VampVAEModel",
     "VQVAEConfig",
     "VQVAEModel",
     "VQVAEOutput",
+    "VampVAEConfig",
+    "VampVAEModel",
     "VectorQuantizer",
+    "WAEConfig",
+    "WAEModel",
 ]

@@ -84,7 +84,9 @@ class DiagonalGaussianDistribution:
             self.var = self.std = torch.zeros_like(self.mean)
 
     def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Reparameterised sample z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2013, eq. 10)."""
+        """Reparameterised sample z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2013, eq. 10); the mean when deterministic."""
+        if self.deterministic:  # draws no noise, so a deterministic encoder leaves the random streams alone
+            return self.mean
         eps = randn_tensor(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.std * eps
 
@@ -121,6 +123,11 @@ class DiagonalGaussianDistribution:
 
     def entropy(self) -> torch.Tensor:
         return 0.5 * _sum_except_batch(self.logvar + 1.0 + LOG_2PI)
+
+
+def point_mass(mean: torch.Tensor) -> DiagonalGaussianDistribution:
+    """The "posterior" of a deterministic encoder: all mass at `mean` (sample = mode = mean, KL term 0)."""
+    return DiagonalGaussianDistribution(mean=mean, logvar=torch.zeros_like(mean), deterministic=True)
 
 
 def standard_normal_log_prob(z: torch.Tensor, event_dims: int) -> torch.Tensor:

@@ -8,7 +8,24 @@ import torch.nn.functional as F
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 import hf_vae
-from hf_vae import IWAEConfig, IWAEModel, MIWAEConfig, MIWAEModel, VAEConfig, VAEModel, VampVAEConfig, VampVAEModel
+from hf_vae import (
+    InfoVAEConfig,
+    InfoVAEModel,
+    IWAEConfig,
+    IWAEModel,
+    MIWAEConfig,
+    MIWAEModel,
+    RAEConfig,
+    RAEModel,
+    VAEConfig,
+    VAEModel,
+    VampVAEConfig,
+    VampVAEModel,
+    WAEConfig,
+    WAEModel,
+)
+from hf_vae.latent_density import GaussianMixtureDensity
+from hf_vae.mmd import mmd_unbiased
 
 TINY = dict(in_channels=1, image_size=8, hidden_dims=[32], latent_dim=4)
 
@@ -142,12 +159,166 @@ def test_vampprior_regulariser_and_likelihood_use_the_mixture():
     torch.testing.assert_close(-log_px.mean(), same, rtol=1e-5, atol=1e-4)
 
 
+# ---- MMD: InfoVAE and WAE ------------------------------------------------------------------------------------
+
+
+def mmd_numpy(x, y, kernel, scales, bandwidth):
+    """Gretton et al.'s unbiased MMD², with explicit loops over the pairs."""
+    import numpy as np
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    base = 2.0 * x.shape[1] * bandwidth ** 2
+
+    def k(a, b):
+        d2 = float(((a - b) ** 2).sum())
+        return sum(s * base / (s * base + d2) if kernel == "imq" else math.exp(-d2 / (s * base)) for s in scales)
+
+    n, m = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(n) for j in range(m)) / (n * m)
+    return xx + yy - 2 * xy
+
+
+@pytest.mark.parametrize("kernel,scales,bandwidth", [("imq", (1.0,), 1.0), ("rbf", (1.0,), 0.7),
+                                                     ("imq", (0.1, 0.5, 2.0), 1.0), ("rbf", (0.5, 3.0), 1.3)])
+def test_mmd_matches_a_numpy_implementation(kernel, scales, bandwidth):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(9, 3, generator=g, dtype=torch.float64), torch.randn(7, 3, generator=g, dtype=torch.float64) + 0.5
+    expected = mmd_numpy(x.numpy(), y.numpy(), kernel, scales, bandwidth)
+    assert mmd_unbiased(x, y, kernel, scales, bandwidth).item() == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("kernel", ["imq", "rbf"])
+def test_mmd_is_zero_in_expectation_for_identical_distributions(kernel):
+    g = torch.Generator().manual_seed(1)
+    same = torch.stack([mmd_unbiased(torch.randn(16, 4, generator=g), torch.randn(16, 4, generator=g), kernel)
+                        for _ in range(2000)])
+    shifted = torch.stack([mmd_unbiased(torch.randn(16, 4, generator=g) + 0.5, torch.randn(16, 4, generator=g), kernel)
+                           for _ in range(200)])
+    assert abs(same.mean()) < 4 * same.std() / math.sqrt(len(same))  # unbiased: no offset at q = p
+    assert (same < 0).any()  # a U-statistic, not a squared norm
+    assert shifted.mean() > 10 * same.std() / math.sqrt(len(same))  # and it sees a difference
+
+
+def test_info_vae_loss_weights_kl_and_mmd_as_zhao_et_al():
+    model = InfoVAEModel(InfoVAEConfig(alpha=0.3, mmd_lambda=50.0, **TINY))
+    x = binary_images(8)
+    torch.manual_seed(5)
+    out = model(pixel_values=x, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(5)  # the prior samples of the MMD come from the global generator
+    prior = torch.randn(8, 4)
+    mmd = mmd_numpy(out.latents.detach().numpy(), prior.numpy(), "rbf", (0.5,), 1.0)
+    assert out.mmd.item() == pytest.approx(mmd, rel=1e-4, abs=1e-6)
+    expected = out.reconstruction_loss + 0.7 * out.kl + (0.3 + 50.0 - 1.0) * out.mmd
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_wae_is_deterministic_and_penalises_the_aggregate_posterior():
+    model = WAEModel(WAEConfig(mmd_weight=10.0, **TINY))
+    x = binary_images(8)
+    torch.manual_seed(3)
+    out = model(pixel_values=x)
+    torch.testing.assert_close(out.latents, model.encoder(x))  # no noise: z = E(x)
+    torch.manual_seed(3)
+    mmd = mmd_numpy(out.latents.detach().numpy(), torch.randn(8, 4).numpy(), "imq", WAEConfig().kernel_scales, 1.0)
+    torch.testing.assert_close(out.loss, out.reconstruction_loss + 10.0 * torch.tensor(mmd, dtype=torch.float32))
+    with pytest.raises(NotImplementedError, match="density"):
+        model.log_likelihood(x, num_samples=2)
+
+
+# ---- RAE and the ex-post latent density ----------------------------------------------------------------------
+
+
+def test_rae_l2_loss_penalises_codes_and_decoder_weights():
+    model = RAEModel(RAEConfig(latent_weight=0.1, decoder_weight=1e-3, **TINY))
+    x = binary_images(6)
+    out = model(pixel_values=x)
+    z = model.encoder(x)
+    weights = sum(float((p.detach() ** 2).sum()) for p in model.decoder.parameters())
+    expected = out.reconstruction_loss + 0.1 * 0.5 * (z ** 2).sum(1).mean() + 1e-3 * weights
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_rae_gradient_penalty_is_the_decoders_summed_jacobian_at_the_codes():
+    model = RAEModel(RAEConfig(latent_weight=0.0, decoder_regulariser="gradient_penalty", decoder_weight=2.0, **TINY))
+    x = binary_images(3)
+    out = model(pixel_values=x)
+    z = model.encoder(x).detach()
+    penalty = 0.0
+    for i in range(3):  # the Jacobian of one example's decoder output, summed over the outputs
+        jacobian = torch.autograd.functional.jacobian(lambda v: model.decoder(v[None])[0], z[i])  # (1, 8, 8, 4)
+        penalty += float(jacobian.flatten(0, -2).sum(0).pow(2).sum())
+    torch.testing.assert_close(out.loss, out.reconstruction_loss + 2.0 * torch.tensor(penalty / 3))
+    out.loss.backward()  # the penalty is differentiable (double backward through the decoder)
+    assert model.decoder.net[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_gaussian_mixture_log_likelihood_matches_scikit_learn(covariance_type):
+    from sklearn.mixture import GaussianMixture
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0, 0.0], [6.0, 0.0, 1.0], [0.0, 7.0, -2.0]])
+    mixing = torch.tensor([[1.0, 0.3, 0.0], [0.0, 0.5, 0.2], [0.1, 0.0, 0.8]])
+    z = torch.cat([c + torch.randn(300 + 100 * i, 3, generator=g) @ mixing for i, c in enumerate(centres)]).double()
+    reference = GaussianMixture(3, covariance_type=covariance_type, random_state=0, tol=1e-6, max_iter=500).fit(z.numpy())
+    ours = GaussianMixtureDensity(3, 3, covariance_type).double().fit(z, tol=1e-6, max_iter=500,
+                                                                       generator=torch.Generator().manual_seed(0))
+    assert ours.converged_
+    # The same optimum: the same average log-likelihood and, up to the order of the components, the same parameters.
+    assert ours.log_prob(z).mean().item() == pytest.approx(reference.score(z.numpy()), abs=1e-6)
+    ours_order, ref_order = ours.means[:, 0].argsort(), torch.as_tensor(reference.means_)[:, 0].argsort()
+    torch.testing.assert_close(ours.means[ours_order], torch.as_tensor(reference.means_)[ref_order], atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours.weights[ours_order], torch.as_tensor(reference.weights_)[ref_order], atol=1e-5, rtol=0)
+    # And given sklearn's parameters, the log-density of every point is sklearn's.
+    ours.weights.copy_(torch.as_tensor(reference.weights_))
+    ours.means.copy_(torch.as_tensor(reference.means_))
+    covariances = torch.as_tensor(reference.covariances_)
+    ours.scale.copy_(torch.linalg.cholesky(covariances) if covariance_type == "full" else covariances.sqrt())
+    torch.testing.assert_close(ours.log_prob(z), torch.as_tensor(reference.score_samples(z.numpy())))
+
+
+def test_gaussian_mixture_samples_follow_the_mixture():
+    density = GaussianMixtureDensity(2, 2, "full").double()
+    density.weights.copy_(torch.tensor([0.25, 0.75]))
+    density.means.copy_(torch.tensor([[-3.0, 0.0], [2.0, 1.0]]))
+    density.scale.copy_(torch.tensor([[[1.0, 0.0], [0.5, 0.5]], [[0.3, 0.0], [0.0, 2.0]]]))
+    samples = density.sample(50000, generator=torch.Generator().manual_seed(0))
+    assert (samples[:, 0] < -0.5).double().mean().item() == pytest.approx(0.25, abs=0.01)
+    upper = samples[samples[:, 0] < -0.5]
+    torch.testing.assert_close(torch.cov(upper.T), torch.tensor([[1.0, 0.5], [0.5, 0.5]], dtype=torch.float64),
+                               atol=0.05, rtol=0)
+
+
+def test_fitted_latent_density_is_saved_with_the_model_and_used_by_generate(tmp_path):
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    model = VAEModel(VAEConfig(**TINY)).eval()
+    data = binary_images(200)
+    prior_samples = model.generate(4, generator=torch.Generator().manual_seed(1))
+    density = model.fit_latent_density(data, num_components=3, batch_size=64, generator=torch.Generator().manual_seed(0))
+    codes = model.encode(data).latent_dist.mode()
+    assert density.log_prob(codes).mean() > model.prior_log_prob(codes).mean()  # it fits the codes better than p(z)
+    samples = model.generate(4, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(samples, prior_samples)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert loaded.config.latent_density_components == 3
+    torch.testing.assert_close(loaded.latent_density.means, density.means)
+    torch.testing.assert_close(loaded.generate(4, generator=torch.Generator().manual_seed(1)), samples)
+
+
 # ---- every family: a few steps of training, save, reload, generate --------------------------------------
 
 FAMILY_CONFIGS = {
     "iwae": dict(num_importance_samples=3),
     "miwae": dict(num_bounds=2, num_importance_samples=2),
     "vamp_vae": dict(num_pseudo_inputs=8),
+    "info_vae": dict(mmd_lambda=10.0),
+    "wae": dict(mmd_weight=10.0),
+    "rae": dict(latent_density_components=2),
 }
 
 
@@ -185,4 +356,35 @@ CARD_TEXT = {
     "iwae": "K = 3",
     "miwae": "M = 2, K = 2",
     "vamp_vae": "VampPrior, 8 pseudo-inputs",
+    "info_vae": "(α + λ − 1) = 9.0",
+    "wae": "λ = 10.0",
+    "rae": "2-component Gaussian mixture",
 }
+
+
+# ---- through the trainer -----------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+@pytest.mark.parametrize("name,extra", [("rae", {}), ("iwae", {"num_importance_samples": 2})])
+def test_family_trains_from_the_trainer(tmp_path, name, extra):
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    from hf_vae.training import DataArguments, TrainArguments, train
+
+    args = TrainArguments(model=name, output_dir=str(tmp_path / name), max_steps=4, batch_size=8, eval_steps=0,
+                          checkpointing_steps=0, report_to="none", eval_importance_samples=4,
+                          final_eval_max_examples=16, eval_batch_size=16, num_sample_images=4,
+                          latent_density_examples=64)
+    record = train(args, DataArguments(num_train_examples=100),
+                   dict(image_size=16, hidden_dims=[16], latent_dim=3, **extra))
+    metrics = record["metrics"]
+    if name == "rae":  # no density: reconstruction metrics only; the mixture was fitted to the training codes
+        assert "nll" not in metrics and "neg_elbo" not in metrics and "mse" in metrics
+        weights = load_file(tmp_path / name / "model.safetensors")
+        assert weights["latent_density.means"].shape == (10, 3) and weights["latent_density.means"].abs().sum() > 0
+        model = AutoModel.from_pretrained(tmp_path / name)
+        assert model.generate(2).shape == (2, 1, 16, 16)
+    else:
+        assert {"neg_elbo", "nll"} <= set(metrics)

@@ -93,7 +93,8 @@ def _is_vq(model) -> bool:
 
 def _has_density(model) -> bool:
     # An importance-sampled log p(x) needs a normalised likelihood and a posterior with a density.
-    return bool(getattr(model.likelihood, "normalised", False)) and not _is_vq(model)
+    return (bool(getattr(model.likelihood, "normalised", False)) and not _is_vq(model)
+            and not getattr(model, "deterministic_encoder", False))
 
 
 def _has_vector_gaussian_latent(model) -> bool:

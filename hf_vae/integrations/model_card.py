@@ -108,6 +108,12 @@ VARIANTS: Dict[str, VariantSpec] = {
                          ("unconditional-image-generation", "Density estimation")),
     "vamp_vae": VariantSpec("VAE with a VampPrior", ("vampprior", "vae", "generative-model"),
                             "unconditional-image-generation", ("unconditional-image-generation", "Density estimation")),
+    "info_vae": VariantSpec("InfoVAE", ("info-vae", "mmd-vae", "vae", "generative-model"),
+                            "unconditional-image-generation", ("unconditional-image-generation", "Density estimation")),
+    "wae": VariantSpec("Wasserstein autoencoder (MMD)", ("wae", "autoencoder", "generative-model"),
+                       "unconditional-image-generation", ("unconditional-image-generation", "Image generation")),
+    "rae": VariantSpec("Regularised autoencoder", ("rae", "autoencoder", "generative-model"),
+                       "unconditional-image-generation", ("unconditional-image-generation", "Image generation")),
 }
 
 

@@ -37,6 +37,9 @@ MODEL_REGISTRY: Dict[str, Tuple[str, str]] = {
     "iwae": ("configuration_iwae", "IWAEConfig"),
     "miwae": ("configuration_miwae", "MIWAEConfig"),
     "vamp_vae": ("configuration_vamp_vae", "VampVAEConfig"),
+    "info_vae": ("configuration_info_vae", "InfoVAEConfig"),
+    "wae": ("configuration_wae", "WAEConfig"),
+    "rae": ("configuration_rae", "RAEConfig"),
 }
 MODEL_NAMES = tuple(MODEL_REGISTRY)
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -125,6 +128,12 @@ class TrainArguments:
     eval_batch_size: int = field(default=128, metadata=_help("Batch size of the evaluations.", group=EVAL))
     eval_importance_samples: int = field(default=100, metadata=_help(
         "Importance samples K of the NLL during training (scripts/evaluate.py defaults to 1000; 0 skips it).", group=EVAL))
+    fit_latent_density: Optional[int] = field(default=None, metadata=_help(
+        "After training, fit a Gaussian mixture with this many components to the training codes; `generate` then "
+        "samples from it (default: the model config's latent_density_components, 10 for rae; 0 = none).",
+        group=EVAL))
+    latent_density_examples: int = field(default=10000, metadata=_help(
+        "Training examples whose codes the ex-post mixture is fitted to.", group=EVAL))
     logging_steps: int = field(default=10, metadata=_help("Log averaged loss terms every N steps.", group=LOG))
     report_to: str = field(default="auto", metadata=_help(
         "Trackers: auto = TensorBoard when installed, otherwise JSON lines in logs/train/metrics.jsonl.", group=LOG,

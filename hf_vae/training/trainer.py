@@ -54,6 +54,7 @@ from .checkpointing import (
     set_aside_newer,
 )
 from .ema import EMA
+from .latent_density import components_to_fit, fit_on_training_data
 from .objectives import build_objective
 from .streams import TrainStream
 from .tracking import make_trackers
@@ -690,6 +691,10 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                                             "loss": objective.extra_parameters()})
         checkpoint()
         final_model = evaluation_model()
+        density_components = components_to_fit(train_args.fit_latent_density, unwrapped)
+        if density_components:  # ex-post density: `generate` samples from it (Ghosh et al. 2020)
+            fit_on_training_data(final_model, data_args.dataset, settings, data_args, density_components,
+                                 train_args.latent_density_examples, train_args.eval_batch_size, train_args.seed)
         metrics = run_evaluation(train_args.final_eval_max_examples)
         record = metrics_record(train_args.model, data_args.dataset, data_args.eval_split, state.step, metrics)
         if source is not None:

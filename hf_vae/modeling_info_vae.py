@@ -1,0 +1,36 @@
+"""The InfoVAE (Zhao et al. 2019, "InfoVAE: Balancing Learning and Inference in Variational Autoencoders").
+
+The VAE's networks; the objective reweights the KL and adds a divergence between the aggregate posterior
+q(z) = E_x q(z|x) and the prior, here the MMD (their "MMD-VAE"), in nats per example:
+
+    loss = E_q[−log p(x|z)] + (1 − α)·KL(q(z|x) ‖ p(z)) + (α + λ − 1)·MMD²(q(z), p(z))      (Zhao et al., eq. 6)
+
+The MMD compares the batch's posterior samples with as many prior samples (`hf_vae.mmd`, unbiased estimator);
+it is a term of the whole batch, so it goes through the `batch_regularisation` hook.
+"""
+
+from typing import Dict, Tuple
+
+import torch
+
+from .configuration_info_vae import InfoVAEConfig
+from .mmd import MMDAutoencoderOutput, mmd_unbiased
+from .modeling_vae import VAEModel
+
+
+class InfoVAEModel(VAEModel):
+    config_class = InfoVAEConfig
+    output_class = MMDAutoencoderOutput
+
+    def __init__(self, config: InfoVAEConfig):
+        super().__init__(config)
+
+    def regularisation_loss(self, posterior, latents) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        kl = posterior.kl()
+        return (1.0 - self.config.alpha) * kl, {"kl": kl.mean()}
+
+    def batch_regularisation(self, posterior, latents, params):
+        config = self.config
+        mmd = mmd_unbiased(latents, self.sample_prior(latents.shape[0]), config.kernel, config.kernel_scales,
+                           config.kernel_bandwidth)
+        return (config.alpha + config.mmd_lambda - 1.0) * mmd, {"mmd": mmd.detach()}

@@ -1,0 +1,46 @@
+"""The Wasserstein autoencoder with the MMD penalty (Tolstikhin et al. 2018, "Wasserstein Auto-Encoders").
+
+A deterministic encoder z = E(x); the regulariser pulls the aggregate posterior q(z) towards p(z) = N(0, I)
+instead of each q(z|x), so codes of different inputs need not overlap (Tolstikhin et al., eq. 4):
+
+    loss = c(x, D(E(x))) + λ·MMD²(q(z), p(z))
+
+with the likelihood's −log p(x|z) as the cost c (the squared error for a Gaussian decoder, up to constants).
+The MMD is a term of the whole batch (`batch_regularisation`); the per-example regulariser is 0. `generate`
+decodes z ~ N(0, I), or samples of an ex-post mixture (`fit_latent_density`).
+"""
+
+from typing import Dict, Tuple
+
+import torch
+
+from .configuration_wae import WAEConfig
+from .distributions import point_mass
+from .mmd import MMDAutoencoderOutput, mmd_unbiased
+from .modeling_base import AutoencoderPreTrainedModel
+
+
+class WAEModel(AutoencoderPreTrainedModel):
+    config_class = WAEConfig
+    output_class = MMDAutoencoderOutput
+    #: no posterior density: no ELBO or importance-sampled likelihood
+    deterministic_encoder = True
+
+    def __init__(self, config: WAEConfig):
+        super().__init__(config)
+        encoder_out = config.latent_dim if config.vector_latent else config.latent_channels
+        self.encoder, self.decoder = self.build_backbone(encoder_out)
+        self.likelihood = self.build_likelihood()
+        self.post_init()
+
+    def posterior(self, encoder_output: torch.Tensor):
+        return point_mass(encoder_output)
+
+    def regularisation_loss(self, posterior, latents) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        return latents.new_zeros(latents.shape[0]), {}
+
+    def batch_regularisation(self, posterior, latents, params):
+        config = self.config
+        mmd = mmd_unbiased(latents, self.sample_prior(latents.shape[0]), config.kernel, config.kernel_scales,
+                           config.kernel_bandwidth)
+        return config.mmd_weight * mmd, {"mmd": mmd.detach()}
