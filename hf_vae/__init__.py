@@ -9,6 +9,7 @@ not installed.
 from transformers import AutoConfig, AutoModel
 
 from .configuration_base import AutoencoderConfig
+from .configuration_beta_tcvae import BetaTCVAEConfig
 from .configuration_beta_vae import BetaVAEConfig
 from .configuration_cvae import CVAEConfig
 from .configuration_info_vae import InfoVAEConfig
@@ -22,6 +23,7 @@ from .configuration_vqvae import VQVAEConfig
 from .configuration_wae import WAEConfig
 from .distributions import DiagonalGaussianDistribution
 from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, DecoderOutput, EncoderOutput
+from .modeling_beta_tcvae import BetaTCVAEModel
 from .modeling_beta_vae import BetaVAEModel
 from .modeling_cvae import CVAEModel
 from .modeling_info_vae import InfoVAEModel
@@ -50,6 +52,7 @@ MODELS = {
     "info_vae": (InfoVAEConfig, InfoVAEModel),
     "wae": (WAEConfig, WAEModel),
     "rae": (RAEConfig, RAEModel),
+    "beta_tcvae": (BetaTCVAEConfig, BetaTCVAEModel),
 }
 
 for _config_class, _model_class in MODELS.values():
@@ -63,6 +66,8 @@ __all__ = [
     "AutoencoderConfig",
     "AutoencoderOutput",
     "AutoencoderPreTrainedModel",
+    "BetaTCVAEConfig",
+    "BetaTCVAEModel",
     "BetaVAEConfig",
     "BetaVAEModel",
     "CVAEConfig",

@@ -319,6 +319,7 @@ FAMILY_CONFIGS = {
     "info_vae": dict(mmd_lambda=10.0),
     "wae": dict(mmd_weight=10.0),
     "rae": dict(latent_density_components=2),
+    "beta_tcvae": dict(beta=6.0, dataset_size=1000),
 }
 
 
@@ -359,6 +360,7 @@ CARD_TEXT = {
     "info_vae": "(α + λ − 1) = 9.0",
     "wae": "λ = 10.0",
     "rae": "2-component Gaussian mixture",
+    "beta_tcvae": "β = 6.0",
 }
 
 
@@ -388,3 +390,63 @@ def test_family_trains_from_the_trainer(tmp_path, name, extra):
         assert model.generate(2).shape == (2, 1, 16, 16)
     else:
         assert {"neg_elbo", "nll"} <= set(metrics)
+
+
+# ---- β-TCVAE ------------------------------------------------------------------------------------------------
+
+
+def test_beta_tcvae_terms_sum_to_the_kl_on_average():
+    from hf_vae import BetaTCVAEConfig, BetaTCVAEModel
+
+    torch.manual_seed(0)
+    model = BetaTCVAEModel(BetaTCVAEConfig(beta=1.0, dataset_size=500, **TINY))
+    x = binary_images(8)
+    with torch.no_grad():
+        outs = [model(pixel_values=x) for _ in range(2000)]
+    total = torch.stack([o.mutual_information + o.total_correlation + o.dimension_wise_kl for o in outs])
+    assert abs(total.mean() - outs[0].kl) < 4 * total.std() / math.sqrt(len(total))
+    # With α = β = γ = 1 the regulariser is the one-sample KL log q(z|x) − log p(z), whatever the estimator.
+    out = model(pixel_values=x, generator=torch.Generator().manual_seed(0))
+    one_sample_kl = out.latent_dist.log_prob(out.latents) - Normal(0.0, 1.0).log_prob(out.latents).sum(1)
+    torch.testing.assert_close(out.regularisation_loss, one_sample_kl.mean())
+
+
+@pytest.mark.parametrize("estimator", ["mws", "mss"])
+def test_beta_tcvae_terms_match_a_brute_force_computation(estimator):
+    from hf_vae.modeling_beta_tcvae import kl_decomposition
+
+    g = torch.Generator().manual_seed(0)
+    batch, dim, n = 5, 3, 40
+    mean = torch.randn(batch, dim, generator=g, dtype=torch.float64)
+    logvar = torch.randn(batch, dim, generator=g, dtype=torch.float64) * 0.3
+    z = mean + torch.exp(0.5 * logvar) * torch.randn(batch, dim, generator=g, dtype=torch.float64)
+    terms = kl_decomposition(mean, logvar, z, n, estimator)
+
+    def weight(i, j):  # the importance weight of q(z_i|x_j) in the estimate of q(z_i)
+        if estimator == "mws":
+            return 1.0 / (n * batch)
+        return 1.0 / n if i == j else (n - 1) / (n * (batch - 1))
+
+    for i in range(batch):
+        q = lambda j, dims=slice(None): Normal(mean[j, dims], torch.exp(0.5 * logvar[j, dims]))  # noqa: E731
+        log_qzx = q(i).log_prob(z[i]).sum()
+        qz = sum(weight(i, j) * q(j).log_prob(z[i]).sum().exp() for j in range(batch))
+        qz_dims = [sum(weight(i, j) * q(j, d).log_prob(z[i, d]).exp() for j in range(batch)) for d in range(dim)]
+        log_prod = sum(torch.log(v) for v in qz_dims)
+        log_pz = Normal(0.0, 1.0).log_prob(z[i]).sum()
+        torch.testing.assert_close(terms["mutual_information"][i], log_qzx - torch.log(qz))
+        torch.testing.assert_close(terms["total_correlation"][i], torch.log(qz) - log_prod)
+        torch.testing.assert_close(terms["dimension_wise_kl"][i], log_prod - log_pz)
+
+
+def test_beta_tcvae_weights_the_total_correlation_and_needs_the_dataset_size():
+    from hf_vae import BetaTCVAEConfig, BetaTCVAEModel
+
+    model = BetaTCVAEModel(BetaTCVAEConfig(beta=6.0, alpha=0.5, gamma=2.0, dataset_size=100, **TINY))
+    out = model(pixel_values=binary_images(6))
+    expected = 0.5 * out.mutual_information + 6.0 * out.total_correlation + 2.0 * out.dimension_wise_kl
+    torch.testing.assert_close(out.regularisation_loss, expected)
+    with pytest.raises(ValueError, match="dataset_size"):
+        BetaTCVAEModel(BetaTCVAEConfig(**TINY))(pixel_values=binary_images(4))
+    with pytest.raises(ValueError, match="vector latent"):
+        BetaTCVAEConfig(backbone="conv", image_size=8, block_out_channels=[8, 16], norm_num_groups=4)

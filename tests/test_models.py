@@ -41,6 +41,8 @@ def tiny_config(name: str, backbone: str = "mlp", in_channels: int = 1, image_si
         kwargs.update(num_embeddings=32, embedding_dim=4)
         if backbone == "conv":
             kwargs.pop("latent_channels")
+    if name == "beta_tcvae":
+        kwargs["dataset_size"] = 100
     kwargs.update(overrides)
     return config_class(**kwargs)
 

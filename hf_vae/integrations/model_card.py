@@ -112,6 +112,9 @@ VARIANTS: Dict[str, VariantSpec] = {
                             "unconditional-image-generation", ("unconditional-image-generation", "Density estimation")),
     "wae": VariantSpec("Wasserstein autoencoder (MMD)", ("wae", "autoencoder", "generative-model"),
                        "unconditional-image-generation", ("unconditional-image-generation", "Image generation")),
+    "beta_tcvae": VariantSpec("β-TCVAE", ("beta-tcvae", "vae", "disentanglement", "representation-learning"),
+                              "unconditional-image-generation",
+                              ("unconditional-image-generation", "Density estimation and disentanglement")),
     "rae": VariantSpec("Regularised autoencoder", ("rae", "autoencoder", "generative-model"),
                        "unconditional-image-generation", ("unconditional-image-generation", "Image generation")),
 }

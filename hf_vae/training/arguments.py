@@ -40,6 +40,7 @@ MODEL_REGISTRY: Dict[str, Tuple[str, str]] = {
     "info_vae": ("configuration_info_vae", "InfoVAEConfig"),
     "wae": ("configuration_wae", "WAEConfig"),
     "rae": ("configuration_rae", "RAEConfig"),
+    "beta_tcvae": ("configuration_beta_tcvae", "BetaTCVAEConfig"),
 }
 MODEL_NAMES = tuple(MODEL_REGISTRY)
 MIXED_PRECISION = ("no", "fp16", "bf16")

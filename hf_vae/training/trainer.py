@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -135,6 +136,8 @@ def build_model_config(train_args: TrainArguments, data_args: DataArguments, mod
             kwargs["pixel_loss"] = train_args.pixel_loss
     else:
         kwargs["image_size"] = image_size
+    if "dataset_size" in inspect.signature(config_class.__init__).parameters and kwargs.get("dataset_size") is None:
+        kwargs["dataset_size"] = (dataset_info.get("num_examples") or {}).get("train")  # the β-TCVAE needs N
     if name == "cvae" and kwargs.get("condition_dim") is None:
         found = dataset_info.get("num_classes")
         if kwargs.get("num_classes") is None:
