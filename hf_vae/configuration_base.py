@@ -5,6 +5,7 @@ variant's config adds its own fields. Every field is checked on construction, wi
 the field, what was expected and what was given.
 """
 
+import math
 from typing import Optional, Sequence
 
 from transformers import PretrainedConfig
@@ -22,7 +23,30 @@ def _check(condition: bool, message: str) -> None:
 
 def check_positive_int(name: str, value) -> None:
     _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-           f"Expected `{name}` to be a positive int, got {value!r}.")
+           f"Expected `{name}` to be a positive int, got {value!r}"
+           f"{f' (a {type(value).__name__})' if not isinstance(value, (int, float)) else ''}.")
+
+
+def check_real(name: str, value, low: Optional[float] = None, high: Optional[float] = None,
+               low_open: bool = False, high_open: bool = False, optional: bool = False) -> None:
+    """`value` is a finite real number (not a string, not a bool, not inf/NaN) within the bounds given."""
+    if optional and value is None:
+        return
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high}")
+    expected = f"Expected `{name}` to be a finite number{' ' + ' and '.join(bounds) if bounds else ''}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{expected}, got {value!r} (a {type(value).__name__}).")
+    _check(math.isfinite(value), f"{expected}, got {value!r}.")
+    _check(low is None or (value > low if low_open else value >= low), f"{expected}, got {value!r}.")
+    _check(high is None or (value < high if high_open else value <= high), f"{expected}, got {value!r}.")
+
+
+def check_bool(name: str, value) -> None:
+    _check(isinstance(value, bool), f"Expected `{name}` to be True or False, got {value!r} (a {type(value).__name__}).")
 
 
 class AutoencoderConfig(PretrainedConfig):
@@ -110,9 +134,10 @@ class AutoencoderConfig(PretrainedConfig):
         _check(self.backbone in BACKBONES, f"Expected `backbone` in {BACKBONES}, got {self.backbone!r}.")
         _check(self.likelihood in LIKELIHOODS, f"Expected `likelihood` in {LIKELIHOODS}, got {self.likelihood!r}.")
         _check(self.act_fn in ACT_FNS, f"Expected `act_fn` in {ACT_FNS}, got {self.act_fn!r}.")
-        _check(isinstance(self.likelihood_scale, (int, float)) and self.likelihood_scale > 0,
-               f"Expected `likelihood_scale` > 0, got {self.likelihood_scale!r}.")
-        _check(0.0 <= self.dropout < 1.0, f"Expected `dropout` in [0, 1), got {self.dropout!r}.")
+        check_real("likelihood_scale", self.likelihood_scale, low=0, low_open=True)
+        check_real("dropout", self.dropout, low=0, high=1, high_open=True)
+        check_bool("learn_likelihood_scale", self.learn_likelihood_scale)
+        check_bool("mid_block_add_attention", self.mid_block_add_attention)
         if self.image_size is not None:
             check_positive_int("image_size", self.image_size)
         if self.latent_dim is not None:

@@ -1,6 +1,6 @@
 """Configuration of the β-VAE (Higgins et al. 2017; Burgess et al. 2018)."""
 
-from .configuration_base import AutoencoderConfig, _check
+from .configuration_base import AutoencoderConfig, check_bool, check_positive_int, check_real
 
 
 class BetaVAEConfig(AutoencoderConfig):
@@ -28,8 +28,8 @@ class BetaVAEConfig(AutoencoderConfig):
 
     def validate_fields(self) -> None:
         super().validate_fields()
-        _check(self.beta >= 0, f"Expected `beta` >= 0, got {self.beta!r}.")
-        _check(self.gamma >= 0, f"Expected `gamma` >= 0, got {self.gamma!r}.")
-        _check(self.capacity_max >= 0, f"Expected `capacity_max` >= 0, got {self.capacity_max!r}.")
-        _check(isinstance(self.capacity_steps, int) and self.capacity_steps > 0,
-               f"Expected a positive int `capacity_steps`, got {self.capacity_steps!r}.")
+        check_real("beta", self.beta, low=0)
+        check_real("gamma", self.gamma, low=0)
+        check_real("capacity_max", self.capacity_max, low=0)
+        check_bool("use_capacity", self.use_capacity)
+        check_positive_int("capacity_steps", self.capacity_steps)

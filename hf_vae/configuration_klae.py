@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 from transformers import PretrainedConfig
 
-from .configuration_base import ACT_FNS, _check, check_positive_int
+from .configuration_base import ACT_FNS, _check, check_bool, check_positive_int, check_real
 
 
 class KLAEConfig(PretrainedConfig):
@@ -122,9 +122,20 @@ class KLAEConfig(PretrainedConfig):
                f"Expected only 'DownEncoderBlock2D' down blocks, got {self.down_block_types}.")
         _check(all(t == "UpDecoderBlock2D" for t in self.up_block_types),
                f"Expected only 'UpDecoderBlock2D' up blocks, got {self.up_block_types}.")
-        _check(self.kl_weight >= 0, f"Expected `kl_weight` >= 0, got {self.kl_weight!r}.")
+        check_real("kl_weight", self.kl_weight, low=0)
+        check_real("scaling_factor", self.scaling_factor, low=0, low_open=True)
+        check_real("shift_factor", self.shift_factor, optional=True)
+        for name in ("force_upcast", "use_quant_conv", "use_post_quant_conv", "mid_block_add_attention"):
+            check_bool(name, getattr(self, name))
+        factor = self.downsampling_factor
+        _check(self.sample_size % factor == 0,
+               f"Expected `sample_size` divisible by the down-sampling factor {factor} "
+               f"(2^(len(block_out_channels) - 1)), got sample_size={self.sample_size}.")
         _check(self.pixel_loss in ("l1", "l2"), f"Expected `pixel_loss` 'l1' or 'l2', got {self.pixel_loss!r}.")
         for name in ("latents_mean", "latents_std"):
             value = getattr(self, name)
-            _check(value is None or len(value) == self.latent_channels,
+            _check(value is None or (isinstance(value, (list, tuple)) and len(value) == self.latent_channels),
                    f"Expected `{name}` None or of length latent_channels={self.latent_channels}, got {value!r}.")
+            for i, entry in enumerate(value or []):
+                check_real(f"{name}[{i}]", entry, low=0 if name == "latents_std" else None,
+                           low_open=name == "latents_std")

@@ -1,6 +1,6 @@
 """Configuration of the VQ-VAE (van den Oord et al. 2017)."""
 
-from .configuration_base import AutoencoderConfig, _check, check_positive_int
+from .configuration_base import AutoencoderConfig, _check, check_bool, check_positive_int, check_real
 
 
 class VQVAEConfig(AutoencoderConfig):
@@ -55,9 +55,13 @@ class VQVAEConfig(AutoencoderConfig):
         super().validate_fields()
         check_positive_int("num_embeddings", self.num_embeddings)
         check_positive_int("embedding_dim", self.embedding_dim)
-        _check(self.commitment_cost >= 0, f"Expected `commitment_cost` >= 0, got {self.commitment_cost!r}.")
-        _check(0.0 < self.ema_decay < 1.0, f"Expected `ema_decay` in (0, 1), got {self.ema_decay!r}.")
-        _check(self.dead_code_threshold >= 0, f"Expected `dead_code_threshold` >= 0, got {self.dead_code_threshold!r}.")
+        check_real("commitment_cost", self.commitment_cost, low=0)
+        check_real("ema_decay", self.ema_decay, low=0, high=1, low_open=True, high_open=True)
+        check_real("ema_epsilon", self.ema_epsilon, low=0, low_open=True)
+        check_real("dead_code_threshold", self.dead_code_threshold, low=0)
+        check_real("scaling_factor", self.scaling_factor, low=0, low_open=True)
+        for name in ("use_ema", "kmeans_init", "use_cosine_sim", "beta_on_codebook"):
+            check_bool(name, getattr(self, name))
         if self.backbone == "conv":
             _check(self.latent_dim is None, "The conv VQ-VAE has spatial codes: expected `latent_dim` None, "
                                             f"got {self.latent_dim!r}.")

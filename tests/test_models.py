@@ -474,7 +474,7 @@ def test_bad_labels_are_clear_errors(labels, match):
     (lambda: VAEConfig(backbone="conv", image_size=30, block_out_channels=[8, 8, 8]), "divisible by the down-sampling factor 4"),
     (lambda: VAEConfig(latent_dim=0), "`latent_dim` to be a positive int, got 0"),
     (lambda: VAEConfig(backbone="conv", image_size=None), "conv backbone needs images"),
-    (lambda: BetaVAEConfig(beta=-1.0), "`beta` >= 0"),
+    (lambda: BetaVAEConfig(beta=-1.0), "`beta` to be a finite number >= 0, got -1.0"),
     (lambda: VQVAEConfig(backbone="conv", latent_dim=8), "spatial codes"),
     (lambda: VQVAEConfig(latent_dim=30, embedding_dim=4), "divisible by `embedding_dim`"),
     (lambda: CVAEConfig(num_classes=3, condition_dim=4), "exactly one of `num_classes` and `condition_dim`"),
