@@ -88,8 +88,14 @@ def config_to_diffusers(config: KLAEConfig) -> Dict[str, Any]:
 
 
 def read_json(path: str) -> Dict[str, Any]:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); expected a model configuration.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object (a model configuration), got a {type(value).__name__}.")
+    return value
 
 
 def is_diffusers_config(config: Mapping[str, Any]) -> bool:

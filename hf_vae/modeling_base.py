@@ -23,7 +23,9 @@ the weights); `generate` then samples from it instead of p(z).
 """
 
 import functools
+import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -106,6 +108,47 @@ def apply_forward_hook(method):
         return output
 
     return wrapper
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Bounds on requests
+# ------------------------------------------------------------------------------------------------------------
+
+#: the most importance samples `log_likelihood` takes in one call (Burda et al. use 5000; run time is linear in K)
+MAX_IMPORTANCE_SAMPLES = 1_000_000
+
+
+def check_count(name: str, value, maximum: Optional[int] = None) -> None:
+    """`value` is a positive int (not a bool, a float or a string), at most `maximum` when given."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"Expected a positive int `{name}`, got {value!r}"
+                         f"{f' (a {type(value).__name__})' if not isinstance(value, int) else ''}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"Expected `{name}` <= {maximum:,} (the limit of one call), got {value:,}; split the request "
+                         f"into several calls.")
+
+
+def available_memory(device: torch.device) -> Optional[int]:
+    """Bytes that can still be allocated on `device` (free GPU memory, or the host's MemAvailable); None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def check_fits(request: str, nbytes: int, device: torch.device) -> None:
+    """Refuse a request whose result alone needs more memory than `device` has available, naming both."""
+    available = available_memory(device)
+    if available is not None and nbytes > available:
+        raise ValueError(f"{request} needs {nbytes / 2**30:.1f} GiB for its result, more than the {available / 2**30:.1f} "
+                         f"GiB available on {device}: expected a request that fits; ask for fewer at a time.")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -203,7 +246,11 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
         return (config.latent_channels, side, side)
 
     def embed_condition(self, labels: Optional[torch.Tensor], batch_size: int) -> Optional[torch.Tensor]:
-        """(B,) labels or (B, c) condition -> (B, condition_dim); unconditional models ignore labels."""
+        """(B,) labels or (B, c) condition -> (B, condition_dim); unconditional models take none."""
+        if labels is not None:
+            raise ValueError(f"{type(self).__name__} is unconditional: expected labels=None, got "
+                             f"{type(labels).__name__}{tuple(labels.shape) if hasattr(labels, 'shape') else ''} "
+                             f"(a class-conditional model is CVAEModel).")
         return None
 
     def posterior(self, encoder_output: torch.Tensor):
@@ -248,13 +295,51 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
                 last = module
         return last.weight
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' `from_pretrained`, from safetensors only (a pickled `pytorch_model.bin` is never read),
+        with clear errors for a missing local folder and for a folder that holds another kind of model."""
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError(f"Expected use_safetensors None or True: {cls.__name__} loads weights from safetensors "
+                             f"only (pickled .bin files can run code), got use_safetensors=False.")
+        kwargs["use_safetensors"] = True
+        path = os.fspath(pretrained_model_name_or_path)
+        local = os.path.isdir(path)
+        looks_local = path.startswith((".", "~", "/")) or path.count("/") > 1 or "\\" in path  # not 'user/name'
+        if not local and looks_local:
+            raise FileNotFoundError(f"{path}: no such folder; expected a folder written by save_pretrained or a Hub "
+                                    f"repo id such as 'user/model'.")
+        config_file = os.path.join(path, kwargs.get("subfolder") or "", "config.json")
+        if local and os.path.isfile(config_file) and cls.config_class is not None:
+            try:
+                with open(config_file, encoding="utf-8") as f:
+                    model_type = json.load(f).get("model_type")
+            except (ValueError, UnicodeDecodeError, AttributeError) as error:
+                raise ValueError(f"{config_file}: not a valid JSON object ({error}).") from None
+            expected = getattr(cls.config_class, "model_type", None)
+            if model_type is not None and expected and model_type != expected:
+                raise ValueError(f"{config_file} describes a {model_type!r} model; expected a {expected!r} model "
+                                 f"for {cls.__name__} (load it with AutoModel.from_pretrained).")
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
     def set_training_step(self, step: int) -> None:
         """Called by the trainer once per optimisation step; variants with schedules (β-VAE capacity) override it."""
 
     # --------------------------------------------------------------------------------------------------------
     # Input checking
     # --------------------------------------------------------------------------------------------------------
-    def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+    #: the range the inputs are expected in when the likelihood does not fix one (the KLAE: [-1, 1]); checked
+    #: unless `check_input_range` is set to False on the model (for users who know what they are doing)
+    input_range: Optional[Tuple[float, float]] = None
+    check_input_range: bool = True
+
+    def check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Check the images (or flat data) where they enter the model; return them in the model's dtype.
+
+        Floating-point inputs of another dtype (float64, float16, bfloat16) are cast to the model's dtype; integer
+        inputs are refused (their scale is ambiguous). The range and finiteness are checked with one fused
+        reduction (`aminmax`) and one device synchronisation: NaN or ±inf show up in the minimum or maximum.
+        """
         config = self.config
         if not isinstance(pixel_values, torch.Tensor):
             raise ValueError(f"Expected `pixel_values` to be a torch.Tensor, got {type(pixel_values).__name__}.")
@@ -266,6 +351,9 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
         if pixel_values.dim() != len(expected) + 1:
             raise ValueError(f"Expected `pixel_values` of shape {what} = (B, {', '.join(map(str, expected))}), "
                              f"got shape {tuple(pixel_values.shape)}.")
+        if pixel_values.shape[0] == 0:
+            raise ValueError(f"Expected at least one example in `pixel_values`, got an empty batch of shape "
+                             f"{tuple(pixel_values.shape)}.")
         if pixel_values.shape[1] != expected[0]:
             raise ValueError(f"Expected {expected[0]} channels at dim 1 of `pixel_values`, got shape {tuple(pixel_values.shape)}.")
         if len(expected) == 3:
@@ -276,19 +364,27 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
                                      f"{'MLP' if config.backbone == 'mlp' else 'dense bottleneck'}), got {height}x{width}.")
             else:
                 factor = config.downsampling_factor
-                if height % factor or width % factor:
-                    raise ValueError(f"Expected image height and width divisible by the down-sampling factor {factor}, "
-                                     f"got {height}x{width}.")
-        if not torch.isfinite(pixel_values).all():
-            raise ValueError("Expected finite `pixel_values`, got NaN or infinite values.")
+                if height == 0 or width == 0 or height % factor or width % factor:
+                    raise ValueError(f"Expected image height and width positive and divisible by the down-sampling "
+                                     f"factor {factor}, got {height}x{width}.")
+        low, high = torch.stack(torch.aminmax(pixel_values.detach())).tolist()  # the one sync
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"Expected finite `pixel_values`, got NaN or infinite values (range [{low}, {high}]).")
         data_range = self.likelihood.data_range
-        if data_range is not None:
-            low, high = pixel_values.min().item(), pixel_values.max().item()
-            if low < data_range[0] or high > data_range[1]:
-                raise ValueError(f"Expected `pixel_values` in [{data_range[0]}, {data_range[1]}] for the "
-                                 f"{config.likelihood} likelihood, got values in [{low:.4g}, {high:.4g}].")
+        if data_range is not None and (low < data_range[0] or high > data_range[1]):
+            raise ValueError(f"Expected `pixel_values` in [{data_range[0]}, {data_range[1]}] for the "
+                             f"{config.likelihood} likelihood, got values in [{low:.4g}, {high:.4g}].")
+        if data_range is None and self.input_range is not None and self.check_input_range and (
+                low < self.input_range[0] or high > self.input_range[1]):
+            raise ValueError(f"Expected `pixel_values` in [{self.input_range[0]:g}, {self.input_range[1]:g}] for "
+                             f"{type(self).__name__}, got values in [{low:.4g}, {high:.4g}] (images in [0, 1] map "
+                             f"with 2 * x - 1, in [0, 255] with x / 127.5 - 1; set `model.check_input_range = False` "
+                             f"to pass other values on purpose).")
+        return pixel_values.to(self.dtype)
 
-    def check_latents(self, latents: torch.Tensor) -> None:
+    def check_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Check latents where they enter `decode`; return them in the model's dtype (floats of another dtype are
+        cast, as for images)."""
         if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
             raise ValueError(f"Expected floating-point latents, got {getattr(latents, 'dtype', type(latents))}.")
         expected = self.latent_shape
@@ -296,6 +392,9 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
             self.config.vector_latent and tuple(latents.shape[1:]) != expected
         ):
             raise ValueError(f"Expected latents of shape (B, {', '.join(map(str, expected))}), got {tuple(latents.shape)}.")
+        if latents.shape[0] == 0 or latents.numel() == 0:
+            raise ValueError(f"Expected at least one latent, got an empty tensor of shape {tuple(latents.shape)}.")
+        return latents.to(self.dtype)
 
     # --------------------------------------------------------------------------------------------------------
     # The universal step
@@ -318,7 +417,7 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     @apply_forward_hook
     def encode(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, return_dict: bool = True):
         """(B, *data_shape) -> EncoderOutput(latent_dist=q(z|x))."""
-        self.check_pixel_values(pixel_values)
+        pixel_values = self.check_pixel_values(pixel_values)
         posterior = self._encode(pixel_values, self.embed_condition(labels, pixel_values.shape[0]))
         return self._encoder_output(posterior, return_dict)
 
@@ -328,7 +427,7 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     @apply_forward_hook
     def decode(self, latents: torch.Tensor, labels: Optional[torch.Tensor] = None, return_dict: bool = True):
         """(B, *latent_shape) -> DecoderOutput(sample=E[x|z] (B, *data_shape), parameters=raw decoder output)."""
-        self.check_latents(latents)
+        latents = self.check_latents(latents)
         return self._decoder_output(latents, self.embed_condition(labels, latents.shape[0]), return_dict)
 
     def _decoder_output(self, latents: torch.Tensor, condition: Optional[torch.Tensor], return_dict: bool):
@@ -352,7 +451,7 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
             sample_posterior: decode a posterior sample (the ELBO's Monte Carlo estimate) or its mode.
             generator: seeds the posterior sample.
         """
-        self.check_pixel_values(pixel_values)
+        pixel_values = self.check_pixel_values(pixel_values)
         condition = self.embed_condition(labels, pixel_values.shape[0])
         posterior = self._encode(pixel_values, condition)
         latents = self.sample_latent(posterior, generator, sample_posterior)  # (B, ...), or (K, B, ...) samples
@@ -403,16 +502,33 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     # Sampling and evaluation
     # --------------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Draw z ~ p(z) and return the decoder mean, (num_samples, *data_shape)."""
-        if not isinstance(num_samples, int) or num_samples <= 0:
-            raise ValueError(f"Expected a positive int `num_samples`, got {num_samples!r}.")
+    def generate(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None,
+                 batch_size: int = 256) -> torch.Tensor:
+        """Draw z ~ p(z) and return the decoder mean, (num_samples, *data_shape).
+
+        The latents are drawn at once (so the result does not depend on `batch_size`) and decoded `batch_size` at a
+        time, so the decoder's activations stay those of one batch. A request whose result cannot fit in the
+        memory available is refused before anything is allocated.
+        """
+        check_count("num_samples", num_samples)
+        check_count("batch_size", batch_size)
+        per_example = math.prod(self.config.data_shape) + math.prod(self.latent_shape)
+        check_fits(f"generate({num_samples})", num_samples * per_example * self.dtype.itemsize, self.device)
         if self.latent_density is not None:  # fitted ex post (fit_latent_density)
             latents = self.latent_density.sample(num_samples, generator).view(num_samples, *self.latent_shape)
         else:
             latents = self.sample_prior(num_samples, generator)
-        params = self._decode(latents.to(self.dtype), self.embed_condition(labels, num_samples))
-        return self.likelihood.mean(params)
+        latents = latents.to(self.dtype)
+        condition = self.embed_condition(labels, num_samples)
+        out = None
+        for start in range(0, num_samples, batch_size):
+            stop = min(start + batch_size, num_samples)
+            chunk = self.likelihood.mean(self._decode(latents[start:stop],
+                                                      None if condition is None else condition[start:stop]))
+            if out is None:
+                out = chunk.new_empty((num_samples, *chunk.shape[1:]))
+            out[start:stop] = chunk
+        return out
 
     @torch.no_grad()
     def fit_latent_density(self, data, num_components: int = 10, covariance_type: str = "full",
@@ -438,12 +554,23 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
         return self.latent_density
 
     @torch.no_grad()
-    def reconstruct(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Deterministic reconstruction: decode the posterior mode (the nearest codes for VQ)."""
-        self.check_pixel_values(pixel_values)
+    def reconstruct(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                    batch_size: int = 256) -> torch.Tensor:
+        """Deterministic reconstruction: decode the posterior mode (the nearest codes for VQ), `batch_size`
+        examples at a time (the activations stay those of one batch, whatever the size of the input)."""
+        check_count("batch_size", batch_size)
+        pixel_values = self.check_pixel_values(pixel_values)
         condition = self.embed_condition(labels, pixel_values.shape[0])
-        posterior = self._encode(pixel_values, condition)
-        return self.likelihood.mean(self._decode(posterior.mode(), condition))
+        out = None
+        for start in range(0, pixel_values.shape[0], batch_size):
+            stop = min(start + batch_size, pixel_values.shape[0])
+            cond = None if condition is None else condition[start:stop]
+            posterior = self._encode(pixel_values[start:stop], cond)
+            chunk = self.likelihood.mean(self._decode(posterior.mode(), cond))
+            if out is None:
+                out = chunk.new_empty((pixel_values.shape[0], *chunk.shape[1:]))
+            out[start:stop] = chunk
+        return out
 
     @torch.no_grad()
     def log_likelihood(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, num_samples: int = 1000,
@@ -453,16 +580,19 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
             log p(x) ≈ log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x),   z_k ~ q(z|x).
 
         A lower bound in expectation that equals the ELBO at K = 1 and tightens as K grows. `chunk_size`
-        importance samples are decoded at a time.
+        importance samples are decoded at a time and folded into a running log-sum-exp, so memory is that of one
+        chunk whatever K; K is capped at `MAX_IMPORTANCE_SAMPLES` (the run time grows linearly with it).
         """
+        check_count("num_samples", num_samples, MAX_IMPORTANCE_SAMPLES)
+        check_count("chunk_size", chunk_size)
         if not self.likelihood.normalised:
             raise NotImplementedError(f"{type(self).__name__} uses an un-normalised pixel loss, so log p(x) is undefined.")
-        self.check_pixel_values(pixel_values)
+        pixel_values = self.check_pixel_values(pixel_values)
         condition = self.embed_condition(labels, pixel_values.shape[0])
         posterior = self._encode(pixel_values, condition)
         if not hasattr(posterior, "log_prob") or getattr(posterior, "deterministic", False):
             raise NotImplementedError(f"{type(self).__name__}'s posterior has no density; log p(x) needs one.")
-        log_weights = []
+        total = None
         for start in range(0, num_samples, chunk_size):
             k = min(chunk_size, num_samples - start)
             eps = randn_tensor((k, *posterior.mean.shape), generator=generator, device=posterior.mean.device,
@@ -470,6 +600,7 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
             latents = posterior.mean + posterior.std * eps  # (k, B, *latent_shape)
             params = self._decode_samples(latents, condition)
             log_px_given_z = -self.likelihood.nll(pixel_values, params)
-            log_weights.append(log_px_given_z + self.prior_log_prob(latents) - posterior.log_prob(latents))
-        log_weights = torch.cat(log_weights, dim=0)
-        return torch.logsumexp(log_weights, dim=0) - math.log(num_samples)
+            log_weights = log_px_given_z + self.prior_log_prob(latents) - posterior.log_prob(latents)
+            chunk_total = torch.logsumexp(log_weights, dim=0)
+            total = chunk_total if total is None else torch.logaddexp(total, chunk_total)
+        return total - math.log(num_samples)

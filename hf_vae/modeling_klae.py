@@ -114,6 +114,9 @@ def tiled_apply(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], til
 class KLAEModel(AutoencoderPreTrainedModel):
     config_class = KLAEConfig
     _no_split_modules = ["ResnetBlock2D", "Attention"]
+    # Images in [-1, 1], as diffusers' image processor gives them; [0, 255] input would otherwise train (or encode)
+    # silently wrong. `model.check_input_range = False` lets other values through.
+    input_range = (-1.0, 1.0)
 
     def __init__(self, config: KLAEConfig):
         super().__init__(config)
@@ -229,7 +232,7 @@ class KLAEModel(AutoencoderPreTrainedModel):
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """(B, C, H, W) images in [-1, 1] -> EncoderOutput(latent_dist=DiagonalGaussianDistribution over
         (B, latent_channels, H/f, W/f)); a tuple `(latent_dist,)` with `return_dict=False`."""
-        self.check_pixel_values(x)
+        x = self.check_pixel_values(x)
         posterior = self._encode(x)
         return self._encoder_output(posterior, return_dict)
 
@@ -237,7 +240,7 @@ class KLAEModel(AutoencoderPreTrainedModel):
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator: Optional[torch.Generator] = None):
         """(B, latent_channels, h, w) -> DecoderOutput(sample=(B, C, h·f, w·f)). `generator` is accepted for
         diffusers' signature; decoding is deterministic."""
-        self.check_latents(z)
+        z = self.check_latents(z)
         return self._decoder_output(z, None, return_dict)
 
     # -- conversion to and from diffusers --------------------------------------------------------------------

@@ -121,7 +121,7 @@ class VQVAEModel(AutoencoderPreTrainedModel):
     @torch.no_grad()
     def encode_to_indices(self, pixel_values: torch.Tensor) -> torch.LongTensor:
         """(B, C, H, W) -> (B, h, w) code indices (or (B, n) for the MLP backbone)."""
-        self.check_pixel_values(pixel_values)
+        pixel_values = self.check_pixel_values(pixel_values)
         z_e = self._to_code_layout(self.encoder(pixel_values, None))
         flat = z_e.movedim(1, -1).reshape(-1, self.config.embedding_dim)
         return self.quantizer.nearest_codes(flat).view(z_e.shape[0], *z_e.shape[2:])
@@ -135,7 +135,7 @@ class VQVAEModel(AutoencoderPreTrainedModel):
     def decode(self, latents: torch.Tensor, labels=None, return_dict: bool = True, force_not_quantize: bool = False):
         """Quantise continuous latents to their nearest codes, then decode (diffusers' VQModel contract, which
         LDMPipeline relies on). `force_not_quantize=True` decodes the latents as given."""
-        self.check_latents(latents)
+        latents = self.check_latents(latents)
         if not force_not_quantize:
             codes = self._to_code_layout(latents)
             flat = codes.movedim(1, -1).reshape(-1, self.config.embedding_dim)

@@ -420,7 +420,7 @@ def test_a_few_training_steps_reduce_the_loss(name, backbone):
     x, labels = example_inputs(model.config, batch=16)
     # Blocky binary images: learnable structure, unlike uniform noise.
     x = torch.nn.functional.interpolate(x[..., ::4, ::4], scale_factor=4.0).round()
-    x = x if model.config.likelihood == "bernoulli" else 2 * x - 1
+    x = x if model.config.likelihood == "bernoulli" else x.clamp(min=0) * 2 - 1  # {-1, 1}
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(25):
