@@ -1,6 +1,6 @@
 """Configuration of the InfoVAE / MMD-VAE (Zhao et al. 2019)."""
 
-from .configuration_base import AutoencoderConfig, _check
+from .configuration_base import AutoencoderConfig, _check, check_real
 from .configuration_wae import check_mmd_fields
 
 
@@ -31,6 +31,8 @@ class InfoVAEConfig(AutoencoderConfig):
     def validate_fields(self) -> None:
         super().validate_fields()
         check_mmd_fields(self)
+        check_real("alpha", self.alpha)
+        check_real("mmd_lambda", self.mmd_lambda)
         _check(self.alpha <= 1, f"Expected `alpha` <= 1 (the KL weight 1 − α must not be negative), got {self.alpha!r}.")
         _check(self.alpha + self.mmd_lambda - 1 >= 0,
                f"Expected alpha + mmd_lambda >= 1 (the MMD weight α + λ − 1 must not be negative), got "

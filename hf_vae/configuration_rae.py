@@ -1,6 +1,6 @@
 """Configuration of the regularised autoencoder (Ghosh et al. 2020)."""
 
-from .configuration_base import AutoencoderConfig, _check
+from .configuration_base import AutoencoderConfig, _check, check_real
 
 DECODER_REGULARISERS = ("l2", "gradient_penalty", "none")
 
@@ -30,8 +30,8 @@ class RAEConfig(AutoencoderConfig):
 
     def validate_fields(self) -> None:
         super().validate_fields()
-        _check(self.latent_weight >= 0, f"Expected `latent_weight` >= 0, got {self.latent_weight!r}.")
-        _check(self.decoder_weight >= 0, f"Expected `decoder_weight` >= 0, got {self.decoder_weight!r}.")
+        check_real("latent_weight", self.latent_weight, low=0)
+        check_real("decoder_weight", self.decoder_weight, low=0)
         _check(self.decoder_regulariser in DECODER_REGULARISERS,
                f"Expected `decoder_regulariser` in {DECODER_REGULARISERS}, got {self.decoder_regulariser!r}.")
         _check(isinstance(self.latent_density_components, int) and self.latent_density_components >= 0,

@@ -1,6 +1,6 @@
 """Configuration of the VAE with a VampPrior (Tomczak & Welling 2018)."""
 
-from .configuration_base import _check, check_positive_int
+from .configuration_base import check_positive_int, check_real
 from .configuration_vae import VAEConfig
 
 
@@ -24,5 +24,4 @@ class VampVAEConfig(VAEConfig):
     def validate_fields(self) -> None:
         super().validate_fields()
         check_positive_int("num_pseudo_inputs", self.num_pseudo_inputs)
-        _check(isinstance(self.pseudo_input_std, (int, float)) and self.pseudo_input_std >= 0,
-               f"Expected `pseudo_input_std` >= 0, got {self.pseudo_input_std!r}.")
+        check_real("pseudo_input_std", self.pseudo_input_std, low=0)

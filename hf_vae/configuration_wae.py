@@ -1,6 +1,6 @@
 """Configuration of the Wasserstein autoencoder with the MMD penalty (Tolstikhin et al. 2018)."""
 
-from .configuration_base import AutoencoderConfig, _check
+from .configuration_base import AutoencoderConfig, _check, check_real
 from .mmd import KERNELS
 
 DEFAULT_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -8,10 +8,11 @@ DEFAULT_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 def check_mmd_fields(config) -> None:
     _check(config.kernel in KERNELS, f"Expected `kernel` in {KERNELS}, got {config.kernel!r}.")
-    _check(isinstance(config.kernel_bandwidth, (int, float)) and config.kernel_bandwidth > 0,
-           f"Expected `kernel_bandwidth` > 0, got {config.kernel_bandwidth!r}.")
-    _check(len(config.kernel_scales) > 0 and all(isinstance(s, (int, float)) and s > 0 for s in config.kernel_scales),
-           f"Expected `kernel_scales` to be a non-empty list of positive numbers, got {config.kernel_scales!r}.")
+    check_real("kernel_bandwidth", config.kernel_bandwidth, low=0, low_open=True)
+    _check(len(config.kernel_scales) > 0, f"Expected `kernel_scales` to be a non-empty list of positive numbers, got "
+                                          f"{config.kernel_scales!r}.")
+    for i, scale in enumerate(config.kernel_scales):
+        check_real(f"kernel_scales[{i}]", scale, low=0, low_open=True)
 
 
 class WAEConfig(AutoencoderConfig):
@@ -38,4 +39,4 @@ class WAEConfig(AutoencoderConfig):
     def validate_fields(self) -> None:
         super().validate_fields()
         check_mmd_fields(self)
-        _check(self.mmd_weight >= 0, f"Expected `mmd_weight` >= 0, got {self.mmd_weight!r}.")
+        check_real("mmd_weight", self.mmd_weight, low=0)
