@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 from transformers import PretrainedConfig
 
 BACKBONES = ("mlp", "conv")
-LIKELIHOODS = ("bernoulli", "gaussian", "laplace")
+LIKELIHOODS = ("bernoulli", "gaussian", "laplace", "discretized_logistic")
 ACT_FNS = ("silu", "swish", "gelu", "relu", "mish")
 DEFAULT_MLP_LATENT_DIM = 32
 
@@ -68,8 +68,11 @@ class AutoencoderConfig(PretrainedConfig):
             bottleneck).
         act_fn (`str`, defaults to "relu" for MLP, "silu" for conv).
         likelihood (`str`, defaults to "bernoulli"): p(x|z). "bernoulli" expects data in [0, 1] and decodes
-            probabilities; "gaussian" and "laplace" accept any real data (use [-1, 1]) and decode the mean/location.
-        likelihood_scale (`float`, defaults to 1.0): σ (Gaussian) or b (Laplace), or its initial value if learned.
+            probabilities; "gaussian" and "laplace" accept any real data (use [-1, 1]) and decode the mean/location;
+            "discretized_logistic" models the 256 levels of 8-bit images in [-1, 1] (PixelCNN++) and decodes the
+            location.
+        likelihood_scale (`float`, defaults to 1.0): σ (Gaussian), b (Laplace) or s (logistic), or its initial
+            value if learned.
         learn_likelihood_scale (`bool`, defaults to False): learn one log-scale per channel.
         dropout (`float`, defaults to 0.0): dropout in the conv ResNet blocks.
     """

@@ -1,6 +1,7 @@
 """Tests of the data layer (hf_vae.data): offline, fast (whole file well under 30 s)."""
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -213,6 +214,23 @@ def test_dynamic_binarisation():
     # Eval split: the same noise every epoch.
     t0, t1 = binarised(0, "test"), binarised(3, "test")
     assert all(torch.equal(t0[k], t1[k]) for k in t0)
+
+
+def test_uniform_dequantisation_of_the_8_bit_levels():
+    def dequantised(epoch, value_range=(-1.0, 1.0)):
+        ds = build_dataset("fashion_mnist", "train", dequantize=True, epoch=epoch, with_ids=True, shuffle=False,
+                           value_range=value_range)
+        return {r["example_id"]: r["pixel_values"] for r in _rows(ds, 8)}
+
+    raw = fm.load_fashion_mnist_arrays("train")[0]
+    a, a2, b = dequantised(0), dequantised(0), dequantised(1)
+    for k, x in a.items():
+        cell = (x[0].double() + 1) / 2 * 256 - torch.from_numpy(raw[k]).double()  # (k + u) / 256 -> u
+        assert float(cell.min()) >= -1e-4 and float(cell.max()) < 1 + 1e-4  # each value inside its level's cell
+        assert float(cell.std()) == pytest.approx(math.sqrt(1 / 12), rel=0.05)  # u ~ U[0, 1)
+        assert torch.equal(x, a2[k]) and not torch.equal(x, b[k])  # reproducible, fresh noise per epoch
+    with pytest.raises(ValueError, match="at most one of binarize and dequantize"):
+        build_dataset("fashion_mnist", "train", binarize=True, dequantize=True)
 
 
 def test_collate_and_dataloader():

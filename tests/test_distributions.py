@@ -9,6 +9,7 @@ from torch import distributions as D
 from hf_vae.distributions import (
     BernoulliLikelihood,
     DiagonalGaussianDistribution,
+    DiscretizedLogisticLikelihood,
     GaussianLikelihood,
     LaplaceLikelihood,
     PixelLossLikelihood,
@@ -135,3 +136,34 @@ def test_pixel_loss_is_plain_l1_and_l2():
     torch.testing.assert_close(PixelLossLikelihood("l2").nll(x, y), (x - y).pow(2).flatten(1).sum(1))
     with pytest.raises(ValueError, match="'l1' or 'l2'"):
         PixelLossLikelihood("l3")
+
+
+def _logistic_cdf(t: float) -> float:
+    return 1.0 / (1.0 + math.exp(-t)) if t > -700 else 0.0
+
+
+@pytest.mark.parametrize("mean, scale", [(0.1, 0.05), (-0.97, 0.01), (0.999, 0.3), (3.0, 0.02), (-0.5, 1e-4)])
+def test_discretized_logistic_sums_to_one_over_the_256_bins_and_matches_the_cdf(mean, scale):
+    likelihood = DiscretizedLogisticLikelihood(1, scale).double()
+    levels = torch.arange(256, dtype=torch.float64)
+    x = (-1.0 + 2.0 * levels / 255.0).view(256, 1, 1, 1)  # one image per 8-bit level
+    probs = torch.exp(-likelihood.nll(x, torch.full_like(x, mean)))
+    assert float(probs.sum()) == pytest.approx(1.0, abs=1e-9)
+    # brute force: the logistic CDF at the bin edges x_k ± 1/255, the first and last bins open to ∓∞
+    scale = math.exp(float(likelihood.log_scale))  # the scale as stored (a float32 buffer)
+    expected = []
+    for k in range(256):
+        upper = 1.0 if k == 255 else _logistic_cdf((-1.0 + (2 * k + 1) / 255.0 - mean) / scale)
+        lower = 0.0 if k == 0 else _logistic_cdf((-1.0 + (2 * k - 1) / 255.0 - mean) / scale)
+        expected.append(upper - lower)
+    torch.testing.assert_close(probs, torch.tensor(expected, dtype=torch.float64), rtol=1e-7, atol=1e-12)
+
+
+def test_discretized_logistic_is_finite_far_in_the_tails_and_rounds_to_the_nearest_bin():
+    likelihood = DiscretizedLogisticLikelihood(3, 0.01)
+    x = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1)
+    nll = likelihood.nll(x, torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1))  # 200 scales away from each bin
+    assert torch.isfinite(nll).all() and float(nll) > 100
+    near = x + torch.tensor([0.4, -0.3, 0.0]).view(1, 3, 1, 1) / 255  # still nearest to the same levels
+    params = torch.randn(1, 3, 1, 1)
+    torch.testing.assert_close(likelihood.nll(near, params), likelihood.nll(x, params))

@@ -103,6 +103,71 @@ def test_image_metrics_are_on_the_unit_scale_whatever_the_model_range(monkeypatc
         assert metrics == pytest.approx(expected, rel=1e-5), kind
 
 
+def test_continuous_likelihoods_are_scored_on_dequantised_data_in_bits_of_the_8_bit_data(monkeypatch):
+    # A model whose density is uniform on [-1, 1]^D assigns every 8-bit image the probability 256^-D: 8 bits/dim.
+    model = VAEModel(VAEConfig(image_size=16, hidden_dims=[32], latent_dim=4, likelihood="gaussian"))
+    num_dims, seen = 16 * 16, []
+
+    def uniform_density(x, labels=None, num_samples=1, chunk_size=None, generator=None):
+        seen.append(x.clone())
+        return torch.full((x.shape[0],), -num_dims * math.log(2.0), dtype=torch.float64)
+
+    monkeypatch.setattr(model, "log_likelihood", uniform_density)
+    metrics = evaluate(model, "fashion_mnist", "test", max_examples=8, batch_size=8, num_importance_samples=2,
+                       metrics=["nll", "bits_per_dim"])
+    assert metrics["bits_per_dim"] == pytest.approx(8.0, rel=1e-12)
+    assert metrics["nll"] == pytest.approx(num_dims * math.log(256.0), rel=1e-12)
+    # ... and the density saw x + u/128 (cells of width 2/256 in [-1, 1]), not the 8-bit levels themselves
+    from hf_vae.data import build_dataset, collate_batch
+
+    clean = collate_batch(list(build_dataset("fashion_mnist", "test", image_size=16, value_range=(-1, 1))
+                               .take(8)))["pixel_values"]
+    levels = torch.round((clean + 1) / 2 * 255)
+    u = (seen[0] + 1) / 2 * 256 - levels
+    assert float(u.min()) >= 0 and float(u.max()) < 1 and float(u.std()) == pytest.approx(math.sqrt(1 / 12), rel=0.1)
+
+
+def test_the_change_of_volume_bounds_the_probability_of_the_8_bit_levels():
+    # For a Gaussian much wider than a bin: E_u[-log N(y)] + log(256 / 2) >= -log P(bin) (Jensen), and within the
+    # Jensen gap (~ (bin / σ)² / 24 near the mean); a wrong constant, log(255 / 2), would be 0.0039 nats off.
+    from scipy.stats import norm
+
+    from hf_vae.evaluation.evaluate import dequantization_correction
+
+    mean, sigma = 0.1, 0.2
+    for level in (100, 140, 160, 180):
+        lower, upper = -1 + 2 * level / 256, -1 + 2 * (level + 1) / 256
+        exact = -math.log(norm.cdf(upper, mean, sigma) - norm.cdf(lower, mean, sigma))
+        y = torch.linspace(lower, upper, 100001, dtype=torch.float64)
+        continuous = float((0.5 * ((y - mean) / sigma) ** 2 + math.log(sigma) + 0.5 * math.log(2 * math.pi)).mean())
+        bound = continuous + dequantization_correction(1, (-1.0, 1.0))
+        assert exact <= bound <= exact + 5e-4, (level, exact, bound)
+    assert dequantization_correction(784, (0.0, 1.0)) == pytest.approx(784 * math.log(256))
+
+
+def test_discretised_logistic_bits_per_dim_need_no_correction():
+    model = VAEModel(VAEConfig(image_size=16, hidden_dims=[32], latent_dim=4, likelihood="discretized_logistic",
+                               likelihood_scale=0.05))
+    metrics = evaluate(model, "fashion_mnist", "test", max_examples=8, batch_size=8, num_importance_samples=4)
+    from hf_vae.data import build_dataset, collate_batch
+
+    x = collate_batch(list(build_dataset("fashion_mnist", "test", image_size=16, value_range=(-1, 1))
+                           .take(8)))["pixel_values"]
+    generator = torch.Generator().manual_seed(1)  # evaluate's importance-sampling stream for seed 0
+    nll = float(-model.log_likelihood(x, num_samples=4, chunk_size=4, generator=generator).double().mean())
+    assert metrics["nll"] == pytest.approx(nll, rel=1e-6)
+    assert metrics["bits_per_dim"] == pytest.approx(nll / (16 * 16 * math.log(2)), rel=1e-6)
+
+
+def test_a_bernoulli_decoder_on_grey_levels_reports_cross_entropies_not_likelihoods():
+    model = tiny("vae")
+    grey = evaluate(model, "shapes", "test", **EVAL, binarize=False, metrics=None)
+    assert {"xent_neg_elbo", "xent_nll", "xent_bits_per_dim"} <= set(grey) and "nll" not in grey
+    assert list(grey) == metrics_that_apply(model, binarize=False)
+    binary = evaluate(model, "shapes", "test", **EVAL)
+    assert {"neg_elbo", "nll", "bits_per_dim"} <= set(binary) and not any(k.startswith("xent_") for k in binary)
+
+
 def test_evaluation_is_deterministic_and_leaves_the_global_rng_alone():
     model = tiny("vae")
     state = torch.get_rng_state()

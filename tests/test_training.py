@@ -151,6 +151,7 @@ def test_train_vae_writes_the_output_folder_contract(tmp_path):
     ("vq_vae", dict(TINY_CONV, num_embeddings=16, embedding_dim=4, likelihood="gaussian"),
      ["mse", "psnr", "codebook_usage", "perplexity"]),
     ("cvae", dict(TINY_MLP), ["neg_elbo", "nll", "mig"]),
+    ("vae", dict(TINY_MLP, likelihood="laplace", learn_likelihood_scale=True), ["neg_elbo", "nll", "bits_per_dim"]),
 ])
 def test_every_variant_trains_through_the_same_loop(tmp_path, model, model_config, expect):
     args, data = tiny_run(tmp_path, model=model, checkpointing_steps=0)
@@ -164,9 +165,14 @@ def test_every_variant_trains_through_the_same_loop(tmp_path, model, model_confi
         from transformers import AutoConfig
 
         assert AutoConfig.from_pretrained(args.output_dir).num_classes == 3  # from the shapes labels
-    if model == "vq_vae":
+    if model in ("vq_vae", "vae"):
         with open(os.path.join(args.output_dir, "training_args.json")) as f:
-            assert json.load(f)["resolved"]["value_range"] == [-1.0, 1.0]  # Gaussian decoder -> [-1, 1] data
+            resolved = json.load(f)["resolved"]
+        assert resolved["value_range"] == [-1.0, 1.0]  # Gaussian / Laplace decoder -> [-1, 1] data
+        # a continuous density trains on dequantised 8-bit data; the VQ-VAE reports no likelihood and does not
+        assert resolved["dequantize"] is (model == "vae") and resolved["binarize"] is False
+        if model == "vae":  # bits of the 8-bit data: positive, whatever the density's value
+            assert record["metrics"]["bits_per_dim"] > 0
 
 
 def test_cvae_on_a_dataset_without_labels_is_refused(tmp_path):

@@ -81,6 +81,7 @@ __all__ = [
 _FASHION_ALIASES = {"fashion_mnist", "fashion-mnist", "fashionmnist", "zalando-datasets/fashion_mnist"}
 _SOURCE_COLUMNS = ["image", "label", "factors", "id", "photo"]  # dropped by the model-input map
 _SALT_BINARIZE = 0xB1AA_5E55
+_SALT_DEQUANTIZE = 0xDE0A_9715
 _SALT_SHUFFLE = 0x5A1F_F1E5
 
 
@@ -150,14 +151,15 @@ class _ToModelInputs:
     """Row transform source -> model inputs; a picklable class so DataLoader workers can use it.
 
     Per row: adapt channels, resize (only if the source size differs from ``image_size``),
-    optionally binarise dynamically, map [0, 1] to ``value_range``, and emit torch tensors.
+    optionally binarise dynamically or dequantise, map [0, 1] to ``value_range``, and emit torch tensors.
     """
 
-    def __init__(self, image_size, in_channels, value_range, binarize, seed, epoch, with_ids):
+    def __init__(self, image_size, in_channels, value_range, binarize, seed, epoch, with_ids, dequantize=False):
         self.image_size = image_size
         self.in_channels = in_channels
         self.lo, self.hi = float(value_range[0]), float(value_range[1])
         self.binarize = bool(binarize)
+        self.dequantize = bool(dequantize)
         self.seed = int(seed) & ((1 << 63) - 1)
         self.epoch = int(epoch)
         self.with_ids = bool(with_ids)
@@ -189,6 +191,13 @@ class _ToModelInputs:
             key = int(ex_id) if ex_id is not None else (1 << 40) + zlib.crc32(np.ascontiguousarray(x).view(np.uint8))
             rng = np.random.default_rng([self.seed, _SALT_BINARIZE, self.epoch, key])
             x = (rng.random(x.shape, dtype=np.float32) < x).astype(np.float32)
+        elif self.dequantize:
+            # Uniform dequantisation of the 8-bit levels k (Theis et al. 2016): x = (k + u) / 256, u ~ U[0, 1), so
+            # a density on the result bounds the probability of k (see hf_vae.evaluation.evaluate). Same keying
+            # of the noise as the binarisation.
+            key = int(ex_id) if ex_id is not None else (1 << 40) + zlib.crc32(np.ascontiguousarray(x).view(np.uint8))
+            rng = np.random.default_rng([self.seed, _SALT_DEQUANTIZE, self.epoch, key])
+            x = (np.round(x * 255.0) + rng.random(x.shape, dtype=np.float32)) / 256.0
         if (self.lo, self.hi) != (0.0, 1.0):
             x = x * (self.hi - self.lo) + self.lo
         out: dict[str, Any] = {"pixel_values": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))}
@@ -209,6 +218,7 @@ def build_dataset(
     in_channels: Optional[int] = None,
     value_range: Sequence[float] = (0.0, 1.0),
     binarize: bool = False,
+    dequantize: bool = False,
     seed: int = 0,
     shuffle: bool = True,
     shuffle_buffer: int = 1000,
@@ -237,7 +247,10 @@ def build_dataset(
         binarize: dynamic binarisation, ``x ~ Bernoulli(intensity)`` (before ``value_range``).
             Train: fresh noise every epoch, a pure function of ``(seed, epoch, example)``.
             Other splits: fixed noise (epoch 0), so evaluations are comparable across epochs.
-        seed: shuffle buffer, binarisation noise and random crops.
+        dequantize: uniform dequantisation of the 8-bit levels k = round(255 · intensity):
+            ``(k + u) / 256``, u ~ U[0, 1) (before ``value_range``), drawn like the binarisation noise;
+            for continuous likelihoods (Gaussian, Laplace). Exclusive with ``binarize``.
+        seed: shuffle buffer, binarisation / dequantisation noise and random crops.
         shuffle, shuffle_buffer: buffer shuffling of the train split (the shard order is
             shuffled too).
         epoch: train split only: reshuffles (the shuffle seed is a hash of ``(seed, epoch)``),
@@ -270,6 +283,8 @@ def build_dataset(
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
     if len(value_range) != 2 or not value_range[0] < value_range[1]:
         raise ValueError(f"value_range must be (lo, hi) with lo < hi, got {value_range}")
+    if binarize and dequantize:
+        raise ValueError("Expected at most one of binarize and dequantize: binary data has nothing to dequantise.")
     is_train = split == "train"
     ds = source_dataset(name, split, image_size=image_size, in_channels=in_channels, seed=seed,
                         data_seed=data_seed, epoch=epoch if is_train else 0, image_column=image_column,
@@ -285,7 +300,7 @@ def build_dataset(
         # own shards (when num_shards % world_size == 0) or every world_size-th example.
         ds = split_dataset_by_node(ds, rank=int(process_index), world_size=int(num_processes))
     mapper = _ToModelInputs(image_size, in_channels, value_range, binarize, seed,
-                            epoch if is_train else 0, with_ids)
+                            epoch if is_train else 0, with_ids, dequantize)
     return ds.map(mapper, remove_columns=_SOURCE_COLUMNS)
 
 

@@ -9,6 +9,8 @@ a number in `metrics.json` is reproduced by the script. Only the metrics that ap
     neg_elbo       −ELBO in nats per example, one posterior sample per example    Gaussian posterior, normalised p(x|z)
     nll            −log p(x) by importance sampling, K samples (Burda et al. 2016) idem
     bits_per_dim   nll / (D · ln 2), D = number of data dimensions               idem
+    xent_*         the same three for a Bernoulli decoder on data that was not   idem
+                   binarised: cross-entropies, not likelihoods
     mse            mean squared error of the deterministic reconstruction, [0, 1] all
     psnr, ssim     per image on [0, 1], averaged over the split (PSNR ≤ 100 dB)  images
     mig            Mutual Information Gap of the posterior means (Chen 2018)     vector Gaussian latents, data with factors
@@ -20,8 +22,16 @@ MSE, PSNR and SSIM are computed on images in [0, 1] whatever the model's range (
 reconstructions are mapped by (x + 1) / 2 first), as scikit-image and the literature do: MSE scales with the square
 of the range and SSIM's stabilising constants are not shift-invariant, so numbers on the model's own range would
 not be comparable between a Bernoulli model in [0, 1] and a KLAE in [-1, 1]. PSNR uses a peak of 1.
-For data in [-1, 1] with a Gaussian or Laplace likelihood, `nll` is a density, not the probability of 8-bit
-pixels, so it is not comparable with discrete bits/dim in the literature.
+The likelihood metrics are of the discrete data, so that bits/dim compare with the literature:
+  * Bernoulli on binarised data, and the discretised logistic on 8-bit levels: probabilities of the data, exact.
+  * Gaussian and Laplace are densities of continuous values. They are evaluated (and trained) on uniformly
+    dequantised data, y = lo + (hi − lo)(k + u)/256 for the 8-bit level k and u ~ U[0, 1)^D (Theis et al. 2016,
+    sec. 3.1). Each level k owns a cell of volume ((hi − lo)/256)^D in y-space, so by Jensen's inequality
+        −log P(k) = −log ∫_cell p(y) dy ≤ E_u[−log p(y)] + D · log(256 / (hi − lo)),
+    and `neg_elbo` and `nll` are reported with that change of volume added (D · log 128 on [-1, 1], D · log 256 on
+    [0, 1]): upper bounds on −log P of the 8-bit data, and bits/dim = nll / (D ln 2) of the discrete data.
+  * A Bernoulli decoder on data that was not binarised gives a cross-entropy with grey levels, not a likelihood:
+    those numbers are reported under `xent_neg_elbo`, `xent_nll` and `xent_bits_per_dim`.
 
 Randomness (posterior samples, importance samples) comes from a `torch.Generator` seeded with `seed`; the global
 RNG is left untouched, which is what lets a resumed training run reproduce an uninterrupted one bit for bit.
@@ -42,7 +52,15 @@ import torch
 from .metrics import codebook_stats, mutual_information_gap, psnr, ssim
 
 #: every metric name this module can report, in table order (the contract of metrics.json)
-METRIC_NAMES = ("neg_elbo", "nll", "bits_per_dim", "mse", "psnr", "ssim", "mig", "codebook_usage", "perplexity")
+METRIC_NAMES = ("neg_elbo", "nll", "bits_per_dim", "xent_neg_elbo", "xent_nll", "xent_bits_per_dim", "mse", "psnr",
+                "ssim", "mig", "codebook_usage", "perplexity")
+#: the likelihood metrics, and their names when they are cross-entropies (a Bernoulli decoder on grey levels)
+DENSITY_METRICS = ("neg_elbo", "nll", "bits_per_dim")
+CROSS_ENTROPY_NAMES = {name: f"xent_{name}" for name in DENSITY_METRICS}
+#: likelihoods that are densities of continuous values (trained and evaluated on dequantised data)
+CONTINUOUS_LIKELIHOODS = ("gaussian", "laplace")
+#: 8-bit data: the number of levels a dequantised value spreads over
+NUM_LEVELS = 256
 #: PSNR of an exact reconstruction is infinite; cap it so that averages stay finite
 PSNR_CAP_DB = 100.0
 
@@ -56,7 +74,9 @@ def data_settings(config, binarize: Optional[bool] = None) -> Dict[str, Any]:
     """How to build a stream for a model with this config: image size, channels, value range, binarisation.
 
     Bernoulli decoders see data in [0, 1], dynamically binarised by default (the Bernoulli likelihood is a
-    normalised density only on binary data); Gaussian, Laplace and the KL autoencoder see [-1, 1].
+    normalised density only on binary data); Gaussian, Laplace, the discretised logistic and the KL autoencoder
+    see [-1, 1]. Gaussian and Laplace decoders (continuous densities; VQ-VAE aside, which reports no likelihood)
+    train on uniformly dequantised data.
     """
     likelihood = getattr(config, "likelihood", "pixel")
     bernoulli = likelihood == "bernoulli"
@@ -69,14 +89,15 @@ def data_settings(config, binarize: Optional[bool] = None) -> Dict[str, Any]:
         "in_channels": int(config.in_channels),
         "value_range": (0.0, 1.0) if bernoulli else (-1.0, 1.0),
         "binarize": bernoulli if binarize is None else bool(binarize),
+        "dequantize": likelihood in CONTINUOUS_LIKELIHOODS and not hasattr(config, "num_embeddings"),
     }
 
 
-def metrics_that_apply(model, has_factors: bool = True) -> list:
+def metrics_that_apply(model, has_factors: bool = True, binarize: Optional[bool] = None) -> list:
     """The names of the metrics `evaluate` reports for `model` (MIG only if the data has factors)."""
     names = []
     if _has_density(model):
-        names += ["neg_elbo", "nll", "bits_per_dim"]
+        names += list(_density_names(model, data_settings(model.config, binarize)["binarize"]).values())
     names += ["mse", "psnr"]
     if len(model.config.data_shape) == 3:
         names.append("ssim")
@@ -95,6 +116,26 @@ def _has_density(model) -> bool:
     # An importance-sampled log p(x) needs a normalised likelihood and a posterior with a density.
     return (bool(getattr(model.likelihood, "normalised", False)) and not _is_vq(model)
             and not getattr(model, "deterministic_encoder", False))
+
+
+def _density_names(model, binarized: bool) -> Dict[str, str]:
+    cross_entropy = getattr(model.config, "likelihood", None) == "bernoulli" and not binarized
+    return CROSS_ENTROPY_NAMES if cross_entropy else {name: name for name in DENSITY_METRICS}
+
+
+def dequantize(x: torch.Tensor, value_range, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Uniform dequantisation of 8-bit images in `value_range`: level k -> lo + (hi − lo)(k + u)/256, u ~ U[0, 1)."""
+    lo, hi = value_range
+    levels = torch.round((x - lo) / (hi - lo) * (NUM_LEVELS - 1))
+    noise = torch.rand(x.shape, generator=generator, device=generator.device if generator is not None else x.device,
+                       dtype=x.dtype).to(x.device)
+    return lo + (hi - lo) * (levels + noise) / NUM_LEVELS
+
+
+def dequantization_correction(num_dims: int, value_range) -> float:
+    """D · log(256 / (hi − lo)): added to a density's −log p of dequantised data, it bounds −log P of the levels."""
+    lo, hi = value_range
+    return num_dims * math.log(NUM_LEVELS / (hi - lo))
 
 
 def _has_vector_gaussian_latent(model) -> bool:
@@ -190,8 +231,13 @@ def evaluate(
     iwae_generator = torch.Generator(device=device).manual_seed(seed + 7919 * process_index + 1)
     lo, hi = settings["value_range"]
     wanted = set(metrics) if metrics else set(METRIC_NAMES)
-    want_density = _has_density(model) and bool(wanted & {"neg_elbo", "nll", "bits_per_dim"})
-    want_iwae = want_density and num_importance_samples > 0 and bool(wanted & {"nll", "bits_per_dim"})
+    density_names = _density_names(model, settings["binarize"])  # cross-entropies for Bernoulli on grey levels
+    want_density = _has_density(model) and bool(wanted & set(density_names.values()))
+    want_iwae = want_density and num_importance_samples > 0 and bool(
+        wanted & {density_names["nll"], density_names["bits_per_dim"]})
+    # Continuous densities see dequantised data and get the change of volume (see the module docstring).
+    continuous = want_density and bool(getattr(model.likelihood, "continuous", False))
+    dequantize_generator = torch.Generator(device=device).manual_seed(seed + 7919 * process_index + 2)
     want_mig = "mig" in wanted and _has_vector_gaussian_latent(model)
     want_codes = _is_vq(model) and bool(wanted & {"codebook_usage", "perplexity"})
     is_image = len(model.config.data_shape) == 3
@@ -225,13 +271,14 @@ def evaluate(
             b = x.shape[0]
             sums["n"] += b
             if want_density:
-                out = model(x, labels=labels, generator=elbo_generator)
+                x_density = dequantize(x, (lo, hi), dequantize_generator) if continuous else x
+                out = model(x_density, labels=labels, generator=elbo_generator)
                 kl = out.kl if out.kl is not None else out.regularisation_loss
                 sums["neg_elbo"] += float(out.reconstruction_loss + kl) * b
             if want_iwae:
                 k = num_importance_samples
                 chunk = importance_chunk_size or max(1, min(k, 4096 // b))
-                log_px = model.log_likelihood(x, labels, num_samples=k, chunk_size=chunk,
+                log_px = model.log_likelihood(x_density, labels, num_samples=k, chunk_size=chunk,
                                               generator=iwae_generator)
                 sums["nll"] += float(-log_px.double().sum())
             # The image metrics see images in [0, 1] whatever the model's range (see the module docstring).
@@ -279,10 +326,12 @@ def evaluate(
 
     result: Dict[str, float] = {}
     if want_density:
-        result["neg_elbo"] = sums["neg_elbo"] / n
+        correction = dequantization_correction(num_dims, (lo, hi)) if continuous else 0.0
+        result[density_names["neg_elbo"]] = sums["neg_elbo"] / n + correction
         if want_iwae:
-            result["nll"] = sums["nll"] / n
-            result["bits_per_dim"] = result["nll"] / (num_dims * math.log(2))
+            nll = sums["nll"] / n + correction
+            result[density_names["nll"]] = nll
+            result[density_names["bits_per_dim"]] = nll / (num_dims * math.log(2))
     result["mse"] = sums["mse"] / n
     if is_image:
         result["psnr"] = sums["psnr"] / n

@@ -130,13 +130,24 @@ class MetricSpec:
 
 METRICS: Dict[str, MetricSpec] = {
     "neg_elbo": MetricSpec("Negative ELBO", "nats / example", False,
-                           "E_q[−log p(x|z)] + KL(q(z|x) ‖ p(z)), an upper bound on −log p(x)"),
+                           "E_q[−log p(x|z)] + KL(q(z|x) ‖ p(z)), an upper bound on −log p(x) of the discrete data "
+                           "(continuous densities: on dequantised data, plus D · log(256 / range))"),
     "nll": MetricSpec("NLL", "nats / example", False,
-                      "importance-sampled estimate of −log p(x) (Burda et al. 2016)"),
-    "bits_per_dim": MetricSpec("Bits per dimension", "bits / dim", False, "NLL / (D · ln 2), D = data dimensions"),
-    "mse": MetricSpec("MSE", "per pixel", False, "mean squared error between images and their reconstructions"),
-    "psnr": MetricSpec("PSNR", "dB", True, "peak signal-to-noise ratio of the reconstructions"),
-    "ssim": MetricSpec("SSIM", "", True, "structural similarity of the reconstructions (1 = identical)"),
+                      "importance-sampled estimate of −log p(x) of the discrete data (Burda et al. 2016)"),
+    "bits_per_dim": MetricSpec("Bits per dimension", "bits / dim", False,
+                               "NLL / (D · ln 2), D = data dimensions; bits of the 8-bit (or binary) data"),
+    "xent_neg_elbo": MetricSpec("Negative ELBO, Bernoulli cross-entropy", "nats / example", False,
+                                "the negative ELBO of a Bernoulli decoder on grey levels: a cross-entropy, not a "
+                                "bound on a likelihood"),
+    "xent_nll": MetricSpec("Importance-sampled cross-entropy", "nats / example", False,
+                           "the NLL estimate of a Bernoulli decoder on grey levels: a cross-entropy, not a likelihood"),
+    "xent_bits_per_dim": MetricSpec("Cross-entropy per dimension", "bits / dim", False,
+                                    "xent_nll / (D · ln 2); not comparable with bits/dim of a likelihood"),
+    "mse": MetricSpec("MSE", "per pixel, images in [0, 1]", False,
+                      "mean squared error between images and their reconstructions, on images scaled to [0, 1]"),
+    "psnr": MetricSpec("PSNR", "dB", True, "peak signal-to-noise ratio of the reconstructions, peak 1 on images in [0, 1]"),
+    "ssim": MetricSpec("SSIM", "unitless, ≤ 1", True,
+                       "structural similarity of the reconstructions on images in [0, 1] (Wang et al. 2004; 1 = identical)"),
     "mig": MetricSpec("MIG", "", True,
                       "Mutual Information Gap between latents and ground-truth factors (Chen et al. 2018), in [0, 1]"),
     "codebook_usage": MetricSpec("Codebook usage", "fraction", True, "fraction of the codes used on the evaluation set"),
@@ -468,7 +479,9 @@ def _describe_model(model) -> Dict[str, Any]:
         likelihood = "Bernoulli (the decoder outputs logits; `reconstruct`/`generate` return probabilities)"
     else:
         scale = f"{config.likelihood_scale:g}" + (" (initial value; learned per channel)" if config.learn_likelihood_scale else "")
-        likelihood = f"{likelihood_name.capitalize()} with scale {scale}"
+        title = {"discretized_logistic": "Discretised logistic over the 256 levels of 8-bit images"}.get(
+            likelihood_name, likelihood_name.capitalize())
+        likelihood = f"{title} with scale {scale}"
     if image:
         example = f"torch.rand(4, {', '.join(map(str, data_shape))})"
         example_input = example if (low, high) == (0.0, 1.0) else f"{example} * 2 - 1  # images in [-1, 1]"

@@ -58,7 +58,8 @@ class TrainStream:
 
         s = self.settings
         return build_dataset(self.dataset, "train", image_size=s["image_size"], in_channels=s["in_channels"],
-                             value_range=s["value_range"], binarize=s["binarize"], seed=self.seed, shuffle=True,
+                             value_range=s["value_range"], binarize=s["binarize"],
+                             dequantize=s["dequantize"], seed=self.seed, shuffle=True,
                              shuffle_buffer=self.shuffle_buffer, epoch=epoch, process_index=self.process_index,
                              num_processes=self.num_processes, require_labels=self.require_labels,
                              data_seed=self.data_seed, **self.extra)

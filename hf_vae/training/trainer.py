@@ -527,6 +527,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                                                         "mixed_precision": accelerator.mixed_precision,
                                                         "value_range": list(settings["value_range"]),
                                                         "binarize": settings["binarize"],
+                                                        "dequantize": settings["dequantize"],
                                                         "frozen_modules": frozen_modules}}
     if source is not None:
         run_args["pretrained"] = source.record()
