@@ -140,6 +140,19 @@ def test_decoder_finetune_from_the_hub(sources, sd_components, hub_server, tmp_p
                    str(sources["images"]), "--output_dir", str(out), *FAST])
     assert record["pretrained"]["name_or_path"] == "alice/tiny-sd" and record["pretrained"]["revision"] == commit.oid
     _check_decoder_only_finetune(out, sources["weights"], record, sd_components)
+    # The model card names the base model (metadata and text), what was trained, and both evaluations.
+    from hf_vae.integrations.hub import push_output_dir
+    from hf_vae.integrations.model_card import render_model_card
+
+    card = render_model_card(str(out))
+    assert card.data.base_model == "alice/tiny-sd"
+    assert "Fine-tuned from [`alice/tiny-sd`]" in card.text and "only the decoder was trained" in card.text
+    psnr = record["pretrained"]["metrics"]["psnr"], record["metrics"]["psnr"]
+    assert f"| PSNR | {psnr[0]:.4g} | {psnr[1]:.4g} | {psnr[1] - psnr[0]:+.4g} | higher |" in card.text
+    push_output_dir(str(out), "alice/tiny-sd-ft", token="token-alice")
+    pushed = StableDiffusionPipeline(vae=AutoencoderKL.from_pretrained("alice/tiny-sd-ft", subfolder="vae"),
+                                     scheduler=scheduler(), **sd_components)
+    assert np.isfinite(text_to_image(pushed)).all()
     # The Hub refusals: a revision or a subfolder that does not exist.
     with pytest.raises(PretrainedSourceError, match="--pretrained_revision 'nope' does not exist in Hub repo"):
         resolve_source("alice/tiny-sd", subfolder="vae", revision="nope")

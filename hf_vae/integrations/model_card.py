@@ -554,6 +554,39 @@ def _describe_metrics(metrics: Optional[Mapping[str, Any]]) -> List[Dict[str, An
     return rows
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TRAINED = {"all": "every weight was trained",
+            "decoder": "only the decoder was trained; the encoder and quant_conv are the base model's, bit for bit, so "
+                       "the latent space is unchanged and diffusion models trained on the base model's latents keep "
+                       "working"}
+
+
+def _describe_pretrained(args: Mapping[str, Any], metrics: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The model a fine-tune started from (training_args.json's `pretrained`), what was trained, and the metrics
+    of the starting model next to the fine-tuned one's (metrics.json's `pretrained.metrics`)."""
+    source = args.get("pretrained")
+    name = (source or {}).get("name_or_path") or args.get("pretrained_model_name_or_path")
+    if not name:
+        return None
+    source = dict(source or {})
+    hub_id = name if _HUB_ID.match(str(name)) and source.get("format") != "ldm" and not os.path.exists(str(name)) \
+        else None
+    train_modules = args.get("train_modules") or "all"
+    before = ((metrics or {}).get("pretrained") or {}).get("metrics") or {}
+    after = (metrics or {}).get("metrics") or {}
+    comparison = []
+    for key in after:
+        if key in before:
+            spec = METRICS.get(key, MetricSpec(key, "", True, ""))
+            comparison.append({"label": spec.label, "before": _format_metric(before[key]),
+                               "after": _format_metric(after[key]), "change": f"{after[key] - before[key]:+.4g}",
+                               "better": "higher" if spec.higher_is_better else "lower"})
+    return {"name": str(name), "hub_id": hub_id, "revision": source.get("revision") or args.get("pretrained_revision"),
+            "subfolder": source.get("subfolder") or args.get("pretrained_subfolder"),
+            "format": source.get("format"), "train_modules": train_modules,
+            "trained": _TRAINED.get(train_modules, train_modules), "comparison": comparison}
+
+
 def build_card_context(model, *, repo_id: Optional[str] = None, metrics: Optional[Mapping[str, Any]] = None,
                        training_args: Optional[Mapping[str, Any]] = None, image: Optional[str] = "preview.png",
                        diffusers_copy: Optional[bool] = None, license: str = DEFAULT_LICENSE) -> Dict[str, Any]:
@@ -585,11 +618,13 @@ def build_card_context(model, *, repo_id: Optional[str] = None, metrics: Optiona
                                    metric_type=row["name"], metric_name=row["label"], metric_value=row["value"])
                         for row in metric_rows]
     tags = ["hf_vae", "pytorch", *variant.tags] + (["diffusers"] if diffusers_copy else [])
+    pretrained = _describe_pretrained(args, metrics)
     card_data = ModelCardData(
         license=license, library_name="transformers", tags=tags,
         datasets=[dataset["hub_id"]] if dataset and dataset["hub_id"] else None,
         pipeline_tag=variant.pipeline_tag if model_info["is_image"] else None,
         model_name=model_name, eval_results=eval_results,
+        base_model=pretrained["hub_id"] if pretrained else None,
     )
     return {
         "card_data": card_data.to_yaml(),
@@ -605,6 +640,7 @@ def build_card_context(model, *, repo_id: Optional[str] = None, metrics: Optiona
         "evaluation": {"split": (metrics or {}).get("split"), "step": (metrics or {}).get("step")} if metrics else None,
         "image": image,
         "has_diffusers": bool(diffusers_copy),
+        "pretrained": pretrained,
         "hf_vae_version": hf_vae.__version__,
     }
 

@@ -465,7 +465,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
 
     frozen_modules = freeze_modules(model, train_args.train_modules)
     if train_args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     objective = build_objective(train_args, model, settings["value_range"], data_args.dataset)
     model.to(accelerator.device)
     objective.to(accelerator.device)
