@@ -293,3 +293,25 @@ def test_a_pretrained_cvae_needs_the_datasets_classes(tmp_path, capsys):
     _refused(capsys, ["--pretrained_model_name_or_path", str(tmp_path / "cvae"), "--dataset", str(tmp_path / "classes"),
                       "--output_dir", str(tmp_path / "never"), "--max_steps", "2"],
              "has num_classes=3", "has 2 classes")
+
+
+@pytest.mark.parametrize("recipe", ["sd-vae-ft-ema", "sd-vae-ft-mse"])
+def test_recipes_run_with_a_local_source(recipe, sources, tmp_path):
+    """configs/<recipe>.yaml with only the source, the data and the size overridden (and no LPIPS weights here)."""
+    import yaml
+
+    path = REPO / "configs" / f"{recipe}.yaml"
+    values = yaml.safe_load(path.read_text())
+    assert values["train_modules"] == "decoder" and values["ema_decay"] > 0
+    source = sources["diffusers"] if values.get("pretrained_subfolder") else sources["diffusers"] / "vae"
+    out = tmp_path / recipe
+    record = main(["--config", str(path), "--pretrained_model_name_or_path", str(source), "--dataset",
+                   str(sources["images"]), "--output_dir", str(out), "--image_size", "32", "--max_steps", "2",
+                   "--batch_size", "4", "--perceptual_weight", "0", "--eval_steps", "0", "--checkpointing_steps", "0",
+                   "--num_sample_images", "4"])
+    args = json.loads((out / "training_args.json").read_text())
+    assert args["pixel_loss"] == values["pixel_loss"] and args["disc_weight"] == values["disc_weight"]
+    assert args["gradient_checkpointing"] is True and args["ema_decay"] == values["ema_decay"]
+    published = load_file(out / "model.safetensors")
+    assert all(torch.equal(published[k], v) for k, v in sources["weights"].items() if k.startswith(ENCODER_SIDE))
+    assert record["pretrained"]["metrics"].keys() == record["metrics"].keys()
