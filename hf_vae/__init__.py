@@ -13,6 +13,7 @@ from .configuration_beta_tcvae import BetaTCVAEConfig
 from .configuration_beta_vae import BetaVAEConfig
 from .configuration_cvae import CVAEConfig
 from .configuration_info_vae import InfoVAEConfig
+from .configuration_factor_vae import FactorVAEConfig
 from .configuration_iwae import IWAEConfig
 from .configuration_klae import KLAEConfig
 from .configuration_miwae import MIWAEConfig
@@ -26,6 +27,7 @@ from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, Decode
 from .modeling_beta_tcvae import BetaTCVAEModel
 from .modeling_beta_vae import BetaVAEModel
 from .modeling_cvae import CVAEModel
+from .modeling_factor_vae import FactorVAEModel
 from .modeling_info_vae import InfoVAEModel
 from .modeling_iwae import IWAEModel
 from .modeling_klae import KLAEModel
@@ -53,6 +55,7 @@ MODELS = {
     "wae": (WAEConfig, WAEModel),
     "rae": (RAEConfig, RAEModel),
     "beta_tcvae": (BetaTCVAEConfig, BetaTCVAEModel),
+    "factor_vae": (FactorVAEConfig, FactorVAEModel),
 }
 
 for _config_class, _model_class in MODELS.values():
@@ -75,6 +78,8 @@ __all__ = [
     "DecoderOutput",
     "DiagonalGaussianDistribution",
     "EncoderOutput",
+    "FactorVAEConfig",
+    "FactorVAEModel",
     "IWAEConfig",
     "IWAEModel",
     "InfoVAEConfig",

@@ -320,6 +320,7 @@ FAMILY_CONFIGS = {
     "wae": dict(mmd_weight=10.0),
     "rae": dict(latent_density_components=2),
     "beta_tcvae": dict(beta=6.0, dataset_size=1000),
+    "factor_vae": dict(gamma=20.0, discriminator_hidden_dims=[16]),
 }
 
 
@@ -361,6 +362,7 @@ CARD_TEXT = {
     "wae": "λ = 10.0",
     "rae": "2-component Gaussian mixture",
     "beta_tcvae": "β = 6.0",
+    "factor_vae": "γ = 20.0",
 }
 
 
@@ -450,3 +452,76 @@ def test_beta_tcvae_weights_the_total_correlation_and_needs_the_dataset_size():
         BetaTCVAEModel(BetaTCVAEConfig(**TINY))(pixel_values=binary_images(4))
     with pytest.raises(ValueError, match="vector latent"):
         BetaTCVAEConfig(backbone="conv", image_size=8, block_out_channels=[8, 16], norm_num_groups=4)
+
+
+# ---- FactorVAE ----------------------------------------------------------------------------------------------
+
+
+def test_permute_dims_shuffles_each_dimension_independently():
+    from hf_vae.training.factor_vae import permute_dims
+
+    z = torch.arange(40.0).view(10, 4) + torch.tensor([0.0, 100.0, 200.0, 300.0])
+    shuffled = permute_dims(z, torch.Generator().manual_seed(0))
+    for d in range(4):  # every column keeps its values (the marginals q(z_j))...
+        assert torch.equal(shuffled[:, d].sort().values, z[:, d])
+    rows = {tuple((r - torch.tensor([0.0, 100.0, 200.0, 300.0])).tolist()) for r in shuffled}
+    assert any(len(set(r)) > 1 for r in rows)  # ...but the rows (the joint) are broken up
+
+
+def test_factor_vae_discriminator_estimates_the_total_correlation_of_a_gaussian():
+    """Density-ratio trick on z ~ N(0, [[1, ρ], [ρ, 1]]): TC = −½ log(1 − ρ²) in closed form."""
+    from hf_vae import FactorVAEConfig, FactorVAEModel
+    from hf_vae.training.factor_vae import FactorVAEObjective, LatentDiscriminator
+
+    torch.manual_seed(0)
+    model = FactorVAEModel(FactorVAEConfig(latent_dim=2, image_size=8, hidden_dims=[8],
+                                           discriminator_hidden_dims=[64, 64]))
+    objective = FactorVAEObjective(model)
+    assert isinstance(objective.discriminator, LatentDiscriminator)
+    optimizer = torch.optim.Adam(objective.discriminator_parameters(), lr=3e-3)
+    rho = 0.8
+    mix = torch.tensor([[1.0, 0.0], [rho, math.sqrt(1 - rho ** 2)]])
+    for _ in range(600):
+        z = torch.randn(512, 2) @ mix.T
+        loss, _ = objective.discriminator_loss({}, type("Out", (), {"latents": z})(), 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        estimate = objective.total_correlation(torch.randn(20000, 2) @ mix.T).item()
+    assert estimate == pytest.approx(-0.5 * math.log(1 - rho ** 2), rel=0.25)
+
+
+def test_factor_vae_generator_loss_adds_gamma_tc_without_touching_the_discriminator():
+    from hf_vae import FactorVAEConfig, FactorVAEModel
+    from hf_vae.training.factor_vae import FactorVAEObjective
+
+    torch.manual_seed(0)
+    model = FactorVAEModel(FactorVAEConfig(gamma=7.0, discriminator_hidden_dims=[16], **TINY))
+    objective = FactorVAEObjective(model)
+    loss, logs, output = objective.generator_loss(model, {"pixel_values": binary_images(8)}, 0)
+    logits = objective.discriminator(output.latents.detach())
+    torch.testing.assert_close(loss.detach(), output.loss.detach() + 7.0 * (logits[:, 0] - logits[:, 1]).mean())
+    loss.backward()
+    assert all(p.grad is None for p in objective.discriminator_parameters())
+    assert model.encoder.net[0].weight.grad is not None  # the TC term reaches the encoder
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_factor_vae_trains_its_discriminator_in_the_trainer_checkpointed_not_published(tmp_path):
+    from safetensors.torch import load_file
+
+    from hf_vae.training import DataArguments, TrainArguments, train
+
+    args = TrainArguments(model="factor_vae", output_dir=str(tmp_path / "run"), max_steps=4, batch_size=8,
+                          eval_steps=0, checkpointing_steps=2, report_to="jsonl", logging_steps=1,
+                          eval_importance_samples=4, final_eval_max_examples=16, eval_batch_size=16,
+                          num_sample_images=4)
+    record = train(args, DataArguments(num_train_examples=100),
+                   dict(image_size=16, hidden_dims=[16], latent_dim=3, discriminator_hidden_dims=[8]))
+    assert {"d_loss", "tc"} <= set(record["train"]["last_logs"])
+    published = load_file(tmp_path / "run" / "model.safetensors")
+    assert not any("discriminator" in key for key in published)
+    state = load_file(tmp_path / "run" / "checkpoints" / "checkpoint-4" / "training_state.safetensors")
+    discriminator_keys = [key for key in state if "objective" in key and "discriminator" in key]
+    assert len(discriminator_keys) == 4, list(state)  # two Linear layers: weights and biases

@@ -115,6 +115,9 @@ VARIANTS: Dict[str, VariantSpec] = {
     "beta_tcvae": VariantSpec("β-TCVAE", ("beta-tcvae", "vae", "disentanglement", "representation-learning"),
                               "unconditional-image-generation",
                               ("unconditional-image-generation", "Density estimation and disentanglement")),
+    "factor_vae": VariantSpec("FactorVAE", ("factor-vae", "vae", "disentanglement", "representation-learning"),
+                              "unconditional-image-generation",
+                              ("unconditional-image-generation", "Density estimation and disentanglement")),
     "rae": VariantSpec("Regularised autoencoder", ("rae", "autoencoder", "generative-model"),
                        "unconditional-image-generation", ("unconditional-image-generation", "Image generation")),
 }

@@ -41,6 +41,7 @@ MODEL_REGISTRY: Dict[str, Tuple[str, str]] = {
     "wae": ("configuration_wae", "WAEConfig"),
     "rae": ("configuration_rae", "RAEConfig"),
     "beta_tcvae": ("configuration_beta_tcvae", "BetaTCVAEConfig"),
+    "factor_vae": ("configuration_factor_vae", "FactorVAEConfig"),
 }
 MODEL_NAMES = tuple(MODEL_REGISTRY)
 MIXED_PRECISION = ("no", "fp16", "bf16")

@@ -213,6 +213,10 @@ def build_objective(train_args, model, value_range, dataset_name: str):
     """The objective for `train_args.model`: adversarial for klae (and vq_vae when asked), the ELBO otherwise."""
     config = model.config
     name = train_args.model
+    if name == "factor_vae":  # γ·TC from a latent discriminator (hf_vae.training.factor_vae)
+        from .factor_vae import FactorVAEObjective
+
+        return FactorVAEObjective(model, dataset_name)
     vqgan = name == "vq_vae" and ((train_args.perceptual_weight or 0) > 0 or train_args.disc_start is not None)
     if name != "klae" and not vqgan:
         asked = [flag for flag, value in (("--perceptual_weight", train_args.perceptual_weight),

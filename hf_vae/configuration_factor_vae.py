@@ -1,0 +1,34 @@
+"""Configuration of the FactorVAE (Kim & Mnih 2018)."""
+
+from typing import Sequence
+
+from .configuration_base import _check
+from .configuration_vae import VAEConfig
+
+
+class FactorVAEConfig(VAEConfig):
+    r"""A VAE whose objective adds γ times the total correlation of q(z), estimated by a discriminator.
+
+    Args:
+        gamma (`float`, defaults to 10.0): weight of the total correlation term (Kim & Mnih use 10-100).
+        discriminator_hidden_dims (`Sequence[int]`, defaults to six layers of 1000): hidden sizes of the MLP that
+            tells samples of q(z) from samples of Π_j q(z_j) (LeakyReLU 0.2, as in the paper). The discriminator
+            is trained by hf_vae's trainer and is not part of the published model.
+        Other fields are those of [`AutoencoderConfig`]; the latent must be a vector (`latent_dim`).
+    """
+
+    model_type = "factor_vae"
+
+    def __init__(self, gamma: float = 10.0, discriminator_hidden_dims: Sequence[int] = (1000, 1000, 1000, 1000, 1000, 1000), **kwargs):
+        self.gamma = gamma
+        self.discriminator_hidden_dims = list(discriminator_hidden_dims)
+        super().__init__(**kwargs)
+
+    def validate_fields(self) -> None:
+        super().validate_fields()
+        _check(self.gamma >= 0, f"Expected `gamma` >= 0, got {self.gamma!r}.")
+        _check(all(isinstance(h, int) and h > 0 for h in self.discriminator_hidden_dims),
+               f"Expected `discriminator_hidden_dims` to be a list of positive ints, got "
+               f"{self.discriminator_hidden_dims!r}.")
+        _check(self.vector_latent, "The FactorVAE's discriminator reads a vector latent: expected an int "
+                                   "`latent_dim` (with the conv backbone, a dense bottleneck), got a spatial latent.")
