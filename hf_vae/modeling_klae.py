@@ -88,6 +88,11 @@ def tiled_apply(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], til
     (already blended) tile above and then the one to its left over `int(tile_out · overlap_factor)` rows/columns,
     and cropped to its top-left (tile_out − blend) square; the crops are concatenated. Only the previous row of
     tiles is kept, so memory is bounded by one tile's activations plus two rows of outputs.
+
+    The result has the memory layout of `fn`'s outputs, as diffusers' (whose in-place blends and concatenation of
+    crops keep it): a channels-last tile gives a channels-last result. Values do not depend on the layout, but the
+    convolutions that consume them (a UNet after `encode`) take a different kernel path for another layout, which
+    changes their results in the last bits.
     """
     stride = int(tile_in * (1 - overlap_factor))
     blend = int(tile_out * overlap_factor)
@@ -96,11 +101,13 @@ def tiled_apply(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], til
         raise ValueError(f"Expected tile_overlap_factor < 1 and a tile larger than 1 pixel, got tile size {tile_in} "
                          f"and overlap {overlap_factor} (stride {stride}).")
     height, width = x.shape[-2:]
-    rows, previous = [], None
+    rows, previous, layout = [], None, torch.contiguous_format
     for top in range(0, height, stride):
         row = []
         for column, left in enumerate(range(0, width, stride)):
             tile = fn(x[:, :, top:top + tile_in, left:left + tile_in])
+            if tile.is_contiguous(memory_format=torch.channels_last) and not tile.is_contiguous():
+                layout = torch.channels_last
             if previous is not None:
                 tile = _blend_vertical(previous[column], tile, blend)
             if row:
@@ -108,7 +115,7 @@ def tiled_apply(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], til
             row.append(tile)
         rows.append(torch.cat([tile[:, :, :keep, :keep] for tile in row], dim=3))
         previous = row
-    return torch.cat(rows, dim=2)
+    return torch.cat(rows, dim=2).contiguous(memory_format=layout)
 
 
 class KLAEModel(AutoencoderPreTrainedModel):
