@@ -24,6 +24,9 @@ class VQVAEConfig(AutoencoderConfig):
         beta_on_codebook (`bool`, defaults to False): legacy placement of β on the codebook term (taming's legacy
             quantiser, diffusers' VQModel), only for reproducing such checkpoints.
         scaling_factor (`float`, defaults to 1.0): latent scale that diffusers' LDMPipeline divides by before `decode`.
+        use_quant_conv (`bool`, defaults to False): 1x1 convs between the encoder's `latent_channels` and the
+            `embedding_dim`-dimensional codes, and back before the decoder (`quant_conv`, `post_quant_conv`), as in
+            taming's VQGAN and diffusers' VQModel (conv backbone only).
         Other fields are those of [`AutoencoderConfig`].
     """
 
@@ -32,7 +35,7 @@ class VQVAEConfig(AutoencoderConfig):
     def __init__(self, num_embeddings: int = 512, embedding_dim: int = 64, commitment_cost: float = 0.25,
                  use_ema: bool = False, ema_decay: float = 0.99, ema_epsilon: float = 1e-5, kmeans_init: bool = False,
                  dead_code_threshold: float = 0.0, use_cosine_sim: bool = False, beta_on_codebook: bool = False,
-                 scaling_factor: float = 1.0, **kwargs):
+                 scaling_factor: float = 1.0, use_quant_conv: bool = False, **kwargs):
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.commitment_cost = commitment_cost
@@ -45,6 +48,7 @@ class VQVAEConfig(AutoencoderConfig):
         self.beta_on_codebook = beta_on_codebook
         # Latent scale for diffusers' LDMPipeline, which divides its latents by it before `decode`.
         self.scaling_factor = scaling_factor
+        self.use_quant_conv = use_quant_conv
         if kwargs.get("backbone", "mlp") == "conv":
             kwargs.setdefault("latent_channels", embedding_dim)
         elif kwargs.get("latent_dim") is None:
@@ -60,15 +64,17 @@ class VQVAEConfig(AutoencoderConfig):
         check_real("ema_epsilon", self.ema_epsilon, low=0, low_open=True)
         check_real("dead_code_threshold", self.dead_code_threshold, low=0)
         check_real("scaling_factor", self.scaling_factor, low=0, low_open=True)
-        for name in ("use_ema", "kmeans_init", "use_cosine_sim", "beta_on_codebook"):
+        for name in ("use_ema", "kmeans_init", "use_cosine_sim", "beta_on_codebook", "use_quant_conv"):
             check_bool(name, getattr(self, name))
         if self.backbone == "conv":
             _check(self.latent_dim is None, "The conv VQ-VAE has spatial codes: expected `latent_dim` None, "
                                             f"got {self.latent_dim!r}.")
-            _check(self.latent_channels == self.embedding_dim,
+            _check(self.use_quant_conv or self.latent_channels == self.embedding_dim,
                    f"Expected `latent_channels` == `embedding_dim` ({self.embedding_dim}) for the conv VQ-VAE, "
-                   f"got {self.latent_channels}.")
+                   f"got {self.latent_channels} (use_quant_conv=True maps between them).")
         else:
+            _check(not self.use_quant_conv, "Expected use_quant_conv False with the MLP backbone (the quant convs "
+                                            "are 1x1 convolutions of a spatial latent), got True.")
             _check(self.latent_dim % self.embedding_dim == 0,
                    f"Expected `latent_dim` divisible by `embedding_dim` ({self.embedding_dim}) for the MLP VQ-VAE, "
                    f"got {self.latent_dim}.")

@@ -44,8 +44,14 @@ class VQVAEModel(AutoencoderPreTrainedModel):
 
     def __init__(self, config: VQVAEConfig):
         super().__init__(config)
-        encoder_out = config.latent_dim if config.vector_latent else config.embedding_dim
+        encoder_out = config.latent_dim if config.vector_latent else \
+            config.latent_channels if config.use_quant_conv else config.embedding_dim
         self.encoder, self.decoder = self.build_backbone(encoder_out)
+        # taming's VQGAN / diffusers' VQModel: 1x1 convs latent_channels -> codes -> latent_channels.
+        self.quant_conv = torch.nn.Conv2d(config.latent_channels, config.embedding_dim, 1) \
+            if config.use_quant_conv else None
+        self.post_quant_conv = torch.nn.Conv2d(config.embedding_dim, config.latent_channels, 1) \
+            if config.use_quant_conv else None
         self.quantizer = VectorQuantizer(
             config.num_embeddings, config.embedding_dim, commitment_cost=config.commitment_cost,
             use_ema=config.use_ema, ema_decay=config.ema_decay, ema_epsilon=config.ema_epsilon,
@@ -80,9 +86,23 @@ class VQVAEModel(AutoencoderPreTrainedModel):
             return (self.config.latent_dim // self.config.embedding_dim,)
         return self.latent_shape[1:]
 
+    @property
+    def latent_shape(self) -> Tuple[int, ...]:
+        """The latents are in code space: (embedding_dim, h, w) also when quant convs map to other channels."""
+        shape = super().latent_shape
+        return (self.config.embedding_dim, *shape[1:]) if self.config.use_quant_conv else shape
+
+    def _code_space(self, encoder_output: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(encoder_output) if self.quant_conv is not None else encoder_output
+
     # -- the pluggable pieces --------------------------------------------------------------------------------
+    def _decode(self, latents: torch.Tensor, condition: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.post_quant_conv is not None:
+            latents = self.post_quant_conv(latents)
+        return self.decoder(latents, condition)
+
     def posterior(self, encoder_output: torch.Tensor) -> VectorQuantizedPosterior:
-        output = self.quantizer(self._to_code_layout(encoder_output))
+        output = self.quantizer(self._to_code_layout(self._code_space(encoder_output)))
         output.quantized = self._from_code_layout(output.quantized)
         return VectorQuantizedPosterior(output, self.config.num_embeddings)
 
@@ -122,7 +142,7 @@ class VQVAEModel(AutoencoderPreTrainedModel):
     def encode_to_indices(self, pixel_values: torch.Tensor) -> torch.LongTensor:
         """(B, C, H, W) -> (B, h, w) code indices (or (B, n) for the MLP backbone)."""
         pixel_values = self.check_pixel_values(pixel_values)
-        z_e = self._to_code_layout(self.encoder(pixel_values, None))
+        z_e = self._to_code_layout(self._code_space(self.encoder(pixel_values, None)))
         flat = z_e.movedim(1, -1).reshape(-1, self.config.embedding_dim)
         return self.quantizer.nearest_codes(flat).view(z_e.shape[0], *z_e.shape[2:])
 

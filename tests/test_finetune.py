@@ -315,3 +315,37 @@ def test_recipes_run_with_a_local_source(recipe, sources, tmp_path):
     published = load_file(out / "model.safetensors")
     assert all(torch.equal(published[k], v) for k, v in sources["weights"].items() if k.startswith(ENCODER_SIDE))
     assert record["pretrained"]["metrics"].keys() == record["metrics"].keys()
+
+
+def test_decoder_finetune_of_a_diffusers_vqmodel_keeps_legacy_beta(sources, tmp_path):
+    from diffusers import VQModel
+
+    torch.manual_seed(0)
+    vq = VQModel(block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
+                 up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=4, latent_channels=3, num_vq_embeddings=16,
+                 vq_embed_dim=4, sample_size=32).eval()
+    vq.save_pretrained(tmp_path / "ldm" / "vqvae")
+    source = resolve_source(str(tmp_path / "ldm"), subfolder="vqvae")
+    assert (source.format, source.model) == ("diffusers_vq", "vq_vae")
+    model = source.load().eval()
+    assert model.config.beta_on_codebook and model.config.use_quant_conv and model.config.num_embeddings == 16
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model.reconstruct(x), vq(x).sample, atol=1e-5, rtol=1e-5)
+        latents = vq.encode(x).latents
+        torch.testing.assert_close(model.decode(latents).sample, vq.decode(latents).sample, atol=1e-5, rtol=1e-5)
+        assert torch.equal(model.encode_to_indices(x).flatten(),
+                           vq.quantize(latents)[2][2].flatten())  # the same codes
+    out = tmp_path / "out"
+    record = main(["--pretrained_model_name_or_path", str(tmp_path / "ldm"), "--pretrained_subfolder", "vqvae",
+                   "--train_modules", "decoder", "--dataset", str(sources["images"]), "--output_dir", str(out),
+                   "--max_steps", "4", "--batch_size", "8", "--eval_steps", "0", "--report_to", "none",
+                   "--num_sample_images", "4", "--checkpointing_steps", "0", "--commitment_cost", "0.5"])
+    assert record["model"] == "vq_vae"
+    config = json.loads((out / "config.json").read_text())
+    assert config["beta_on_codebook"] is True and config["commitment_cost"] == 0.5  # an objective flag applies
+    published = load_file(out / "model.safetensors")
+    reference = {k: v for k, v in model.state_dict().items()}
+    frozen = [k for k in reference if k.startswith(("encoder.", "quant_conv.", "quantizer.embedding"))]
+    assert all(torch.equal(published[k], reference[k]) for k in frozen)
+    assert any(not torch.equal(published[k], reference[k]) for k in reference if k.startswith("decoder."))

@@ -9,6 +9,8 @@
     hf_vae      config.json with an hf_vae `model_type` (+ model.safetensors)    that variant
     diffusers   config.json with `_class_name: AutoencoderKL`                     the KLAE
                 (+ diffusion_pytorch_model.safetensors; `--pretrained_subfolder vae` inside a pipeline)
+    diffusers   config.json with `_class_name: VQModel`                           the VQ-VAE (quant convs, β on
+                (+ diffusion_pytorch_model.safetensors; `--pretrained_subfolder vqvae`)   the codebook term kept)
     ldm         one `.safetensors` file of latent-diffusion (or diffusers) names,  the KLAE
                 optionally a whole SD checkpoint under `first_stage_model.`
 
@@ -66,7 +68,7 @@ class PretrainedSource:
     """A resolved `--pretrained_model_name_or_path`: where the weights are, in which format, for which variant."""
 
     name_or_path: str
-    format: str  # "hf_vae" | "diffusers" | "ldm"
+    format: str  # "hf_vae" | "diffusers" | "diffusers_vq" | "ldm"
     model: str  # the hf_vae variant name ("vae", ..., "klae")
     config: Any  # the source's hf_vae config (a PretrainedConfig)
     subfolder: Optional[str] = None
@@ -99,7 +101,9 @@ class PretrainedSource:
         if self.revision:
             kwargs["revision"] = self.revision
         try:
-            if self.format == "hf_vae":
+            if self.format == "diffusers_vq":
+                model = _load_diffusers_vq(self, config)
+            elif self.format == "hf_vae":
                 model, info = model_class.from_pretrained(self.name_or_path, output_loading_info=True, **kwargs)
                 problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys",
                                                                          "mismatched_keys", "error_msgs")}
@@ -242,6 +246,15 @@ def resolve_source(name_or_path: str, *, subfolder: Optional[str] = None, revisi
         config = _hf_vae_config(names[model_type], config_dict)
         return PretrainedSource(source, "hf_vae", names[model_type], config, subfolder, revision, config_file)
     class_name = config_dict.get("_class_name")
+    if class_name == "VQModel":
+        from ..vq_conversion import vq_config_from_diffusers
+
+        try:
+            config = vq_config_from_diffusers(config_dict)
+        except ValueError as error:
+            raise PretrainedSourceError(f"{source!r} is a diffusers VQModel that hf_vae cannot represent: {error}") \
+                from error
+        return PretrainedSource(source, "diffusers_vq", "vq_vae", config, subfolder, revision, config_file)
     if class_name == "AutoencoderKL":
         config = config_from_file(config_file) if config_file is not None else config_from_diffusers(config_dict)
         return PretrainedSource(source, "diffusers", "klae", config, subfolder, revision, config_file)
@@ -251,6 +264,34 @@ def resolve_source(name_or_path: str, *, subfolder: Optional[str] = None, revisi
             and class_name and class_name.endswith("Pipeline"):
         found += " (a pipeline: add --pretrained_subfolder vae)"
     raise _neither_format(repr(source), found)
+
+
+def _load_diffusers_vq(source: PretrainedSource, config):
+    """A diffusers VQModel's weights in a `VQVAEModel` of `config`: every parameter from the file (the quantiser's
+    usage counters, which VQModel does not have, start at their initial values)."""
+    import hf_vae
+
+    from ..klae_conversion import DIFFUSERS_WEIGHTS_NAME, load_safetensors, resolve_file
+    from ..vq_conversion import vq_state_dict_from_diffusers
+
+    hub_kwargs = {"revision": source.revision} if source.revision else {}
+    weights_file = resolve_file(source.name_or_path, DIFFUSERS_WEIGHTS_NAME, source.subfolder, hub_kwargs)
+    if weights_file is None:
+        raise PretrainedSourceError(f"Expected diffusers weights {DIFFUSERS_WEIGHTS_NAME!r} in {source.describe()}, "
+                                    f"found none (pickled .bin files are never loaded).")
+    weights = vq_state_dict_from_diffusers(load_safetensors(weights_file))
+    model = hf_vae.MODELS["vq_vae"][1](config)
+    expected = model.state_dict()
+    parameters = {name for name, _ in model.named_parameters()}
+    missing = sorted(parameters - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    mismatched = [f"{k}: expected {tuple(expected[k].shape)}, got {tuple(weights[k].shape)}"
+                  for k in sorted(set(weights) & set(expected)) if expected[k].shape != weights[k].shape]
+    if missing or unexpected or mismatched:
+        raise PretrainedSourceError(f"The weights in {weights_file} do not fit the VQ-VAE of the config: missing "
+                                    f"{missing[:8]}, unexpected {unexpected[:8]}, shape mismatches {mismatched[:8]}.")
+    model.load_state_dict(weights, strict=False)
+    return model
 
 
 def _hf_vae_config(model: str, config_dict: Mapping[str, Any]):
