@@ -517,3 +517,33 @@ def test_klae_card_says_whether_the_log_variance_was_learned():
     assert "was **fixed** at logvar = 0.0, as in latent diffusion" in fixed and "**learned**" not in fixed
     learned = render_model_card(model, training_args={**args, "learn_logvar": True}).text
     assert "was **learned** (`--learn_logvar`)" in learned and "**fixed**" not in learned
+
+
+@pytest.mark.parametrize("method,path,after,stage,changed", [
+    ("GET", r"/api/whoami-v2$", False, "authenticate", False),
+    ("POST", r"/api/repos/create$", False, "create", False),
+    ("POST", r"/preupload/", False, "upload", False),
+    ("POST", r"/commit/", False, "commit", False),
+    ("POST", r"/commit/", True, "commit", True),  # the commit went through; its answer was lost
+])
+def test_transport_failures_name_the_stage_and_the_state_of_the_repository(hub_server, monkeypatch, method, path,
+                                                                            after, stage, changed):
+    import types
+
+    from huggingface_hub.utils import _http
+
+    # The client retries some requests 5 times with back-off: every try is dropped, and the waits are skipped.
+    monkeypatch.setattr(_http, "time", types.SimpleNamespace(sleep=lambda seconds: None))
+    hub_server.drop_connection(method, path, after_handling=after, times=1 if after else 6)
+    with pytest.raises(HubPushError) as error:
+        push_model(tiny_vae(), "alice/dropped", token=ALICE)
+    assert (error.value.stage, error.value.repo_changed) == (stage, changed)
+    assert f"at the {stage} stage" in str(error.value)
+    exists = HfApi().repo_exists("alice/dropped", token=ALICE)
+    if changed:
+        assert exists and "the repository was changed" in str(error.value)
+    else:
+        # a repository this push created is deleted again: no empty repository is left behind
+        assert not exists and "Nothing was pushed" in str(error.value)
+        if stage in ("upload", "commit"):
+            assert "created for this push was deleted again" in str(error.value)

@@ -88,7 +88,20 @@ _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 
 
 class HubPushError(RuntimeError):
-    """A push to the Hub could not be made; nothing was pushed."""
+    """A push to the Hub failed.
+
+    Attributes:
+        stage: where it failed: None (checks before anything was sent), "create" (the repository), "upload" (the
+            files' contents), "commit" (the commit that makes them the repository's new revision).
+        repo_changed: whether the repository's branch moved: False (it did not; a repository created by this push
+            is deleted again), True (the commit went through although its answer was lost), None (unknown: the Hub
+            could not be asked afterwards).
+    """
+
+    def __init__(self, message: str, stage: Optional[str] = None, repo_changed: Optional[bool] = False):
+        super().__init__(message)
+        self.stage = stage
+        self.repo_changed = repo_changed
 
 
 class HubAuthError(HubPushError, PermissionError):
@@ -318,7 +331,11 @@ def _authenticate(api, repo_id: str, token) -> Tuple[str, str]:
         if _status(e) == 401:
             raise HubAuthError(f"The Hub at {api.endpoint} refused the token (401 Unauthorized): it is invalid or "
                                f"expired. Expected a valid token with write access to {repo_id!r}.") from e
-        raise HubPushError(f"Could not check the token with the Hub at {api.endpoint}: {e}") from e
+        raise HubPushError(f"Could not check the token with the Hub at {api.endpoint}: {e}. Nothing was pushed.",
+                           stage="authenticate") from e
+    except Exception as e:  # a transport failure: the Hub could not be reached
+        raise HubPushError(f"Push failed at the authenticate stage: could not reach the Hub at {api.endpoint} to check "
+                           f"the token ({type(e).__name__}: {e}). Nothing was pushed.", stage="authenticate") from e
     user = who.get("name")
     namespace, _, name = repo_id.rpartition("/")
     if not namespace:
@@ -344,16 +361,41 @@ def _commit_folder(api, folder: Path, files: Sequence[str], repo_id: str, *, tok
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
     from huggingface_hub.errors import HfHubHTTPError
 
-    def fail(action: str, error: Exception, created: bool = False):
-        note = " Nothing was pushed."
-        if created:
-            try:
-                api.delete_repo(repo_id, token=token)
-                note += f" The repository {repo_id!r} created for this push was deleted again."
-            except Exception as cleanup:  # pragma: no cover - depends on the Hub
-                note += f" The empty repository {repo_id!r} created for this push could not be deleted: {cleanup}."
+    branch = revision or "main"
+    head = None
+
+    def branch_moved() -> Optional[bool]:
+        """After a failure: did the branch move past `head` (a commit whose answer was lost)? None if unknown."""
+        if head is None:
+            return False
+        try:
+            return api.repo_info(repo_id, revision=branch, token=token).sha != head
+        except Exception:  # the Hub is unreachable: say so rather than guess
+            return None
+
+    def fail(stage: str, action: str, error: Exception, created: bool = False):
+        # Transport errors (a dropped connection, a timeout) and HTTP refusals alike become a HubPushError that says
+        # where the push stopped and what state the repository is in.
+        changed = False if stage in ("create", "upload") else branch_moved()
+        if changed is False:
+            note = "Nothing was pushed: the repository was not changed."
+            if created:
+                try:
+                    api.delete_repo(repo_id, token=token)
+                    note += f" The repository {repo_id!r} created for this push was deleted again."
+                except Exception as cleanup:  # the connection is down: say what is left behind
+                    note += (f" The empty repository {repo_id!r} created for this push could not be deleted "
+                             f"({type(cleanup).__name__}: {cleanup}); delete it on the Hub.")
+        elif changed:
+            note = (f"The commit reached {repo_id!r} (its branch {branch!r} moved) although its answer was lost: the "
+                    f"repository was changed; check it before pushing again.")
+        else:
+            note = (f"Whether the commit reached {repo_id!r} could not be checked (the Hub did not answer): the "
+                    f"repository may have been changed; check branch {branch!r} before pushing again.")
         kind = HubAuthError if _status(error) in (401, 403) else HubPushError
-        return kind(f"Could not {action} on {api.endpoint}: {error}.{note}")
+        detail = f"{type(error).__name__}: {error}" if not isinstance(error, HfHubHTTPError) else str(error)
+        return kind(f"Push failed at the {stage} stage: could not {action} on {api.endpoint} ({detail}). {note}",
+                    stage=stage, repo_changed=changed)
 
     try:
         exists = api.repo_exists(repo_id, token=token)
@@ -362,11 +404,13 @@ def _commit_folder(api, folder: Path, files: Sequence[str], repo_id: str, *, tok
                                f"Make the repository private on the Hub first, or push with private=False.")
         if not exists:
             api.create_repo(repo_id, private=private, token=token)
-    except HfHubHTTPError as e:
-        raise fail(f"create the repository {repo_id!r}", e) from e
+    except HubPushError:
+        raise
+    except Exception as e:  # HTTP refusals and transport failures alike
+        raise fail("create", f"create the repository {repo_id!r}", e) from e
     created = not exists
+    stage = "upload"
     try:
-        branch = revision or "main"
         if revision is not None and branch not in {b.name for b in api.list_repo_refs(repo_id, token=token).branches}:
             api.create_branch(repo_id, branch=branch, token=token)
         # The deletions are computed on the head commit, and the commit is made on top of that very commit (the
@@ -375,13 +419,19 @@ def _commit_folder(api, folder: Path, files: Sequence[str], repo_id: str, *, tok
         existing = api.list_repo_files(repo_id, revision=head, token=token)
         stale = [path for path in existing if path not in files
                  and any(fnmatch.fnmatch(path, pattern) for pattern in MANAGED_PATTERNS)]
-        operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(folder / path)) for path in files]
-        operations += [CommitOperationDelete(path_in_repo=path) for path in stale]
+        additions = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(folder / path)) for path in files]
+        # Contents first (the "upload" stage: nothing in the repository changes), then the commit.
+        api.preupload_lfs_files(repo_id, additions, token=token, revision=revision)
+        stage = "commit"
+        operations = additions + [CommitOperationDelete(path_in_repo=path) for path in stale]
         commit = api.create_commit(repo_id, operations, commit_message=commit_message,
                                    commit_description=commit_description, token=token, revision=revision,
                                    parent_commit=head)
-    except HfHubHTTPError as e:
-        raise fail(f"commit to {repo_id!r}", e, created) from e
+    except HubPushError:
+        raise
+    except Exception as e:
+        what = "upload the files to" if stage == "upload" else "commit to"
+        raise fail(stage, f"{what} {repo_id!r}", e, created) from e
     logger.info("Pushed %d files to %s (%s).", len(files), repo_id, commit.commit_url)
     return commit
 

@@ -143,9 +143,26 @@ class FakeHub:
         self.errors: list[str] = []  # unexpected server-side exceptions (a bug in this fake)
         self.hf_home: Path | None = None  # set by `fake_hub`
         self._tickets: dict[str, tuple[str, int]] = {}  # LFS upload ticket -> (oid, size)
+        self.faults: list[dict] = []  # injected transport failures, see `drop_connection`
         self._counter = 0
         self._lock = threading.RLock()
         self._httpd: ThreadingHTTPServer | None = None
+
+    # ----- injected transport failures -----
+    def drop_connection(self, method: str, path_pattern: str, *, after_handling: bool = False, times: int = 1) -> None:
+        """Close the connection without answering the next `times` requests whose method is `method` and whose path
+        matches the regex `path_pattern` (the client sees a transport error, not an HTTP status). With
+        `after_handling`, the request takes effect first (a commit that went through but whose answer was lost)."""
+        self.faults.append({"method": method, "pattern": re.compile(path_pattern), "after": after_handling,
+                            "times": times})
+
+    def _fault(self, method: str, path: str) -> dict | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault["times"] > 0 and fault["method"] == method and fault["pattern"].search(path):
+                    fault["times"] -= 1
+                    return fault
+        return None
 
     # ----- lifecycle -----
     def start(self) -> FakeHub:
@@ -190,6 +207,10 @@ class FakeHub:
         body = h.read_body()
         with self._lock:
             self.requests.append((h.command, h.path))
+        fault = self._fault(h.command, url.path)
+        if fault is not None and not fault["after"]:
+            h.close_connection = True  # no status line at all: the client's connection breaks
+            return
         try:
             user = self._user(h.headers.get("Authorization"))
             with self._lock:
@@ -201,6 +222,9 @@ class FakeHub:
         except Exception as e:  # a bug in the fake: report it loudly
             self.errors.append(f"{h.command} {h.path}: {e!r}")
             status, payload, headers = 500, {"error": repr(e)}, {}
+        if fault is not None:  # handled, but the answer is lost
+            h.close_connection = True
+            return
         h.reply(status, payload, headers)
 
     def _user(self, auth: str | None) -> str | None:
