@@ -11,13 +11,17 @@ Diffusion checkpoint whose autoencoder is under `first_stage_model.`). `--to` pi
     python scripts/convert.py out/klae               vae.safetensors --to ldm [--prefix first_stage_model.]
 
 Weights are read from and written to safetensors only. Conversion is a renaming: every tensor is bit-for-bit
-the original (the round trip is checked before anything is written unless `--no-verify`).
+the original (the written copy is reloaded and compared unless `--no-verify`). An existing destination is refused
+unless `--overwrite` is given; the output is written beside it and then swapped in, so a failed conversion leaves the
+old destination as it was and an overwritten folder holds no stale files of the previous one.
 """
 
 import argparse
 import ast
+import inspect
 import json
 import os
+import shutil
 import sys
 from typing import Dict, List, Optional
 
@@ -33,11 +37,16 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def parse_overrides(items: List[str]) -> Dict[str, object]:
     """`["scaling_factor=0.13025", "force_upcast=False"]` -> {"scaling_factor": 0.13025, "force_upcast": False}."""
+    from hf_vae.configuration_klae import KLAEConfig
+
+    fields = set(inspect.signature(KLAEConfig.__init__).parameters) - {"self", "kwargs"}
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"Expected --set KEY=VALUE, got {item!r}.")
+        if key not in fields:
+            raise ValueError(f"--set {item}: {key!r} is not a KLAEConfig field; expected one of {sorted(fields)}.")
         try:
             overrides[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -62,7 +71,6 @@ def save_ldm(model: KLAEModel, destination: str, prefix: str = "") -> None:
     state = to_ldm_state_dict(model.state_dict(), len(model.config.block_out_channels))
     state = {prefix + key: value.contiguous() for key, value in state.items()}
     metadata = {"format": "pt", "hf_vae_config": json.dumps(model.config.to_diff_dict())}
-    os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
     save_file(state, destination, metadata=metadata)
 
 
@@ -97,18 +105,38 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast the weights (default: float32)")
     parser.add_argument("--prefix", default="", help="key prefix for --to ldm, e.g. 'first_stage_model.'")
     parser.add_argument("--no-verify", action="store_true", help="skip reloading the output to check it")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     args = parser.parse_args(argv)
 
+    destination = os.path.abspath(args.destination)
+    if os.path.lexists(destination) and not args.overwrite:
+        raise FileExistsError(f"Destination {args.destination} exists; expected a new path (pass --overwrite to "
+                              f"replace it).")
+    if args.to == "ldm" and not destination.endswith(".safetensors"):
+        raise ValueError(f"Expected a .safetensors destination for --to ldm, got {args.destination!r}.")
     dtype = DTYPES[args.dtype] if args.dtype else None
     model = load_source(args.source, args.subfolder, parse_overrides(args.overrides), dtype)
-    if args.to == "hf_vae":
-        model.save_pretrained(args.destination)
-    elif args.to == "diffusers":
-        model.to_diffusers().save_pretrained(args.destination)
-    else:
-        save_ldm(model, args.destination, args.prefix)
-    if not args.no_verify:
-        verify(model, args.destination, args.to)
+    # Written beside the destination, checked, then swapped in: the old destination survives a failure.
+    parent, name = os.path.split(destination)
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f".tmp-convert-{os.getpid()}-{name}")
+    try:
+        if args.to == "hf_vae":
+            model.save_pretrained(staging)
+        elif args.to == "diffusers":
+            model.to_diffusers().save_pretrained(staging)
+        else:
+            save_ldm(model, staging, args.prefix)
+        if not args.no_verify:
+            verify(model, staging, args.to)
+        if os.path.isdir(destination) and not os.path.islink(destination):
+            shutil.rmtree(destination)
+        os.replace(staging, destination)
+    finally:
+        if os.path.isdir(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+        elif os.path.exists(staging):
+            os.remove(staging)
     config = model.config
     print(f"Wrote {args.to} weights to {args.destination}: block_out_channels={config.block_out_channels}, "
           f"latent_channels={config.latent_channels}, scaling_factor={config.scaling_factor}, "
@@ -117,4 +145,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, FileExistsError, FileNotFoundError, OSError) as error:
+        if os.environ.get("HF_VAE_TRACEBACK"):
+            raise
+        print(f"convert.py: error: {error}", file=sys.stderr)
+        sys.exit(1)
