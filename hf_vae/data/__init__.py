@@ -117,6 +117,7 @@ def source_dataset(
     Extra ``kwargs`` go to the source function.
     """
     kind = _canonical(name)
+    skip_bad_images = kwargs.pop("skip_bad_images", False)  # only files can be bad; procedural sources cannot
     if kind == "shapes":
         ds = shapes_dataset(split, image_size=image_size or 64, seed=data_seed, **kwargs)
         labelled = True
@@ -129,7 +130,7 @@ def source_dataset(
         labelled = False
     else:
         return image_dataset(kind, split, image_column=image_column, label_column=label_column,
-                             require_labels=require_labels, resolution=image_size,
+                             require_labels=require_labels, resolution=image_size, skip_bad_images=skip_bad_images,
                              in_channels=in_channels or 3, seed=seed, epoch=epoch, **kwargs)
     if require_labels and not labelled:
         raise ValueError(f"labels are required but dataset {name!r} has none (its rows have image and id only)")
@@ -167,6 +168,8 @@ class _ToModelInputs:
     def __call__(self, example: dict) -> dict:
         import torch
 
+        if example.get("image") is None and example.get("bad_image"):  # skipped: collate_batch drops and counts it
+            return {"pixel_values": None, "bad_image": example["bad_image"]}
         x = np.asarray(example["image"], dtype=np.float32)
         if x.ndim == 2:
             x = x[None]
@@ -308,12 +311,20 @@ def collate_batch(rows: Sequence[dict]) -> dict:
     """Stack a list of rows into a batch: tensors are stacked, numbers become 1-D tensors.
 
     ``pixel_values`` -> (B, C, H, W) float32, ``labels`` -> (B,) int64, ``factors`` ->
-    (B, 5) int64.  Keys must be the same in every row.
+    (B, 5) int64.  Keys must be the same in every row. Rows of images skipped as unreadable
+    (``skip_bad_images``) are dropped; their paths are listed in ``batch["bad_images"]``, and a batch
+    of only such rows is ``{"bad_images": [...]}``.
     """
     import torch
 
     if not rows:
         raise ValueError("collate_batch got an empty list of rows")
+    bad = [row["bad_image"] for row in rows if row.get("pixel_values") is None and row.get("bad_image")]
+    if bad or "bad_image" in rows[0]:
+        rows = [{k: v for k, v in row.items() if k != "bad_image"} for row in rows if row.get("pixel_values") is not None]
+        if not rows:
+            return {"bad_images": bad}
+        return {**collate_batch(rows), **({"bad_images": bad} if bad else {})}
     keys = list(rows[0])
     batch = {}
     for key in keys:

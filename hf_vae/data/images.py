@@ -350,7 +350,9 @@ def _example_key(x: np.ndarray) -> int:
 class _ImageRowMapper:
     """Picklable per-row transform (DataLoader workers pickle the map function)."""
 
-    def __init__(self, image_column, label_column, in_channels, resolution, random_crop, resize, seed, epoch):
+    def __init__(self, image_column, label_column, in_channels, resolution, random_crop, resize, seed, epoch,
+                 skip_bad_images=False):
+        self.skip_bad_images = bool(skip_bad_images)
         self.image_column = image_column
         self.label_column = label_column
         self.in_channels = in_channels
@@ -364,14 +366,25 @@ class _ImageRowMapper:
         image = example.get(self.image_column)
         if image is None:
             raise ValueError(f"example has no value in image column {self.image_column!r}; columns: {list(example)}")
-        x = to_float_image(image, self.in_channels, where=getattr(image, "filename", "") or "")
+        from PIL import Image
+
+        where = (image.get("path") if isinstance(image, dict) else getattr(image, "filename", "")) or ""
+        try:
+            x = to_float_image(image, self.in_channels, where=where)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            # A truncated, corrupt or non-image file: named, and skipped only when asked (counted downstream).
+            if self.skip_bad_images:
+                return {"image": None, "label": None, "bad_image": where or "<an image without a file name>"}
+            raise ValueError(f"cannot read image {where or '(no file name)'}: {type(error).__name__}: {error}. "
+                             f"Expected an image file PIL can open; remove or replace it, or pass "
+                             f"--skip_bad_images to skip such files (they are counted).") from None
         if self.resolution is not None:
             rng = None
             if self.random_crop:
                 # Seeded per example (content hash) and per epoch: reproducible augmentation.
                 rng = np.random.default_rng([self.seed, self.epoch, _example_key(x)])
             x = resize_and_crop(x, self.resolution, random_crop=self.random_crop, rng=rng,
-                                resize=self.resize, where=getattr(image, "filename", "") or "")
+                                resize=self.resize, where=where)
         out = {"image": x}
         if self.label_column is not None:
             label = example.get(self.label_column)
@@ -395,6 +408,7 @@ def image_dataset(
     seed: int = 0,
     epoch: int = 0,
     data_dir: Optional[str] = None,
+    skip_bad_images: bool = False,
     **load_kwargs,
 ):
     """Stream any image dataset as rows ``{"image": float32 (C, H, W) in [0, 1], ["label": int]}``.
@@ -414,6 +428,8 @@ def image_dataset(
             ``(seed, epoch, image content)`` so it is reproducible yet changes every epoch.
         resize: downscale the shorter side to ``resolution`` before cropping (never upscale).
         seed, epoch: for the random crop.
+        skip_bad_images: a file that cannot be decoded becomes a row ``{"image": None, "bad_image": path}``
+            (dropped and counted by :func:`hf_vae.data.collate_batch`) instead of a ``ValueError`` naming it.
         data_dir, **load_kwargs: passed to ``datasets.load_dataset``.
 
     Raises:
@@ -424,8 +440,13 @@ def image_dataset(
     columns, features = _peek_columns(ds)
     image_col = _resolve_image_column(columns, features, image_column)
     label_col = _resolve_label_column(columns, label_column, require_labels)
+    from datasets import Image as ImageFeature
+
+    if isinstance(features.get(image_col), ImageFeature) and features[image_col].decode:
+        # Decoded by the mapper, not by datasets, so that a bad file is reported with its path (or skipped).
+        ds = ds.cast_column(image_col, ImageFeature(decode=False))
     mapper = _ImageRowMapper(image_col, label_col, int(in_channels), resolution, bool(random_crop),
-                             bool(resize), seed, epoch)
+                             bool(resize), seed, epoch, skip_bad_images)
     return ds.map(mapper, remove_columns=columns)
 
 

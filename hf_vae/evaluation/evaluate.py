@@ -43,11 +43,14 @@ sums are reduced, so every process returns the same numbers.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from typing import Any, Dict, Optional, Sequence
 
 import torch
+
+logger = logging.getLogger("hf_vae.evaluation")
 
 from .metrics import codebook_stats, mutual_information_gap, psnr, ssim
 
@@ -243,7 +246,7 @@ def evaluate(
     is_image = len(model.config.data_shape) == 3
     num_dims = math.prod(model.config.data_shape)
 
-    sums = {"n": 0.0, "neg_elbo": 0.0, "nll": 0.0, "mse": 0.0, "psnr": 0.0, "ssim": 0.0}
+    sums = {"n": 0.0, "neg_elbo": 0.0, "nll": 0.0, "mse": 0.0, "psnr": 0.0, "ssim": 0.0, "skipped_images": 0.0}
     latents, factors, code_counts = [], [], None
     was_training = model.training
     model.eval()
@@ -258,6 +261,11 @@ def evaluate(
         for batch in loader:
             if remaining <= 0:
                 break
+            for path in batch.pop("bad_images", ()):  # unreadable files, with skip_bad_images
+                logger.warning("Skipped unreadable image %s.", path)
+                sums["skipped_images"] += 1
+            if "pixel_values" not in batch:
+                continue
             if len(batch["pixel_values"]) > remaining:
                 batch = {k: v[: int(remaining)] for k, v in batch.items()}
             remaining -= len(batch["pixel_values"])
@@ -347,6 +355,8 @@ def evaluate(
         result["codebook_usage"] = float(stats["usage"])
         result["perplexity"] = float(stats["perplexity"])
     ordered = {k: float(result[k]) for k in METRIC_NAMES if k in result and (not metrics or k in wanted)}
+    if sums["skipped_images"]:
+        ordered["skipped_images"] = sums["skipped_images"]
     return ordered
 
 

@@ -259,6 +259,9 @@ class DataArguments:
         "Size of the training split of a procedural dataset (shapes, photos): a prefix of the default stream.", group=DATA))
     shuffle_buffer: int = field(default=1000, metadata=_help("Size of the streaming shuffle buffer.", group=DATA))
     num_workers: int = field(default=0, metadata=_help("DataLoader worker processes per training process.", group=DATA))
+    skip_bad_images: bool = field(default=False, metadata=_help(
+        "Skip image files that cannot be read (truncated, corrupt, not an image), counting them in the log and in "
+        "metrics.json; without it the first such file stops the run with its path.", group=DATA))
 
     def __post_init__(self):
         _positive_int("shuffle_buffer", self.shuffle_buffer)

@@ -84,11 +84,12 @@ class TrainingState:
         self.data_batches: List[int] = [0] * num_processes
         self.skipped_batches = 0
         self.examples_seen = 0
+        self.skipped_images: List[int] = [0] * num_processes
 
     def state_dict(self) -> Dict:
         return {"step": self.step, "num_processes": self.num_processes, "data_epochs": list(self.data_epochs),
                 "data_batches": list(self.data_batches), "skipped_batches": self.skipped_batches,
-                "examples_seen": self.examples_seen}
+                "examples_seen": self.examples_seen, "skipped_images": list(self.skipped_images)}
 
     def load_state_dict(self, state: Dict) -> None:
         self.step = int(state["step"])
@@ -96,12 +97,15 @@ class TrainingState:
         self.examples_seen = int(state.get("examples_seen", 0))
         saved_processes = int(state.get("num_processes", 1))
         epochs, batches = list(state["data_epochs"]), list(state["data_batches"])
+        skipped = list(state.get("skipped_images", [0] * saved_processes))
         if saved_processes != self.num_processes:
+            skipped = [sum(skipped)] + [0] * (self.num_processes - 1)
             # The shards are different now, so the exact order cannot be restored; restart the epoch the first
             # process was in, skipping as many batches as it had consumed (close to the same data position).
             epochs, batches = [epochs[0]] * self.num_processes, [batches[0]] * self.num_processes
             self.resharded_from = saved_processes
         self.data_epochs, self.data_batches = [int(e) for e in epochs], [int(b) for b in batches]
+        self.skipped_images = [int(s) for s in skipped]
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -12,9 +12,12 @@ a seed from the global RNG, and a resumed run (which creates its loader at a dif
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, Iterator, Optional
 
 import torch
+
+logger = logging.getLogger("hf_vae.training")
 
 PROCEDURAL = ("shapes", "dsprites", "photos", "photo_crops")
 
@@ -26,7 +29,8 @@ class TrainStream:
                  process_index: int = 0, num_processes: int = 1, shuffle_buffer: int = 1000, num_workers: int = 0,
                  require_labels: bool = False, image_column: Optional[str] = None,
                  label_column: Optional[str] = None, data_dir: Optional[str] = None,
-                 num_examples: Optional[int] = None, epoch: int = 0, batches: int = 0):
+                 num_examples: Optional[int] = None, epoch: int = 0, batches: int = 0, skip_bad_images: bool = False,
+                 skipped_images: int = 0):
         self.dataset = dataset
         self.settings = settings
         self.batch_size = batch_size
@@ -44,6 +48,10 @@ class TrainStream:
             self.extra["label_column"] = label_column
         if data_dir is not None:
             self.extra["data_dir"] = data_dir
+        if skip_bad_images:
+            self.extra["skip_bad_images"] = True
+        #: unreadable images skipped so far by this process (with skip_bad_images)
+        self.skipped_images = skipped_images
         if num_examples is not None:
             if str(dataset).lower() not in PROCEDURAL:
                 raise ValueError(f"--num_train_examples applies to the procedural datasets {PROCEDURAL}, got "
@@ -84,7 +92,11 @@ class TrainStream:
             for batch in iterator:
                 produced += 1
                 self.batches += 1
-                yield batch
+                for path in batch.pop("bad_images", ()):
+                    self.skipped_images += 1
+                    logger.warning("Skipped unreadable image %s (%d so far).", path, self.skipped_images)
+                if "pixel_values" in batch:  # else every image of the batch was unreadable
+                    yield batch
             if produced == 0:
                 raise ValueError(
                     f"The training split of {self.dataset!r} gave process {self.process_index} no complete batch "

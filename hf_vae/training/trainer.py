@@ -351,12 +351,20 @@ def _image_grids(model, batch: Dict[str, torch.Tensor], settings: Dict, output_d
     save_image_grid(samples, os.path.join(output_dir, f"{prefix}samples.png"), nrow=8, value_range=(lo, hi))
 
 
+def _dataset_kwargs(data_args: DataArguments) -> Dict[str, Any]:
+    """The data arguments `build_dataset` takes beyond the name and split (those given)."""
+    extra = {k: getattr(data_args, k) for k in ("image_column", "label_column", "data_dir")
+             if getattr(data_args, k) is not None}
+    if data_args.skip_bad_images:
+        extra["skip_bad_images"] = True
+    return extra
+
+
 def _first_eval_batch(dataset: str, split: str, settings: Dict, data_args: DataArguments, num: int,
                       require_labels: bool) -> Dict[str, torch.Tensor]:
     from ..data import build_dataset, collate_batch
 
-    extra = {k: getattr(data_args, k) for k in ("image_column", "label_column", "data_dir")
-             if getattr(data_args, k) is not None}
+    extra = _dataset_kwargs(data_args)
     stream = build_dataset(dataset, split, image_size=settings["image_size"], in_channels=settings["in_channels"],
                            value_range=settings["value_range"], binarize=settings["binarize"], shuffle=False,
                            data_seed=data_args.data_seed, require_labels=require_labels, **extra)
@@ -556,8 +564,17 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         num_workers=data_args.num_workers, require_labels=unwrapped.is_conditional,
         image_column=data_args.image_column, label_column=data_args.label_column, data_dir=data_args.data_dir,
         num_examples=data_args.num_train_examples, epoch=state.data_epochs[accelerator.process_index],
-        batches=state.data_batches[accelerator.process_index])
+        batches=state.data_batches[accelerator.process_index], skip_bad_images=data_args.skip_bad_images,
+        skipped_images=state.skipped_images[accelerator.process_index])
     batches = iter(stream)
+    # Problems the end of the run would find (no evaluation split, no labels in it, unreadable first image) are
+    # found now, before any step: one example of the evaluation split is read.
+    try:
+        _first_eval_batch(data_args.dataset, data_args.eval_split, settings, data_args, 1, unwrapped.is_conditional)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        raise ValueError(f"The evaluation split {data_args.eval_split!r} of {data_args.dataset!r}, used at the end "
+                         f"of the run, cannot be read: {error}. Expected a dataset with that split (--eval_split "
+                         f"NAME picks another); checked before the first step.") from None
 
     def evaluation_model():
         """The weights that are evaluated and published: the EMA when on, else the live model."""
@@ -575,18 +592,17 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                             batch_size=train_args.eval_batch_size,
                             num_importance_samples=train_args.eval_importance_samples, max_examples=max_examples,
                             seed=train_args.seed, data_seed=data_args.data_seed, binarize=settings["binarize"],
-                            dataset_kwargs={k: getattr(data_args, k) for k in ("image_column", "label_column",
-                                                                               "data_dir")
-                                            if getattr(data_args, k) is not None},
+                            dataset_kwargs=_dataset_kwargs(data_args),
                             accelerator=accelerator, progress=True,
                             num_examples=(dataset_info.get("num_examples") or {}).get(data_args.eval_split))
 
     def checkpoint():
         # Each process's data position goes into the state, which only the main process writes.
-        position = torch.tensor([[stream.epoch, stream.batches]], device=accelerator.device)
-        positions = accelerator.gather(position).view(-1, 2).tolist()
-        state.data_epochs = [int(e) for e, _ in positions]
-        state.data_batches = [int(b) for _, b in positions]
+        position = torch.tensor([[stream.epoch, stream.batches, stream.skipped_images]], device=accelerator.device)
+        positions = accelerator.gather(position).view(-1, 3).tolist()
+        state.data_epochs = [int(e) for e, _, _ in positions]
+        state.data_batches = [int(b) for _, b, _ in positions]
+        state.skipped_images = [int(s) for _, _, s in positions]
         return save_checkpoint(accelerator, output_dir, state.step, unwrapped, checkpointed,
                                train_args.checkpoints_total_limit)
 
@@ -700,7 +716,10 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
             fit_on_training_data(final_model, data_args.dataset, settings, data_args, density_components,
                                  train_args.latent_density_examples, train_args.eval_batch_size, train_args.seed)
         metrics = run_evaluation(train_args.final_eval_max_examples)
+        eval_skipped = int(metrics.pop("skipped_images", 0))
         record = metrics_record(train_args.model, data_args.dataset, data_args.eval_split, state.step, metrics)
+        if data_args.skip_bad_images:
+            record["skipped_images"] = {"train": sum(state.skipped_images), data_args.eval_split: eval_skipped}
         if source is not None:
             # Before and after: the starting model, with the run's config, on the same held-out images.
             start_model = source.load(config).to(accelerator.device)
