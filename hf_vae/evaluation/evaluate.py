@@ -56,7 +56,7 @@ from .metrics import codebook_stats, mutual_information_gap, psnr, ssim
 
 #: every metric name this module can report, in table order (the contract of metrics.json)
 METRIC_NAMES = ("neg_elbo", "nll", "bits_per_dim", "xent_neg_elbo", "xent_nll", "xent_bits_per_dim", "mse", "psnr",
-                "ssim", "mig", "codebook_usage", "perplexity")
+                "ssim", "mig", "codebook_usage", "perplexity", "frechet_distance")
 #: the likelihood metrics, and their names when they are cross-entropies (a Bernoulli decoder on grey levels)
 DENSITY_METRICS = ("neg_elbo", "nll", "bits_per_dim")
 CROSS_ENTROPY_NAMES = {name: f"xent_{name}" for name in DENSITY_METRICS}
@@ -170,6 +170,8 @@ def evaluate(
     mig_num_bins: int = 20,
     progress: bool = False,
     num_examples: Optional[int] = None,
+    fid_features=None,
+    fid_samples: int = 10000,
 ) -> Dict[str, float]:
     """Evaluate `model` on `split` of `dataset` and return `{metric name: float}`.
 
@@ -193,6 +195,9 @@ def evaluate(
         mig_num_bins: histogram bins per latent for MIG.
         progress: show a tqdm bar (main process only).
         num_examples: size of the split, when the caller knows it: the progress bar's total (with `max_examples`).
+        fid_features: a feature network (`hf_vae.evaluation.fid`) or the folder of one (the dataset's own
+            classifier, or pytorch-fid's Inception weights): reports `frechet_distance` between `fid_samples`
+            samples of the model (its prior, or its ex-post latent density) and the split (`max_examples` of it).
 
     Raises:
         ValueError: the stream has no labels for a conditional model, an unknown metric was asked for, or the
@@ -354,10 +359,24 @@ def evaluate(
                                model.config.num_embeddings)
         result["codebook_usage"] = float(stats["usage"])
         result["perplexity"] = float(stats["perplexity"])
+    if fid_features is not None and not model.is_conditional and (not metrics or "frechet_distance" in wanted):
+        result["frechet_distance"] = _frechet_distance(model, fid_features, name, split, settings, max_examples,
+                                                       fid_samples, seed, dataset_kwargs)
     ordered = {k: float(result[k]) for k in METRIC_NAMES if k in result and (not metrics or k in wanted)}
     if sums["skipped_images"]:
         ordered["skipped_images"] = sums["skipped_images"]
     return ordered
+
+
+def _frechet_distance(model, features, dataset, split, settings, max_examples, num_samples, seed, dataset_kwargs):
+    from .fid import frechet_distance_of_samples, load_fid_features, real_statistics
+
+    if isinstance(features, (str, os.PathLike)):
+        features = load_fid_features(str(features))
+    features.to(model.device)
+    real = real_statistics(features, dataset, split, max_examples=max_examples, value_range=settings["value_range"],
+                           image_size=settings["image_size"], **(dataset_kwargs or {}))
+    return frechet_distance_of_samples(model, features, real, num_samples=num_samples, seed=seed)
 
 
 def _all_reduce_sum(tensor: torch.Tensor, accelerator) -> torch.Tensor:
@@ -492,10 +511,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--data_seed", type=int, default=None, help="default: the training run's")
     parser.add_argument("--output", default=None, help="JSON file (default MODEL_DIR/eval_<split>.json)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--fid_features", default=None,
+                        help="folder of the Fréchet-distance feature network: the dataset's classifier "
+                             "(scripts/train_fid_classifier.py) or pytorch-fid's Inception weights as safetensors")
+    parser.add_argument("--fid_samples", type=int, default=10000, help="model samples of the Fréchet distance")
     args = parser.parse_args(argv)
     kwargs = dict(batch_size=args.batch_size, num_importance_samples=args.num_importance_samples,
                   importance_chunk_size=args.importance_chunk_size, max_examples=args.max_examples, seed=args.seed,
-                  progress=True)
+                  progress=True, fid_features=args.fid_features, fid_samples=args.fid_samples)
     if args.data_seed is not None:
         kwargs["data_seed"] = args.data_seed
     record = evaluate_output_dir(args.model_dir, args.dataset, args.split, output_file=args.output,

@@ -154,6 +154,9 @@ METRICS: Dict[str, MetricSpec] = {
     "mig": MetricSpec("MIG", "", True,
                       "Mutual Information Gap between latents and ground-truth factors (Chen et al. 2018), in [0, 1]"),
     "codebook_usage": MetricSpec("Codebook usage", "fraction", True, "fraction of the codes used on the evaluation set"),
+    "frechet_distance": MetricSpec("Fréchet distance", "", False,
+                                   "between features of generated samples and of the data (the dataset's own "
+                                   "classifier, or Inception for FID)"),
     "perplexity": MetricSpec("Code perplexity", "", True,
                              "exp(entropy) of the code distribution; the codebook size when all codes are used evenly"),
 }

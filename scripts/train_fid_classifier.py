@@ -1,0 +1,31 @@
+#!/usr/bin/env python
+"""Train the small classifier whose features the offline Fréchet distance uses, once per dataset.
+
+    python scripts/train_fid_classifier.py --dataset fashion_mnist --output_dir fid_classifier --epochs 3
+    python scripts/evaluate.py outputs/vae-fashion_mnist --dataset fashion_mnist --fid_features fid_classifier
+
+Writes config.json, model.safetensors and training.json (with the test accuracy) to --output_dir.
+"""
+
+import argparse
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--output_dir", default="fid_classifier")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data_dir", default=None, help="data_dir for the dataset (Fashion-MNIST IDX files)")
+    args = parser.parse_args(argv)
+    from hf_vae.evaluation.fid import train_feature_classifier
+
+    extra = {"data_dir": args.data_dir} if args.data_dir else {}
+    return train_feature_classifier(args.dataset, args.output_dir, epochs=args.epochs, batch_size=args.batch_size,
+                                    learning_rate=args.learning_rate, seed=args.seed, **extra)
+
+
+if __name__ == "__main__":
+    main()
