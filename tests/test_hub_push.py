@@ -547,3 +547,49 @@ def test_transport_failures_name_the_stage_and_the_state_of_the_repository(hub_s
         assert not exists and "Nothing was pushed" in str(error.value)
         if stage in ("upload", "commit"):
             assert "created for this push was deleted again" in str(error.value)
+
+
+def _sections(markdown: str) -> dict:
+    """{'## heading': body} for every second-level section of a card's text (ModelCard.text: no metadata)."""
+    parts = re.split(r"^(## .+)$", markdown, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+@pytest.mark.parametrize("variant", sorted(hf_vae.MODELS))
+def test_every_card_section_has_content(variant):
+    model_class, config_class = hf_vae.MODELS[variant][::-1]
+    if variant == "klae":
+        model = tiny_klae()
+    else:
+        kwargs = {"vq_vae": dict(embedding_dim=4, num_embeddings=8, latent_dim=8)}.get(variant, {})
+        model = tiny_vae(seed=5, cls=model_class, config_cls=config_class, **kwargs)
+    full = dict(metrics={"model": variant, "dataset": "shapes", "split": "test", "step": 5, "metrics": {"mse": 0.1}},
+                training_args={"model": variant, "dataset": "shapes", "max_steps": 5, "learning_rate": 1e-3})
+    for card in (render_model_card(model), render_model_card(model, **full)):
+        sections = _sections(card.text)
+        assert "## Model description" in sections and "## How to use" in sections
+        empty = [heading for heading, body in sections.items() if not body.strip()]
+        assert not empty, f"{variant}: empty sections {empty}"
+        assert "was not recorded" not in card.text
+    bare = _sections(render_model_card(model).text)
+    assert not {"## Training data", "## Training procedure", "## Evaluation"} & set(bare)
+    assert {"## Training data", "## Training procedure", "## Evaluation"} <= set(_sections(card.text))
+
+
+def test_every_metric_has_a_unit_and_a_direction_and_unknown_ones_are_not_guessed():
+    from hf_vae.evaluation import METRIC_NAMES
+    from hf_vae.integrations.model_card import METRICS
+
+    for name in METRIC_NAMES:
+        assert name in METRICS, f"metric {name!r} has no MetricSpec in the model card"
+        assert METRICS[name].unit.strip() and METRICS[name].higher_is_better is not None, name
+    card = render_model_card(tiny_vae(), metrics={"ssim": 0.5, "fid": 12.0})
+    assert "| SSIM | 0.5 | unitless, ≤ 1 | higher |" in card.text
+    assert "| fid | 12 | unknown | unknown |" in card.text  # not guessed as "higher is better"
+
+
+@pytest.mark.parametrize("dataset, hub_id", [("fashion_mnist", "zalando-datasets/fashion_mnist"), ("photos", None)])
+def test_klae_card_metadata_has_pipeline_tag_and_datasets(dataset, hub_id):
+    card = render_model_card(tiny_klae(), metrics={"psnr": 20.0}, training_args={"model": "klae", "dataset": dataset})
+    assert card.data.pipeline_tag == "image-to-image"
+    assert card.data.datasets == ([hub_id] if hub_id else None)  # no Hub id invented for embedded data

@@ -95,12 +95,12 @@ VARIANTS: Dict[str, VariantSpec] = {
     "beta_vae": VariantSpec("β-VAE", ("beta-vae", "vae", "disentanglement", "representation-learning"),
                             "unconditional-image-generation",
                             ("unconditional-image-generation", "Density estimation and disentanglement")),
-    "vq_vae": VariantSpec("VQ-VAE", ("vq-vae", "vector-quantization", "autoencoder", "image-tokenizer"), None,
-                          ("image-to-image", "Image reconstruction")),
+    "vq_vae": VariantSpec("VQ-VAE", ("vq-vae", "vector-quantization", "autoencoder", "image-tokenizer"),
+                          "image-to-image", ("image-to-image", "Image reconstruction")),
     "cvae": VariantSpec("Conditional VAE", ("cvae", "conditional-vae", "vae", "generative-model"), None,
                         ("unconditional-image-generation", "Conditional density estimation")),
     "klae": VariantSpec("KL autoencoder (latent diffusion VAE)",
-                        ("autoencoder-kl", "latent-diffusion", "stable-diffusion", "vae"), None,
+                        ("autoencoder-kl", "latent-diffusion", "stable-diffusion", "vae"), "image-to-image",
                         ("image-to-image", "Image reconstruction")),
     "iwae": VariantSpec("IWAE", ("iwae", "vae", "generative-model"), "unconditional-image-generation",
                         ("unconditional-image-generation", "Density estimation")),
@@ -127,8 +127,13 @@ VARIANTS: Dict[str, VariantSpec] = {
 class MetricSpec:
     label: str
     unit: str
-    higher_is_better: bool
+    #: None: not known (a metric hf_vae does not define); the card then says so instead of guessing
+    higher_is_better: Optional[bool]
     description: str
+
+
+#: what the card says about a metric hf_vae does not define (from a hand-written metrics.json)
+UNKNOWN = "unknown"
 
 
 METRICS: Dict[str, MetricSpec] = {
@@ -151,13 +156,13 @@ METRICS: Dict[str, MetricSpec] = {
     "psnr": MetricSpec("PSNR", "dB", True, "peak signal-to-noise ratio of the reconstructions, peak 1 on images in [0, 1]"),
     "ssim": MetricSpec("SSIM", "unitless, ≤ 1", True,
                        "structural similarity of the reconstructions on images in [0, 1] (Wang et al. 2004; 1 = identical)"),
-    "mig": MetricSpec("MIG", "", True,
+    "mig": MetricSpec("MIG", "fraction of H(factor), 0 to 1", True,
                       "Mutual Information Gap between latents and ground-truth factors (Chen et al. 2018), in [0, 1]"),
     "codebook_usage": MetricSpec("Codebook usage", "fraction", True, "fraction of the codes used on the evaluation set"),
-    "frechet_distance": MetricSpec("Fréchet distance", "", False,
+    "frechet_distance": MetricSpec("Fréchet distance", "squared feature units", False,
                                    "between features of generated samples and of the data (the dataset's own "
                                    "classifier, or Inception for FID)"),
-    "perplexity": MetricSpec("Code perplexity", "", True,
+    "perplexity": MetricSpec("Code perplexity", "codes", True,
                              "exp(entropy) of the code distribution; the codebook size when all codes are used evenly"),
 }
 
@@ -553,10 +558,11 @@ def _describe_training(training_args: Optional[Mapping[str, Any]], metrics: Opti
 def _describe_metrics(metrics: Optional[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     rows = []
     for name, value in (metrics or {}).get("metrics", {}).items():
-        spec = METRICS.get(name, MetricSpec(name, "", True, ""))
+        spec = METRICS.get(name, MetricSpec(name, UNKNOWN, None, "not an hf_vae metric: its unit and direction "
+                                                                   "were not recorded"))
+        better = UNKNOWN if spec.higher_is_better is None else "higher" if spec.higher_is_better else "lower"
         rows.append({"name": name, "label": spec.label, "value": value, "value_str": _format_metric(value),
-                     "unit": spec.unit, "better": "higher" if spec.higher_is_better else "lower",
-                     "description": spec.description})
+                     "unit": spec.unit, "better": better, "description": spec.description})
     return rows
 
 
