@@ -498,6 +498,7 @@ def test_image_folder_layouts(tmp_path):
     expected_test = sorted(str(flat / n) for n in names if zlib.crc32(n.encode()) % 10 == 0)
     assert not has_labels and files["test"] == expected_test and 0 < len(expected_test) < 40
     assert sorted(files["train"] + files["test"]) == sorted(str(flat / n) for n in names)
+    assert describe_dataset(str(flat))["num_examples"] == {"train": 40 - len(expected_test), "test": len(expected_test)}
     test_values = [v for v, _ in _layout_rows(flat, "test")]
     assert test_values == sorted(names.index(os.path.basename(f)) for f in expected_test)
     _png(flat / "zzz-new.png", 250)  # adding an image never moves another one across

@@ -280,6 +280,15 @@ def test_every_refusal_names_found_and_expected_before_writing(sources, tmp_path
     _refused(capsys, ["--pretrained_model_name_or_path", str(sources["ldm"]), "--pretrained_config",
                       str(tmp_path / "wrong.json"), *common], "do not fit", "Shape mismatches",
              "expected (8, 8, 3, 3), got (16, 8, 3, 3)")
+    # An hf_vae folder whose config.json was edited after the weights were saved.
+    from hf_vae import VAEConfig, VAEModel
+
+    VAEModel(VAEConfig(in_channels=3, image_size=32, hidden_dims=[16], latent_dim=2)).save_pretrained(tmp_path / "vae")
+    edited = json.loads((tmp_path / "vae" / "config.json").read_text())
+    edited["hidden_dims"] = [24]
+    (tmp_path / "vae" / "config.json").write_text(json.dumps(edited))
+    _refused(capsys, ["--pretrained_model_name_or_path", str(tmp_path / "vae"), *common[:4], "--max_steps", "2"],
+             "do not fit the config of", "shape mismatches", "the config needs (24, 3072), the file has (16, 3072)")
     _refused(capsys, ["--train_modules", "decoder", *common], "needs --pretrained_model_name_or_path")
 
 

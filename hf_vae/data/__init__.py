@@ -29,6 +29,7 @@ shard order, which changes the epoch's stream.
 
 from __future__ import annotations
 
+import os
 import zlib
 from typing import Any, Optional, Sequence
 
@@ -370,6 +371,14 @@ def describe_dataset(name: str, *, image_size: Optional[int] = None, **kwargs) -
         return {"image_size": image_size or kwargs.get("resolution", 64), "in_channels": 3, "num_classes": None,
                 "num_examples": {s: n or c for s, c in PHOTO_NUM_EXAMPLES.items()}}
     info = {"image_size": image_size, "in_channels": 3, "num_classes": None, "num_examples": None}
+    try:  # a local image folder: the sizes of its splits (so --num_epochs works)
+        from .images import _is_image_folder, image_folder_files
+
+        path = os.path.expanduser(str(name))
+        if kwargs.get("data_dir") is None and os.path.isdir(path) and _is_image_folder(path):
+            info["num_examples"] = {split: len(files) for split, files in image_folder_files(path)[0].items()}
+    except (OSError, ValueError):  # a bad folder is reported with its reason when the stream is built
+        pass
     try:  # best effort: only reads metadata of a local folder / cached dataset
         from .images import _load_stream
 

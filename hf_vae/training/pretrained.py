@@ -104,6 +104,7 @@ class PretrainedSource:
             if self.format == "diffusers_vq":
                 model = _load_diffusers_vq(self, config)
             elif self.format == "hf_vae":
+                self._check_weights_fit(config)
                 model, info = model_class.from_pretrained(self.name_or_path, output_loading_info=True, **kwargs)
                 problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys",
                                                                          "mismatched_keys", "error_msgs")}
@@ -120,6 +121,35 @@ class PretrainedSource:
                                         f"{model_class.__name__}: {error}") from error
         model.config.name_or_path = self.name_or_path
         return model.float().train()
+
+
+    def _check_weights_fit(self, config) -> None:
+        """Compare the shapes in model.safetensors (read from its header, no tensor loaded) with the model of
+        `config`, and name every missing, unexpected or mis-shaped weight."""
+        import hf_vae
+        import torch
+        from safetensors import safe_open
+
+        from ..klae_conversion import resolve_file
+
+        hub_kwargs = {"revision": self.revision} if self.revision else {}
+        weights_file = resolve_file(self.name_or_path, "model.safetensors", self.subfolder, hub_kwargs)
+        if weights_file is None:  # sharded or missing: transformers' loader reports it
+            return
+        with safe_open(weights_file, framework="pt") as handle:
+            found = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        with torch.device("meta"):
+            model = hf_vae.MODELS[self.model][1](config)
+        expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+        missing = sorted(set(expected) - set(found))
+        unexpected = sorted(set(found) - set(expected))
+        mismatched = [f"{key}: the config needs {expected[key]}, the file has {found[key]}"
+                      for key in sorted(set(expected) & set(found)) if expected[key] != found[key]]
+        if missing or unexpected or mismatched:
+            problems = [f"{what} ({len(keys)}): {keys[:6]}" for what, keys in
+                        (("shape mismatches", mismatched), ("missing", missing), ("unexpected", unexpected)) if keys]
+            raise PretrainedSourceError(f"The weights in {weights_file} do not fit the config of {self.describe()}: "
+                                        + "; ".join(problems) + ".")
 
 
 # ------------------------------------------------------------------------------------------------------------
