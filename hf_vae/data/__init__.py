@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .batches import adapt_pixels, batch_to_tensors, build_batches, is_arrow_native
 from .fashion_mnist import (
     FASHION_MNIST_CLASSES,
     fashion_mnist_dataset,
@@ -60,6 +61,9 @@ from .shapes import (
 
 __all__ = [
     "build_dataset",
+    "build_batches",
+    "batch_to_tensors",
+    "is_arrow_native",
     "collate_batch",
     "describe_dataset",
     "source_dataset",
@@ -133,13 +137,18 @@ def source_dataset(
         return image_dataset(kind, split, image_column=image_column, label_column=label_column,
                              require_labels=require_labels, resolution=image_size, skip_bad_images=skip_bad_images,
                              in_channels=in_channels or 3, seed=seed, epoch=epoch, **kwargs)
+    _check_fixed_schema(name, labelled, require_labels, image_column, label_column)
+    return ds
+
+
+def _check_fixed_schema(name, labelled: bool, require_labels: bool, image_column, label_column) -> None:
+    """Column arguments for a built-in source, whose columns are fixed."""
     if require_labels and not labelled:
         raise ValueError(f"labels are required but dataset {name!r} has none (its rows have image and id only)")
     if label_column not in (None, "label", "labels"):
         raise ValueError(f"dataset {name!r} has a fixed schema; label_column={label_column!r} not found, expected 'label'")
     if image_column not in (None, "image"):
         raise ValueError(f"dataset {name!r} has a fixed schema; image_column={image_column!r} not found, expected 'image'")
-    return ds
 
 
 def shuffle_seed(seed: int, epoch: int) -> int:
@@ -174,19 +183,7 @@ class _ToModelInputs:
         x = np.asarray(example["image"], dtype=np.float32)
         if x.ndim == 2:
             x = x[None]
-        c = x.shape[0]
-        if self.in_channels is not None and c != self.in_channels:
-            if c == 1 and self.in_channels == 3:
-                x = np.repeat(x, 3, axis=0)
-            elif c == 3 and self.in_channels == 1:
-                x = np.tensordot(np.asarray([0.299, 0.587, 0.114], np.float32), x, axes=1)[None]
-            else:
-                raise ValueError(f"cannot convert a {c}-channel image to in_channels={self.in_channels}")
-        if self.image_size is not None and x.shape[-2:] != (self.image_size, self.image_size):
-            import torch.nn.functional as F
-
-            x = F.interpolate(torch.from_numpy(np.ascontiguousarray(x))[None], size=(self.image_size,) * 2,
-                              mode="bilinear", antialias=True, align_corners=False)[0].clamp_(0, 1).numpy()
+        x = adapt_pixels(torch.from_numpy(np.ascontiguousarray(x))[None], self.in_channels, self.image_size)[0].numpy()
         ex_id = example.get("id")
         if self.binarize:
             # Dynamic binarisation x ~ Bernoulli(intensity).  The noise is keyed by (seed,

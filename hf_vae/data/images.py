@@ -281,7 +281,7 @@ def _load_stream(name_or_path: str, split: str, data_dir: Optional[str], load_kw
     if name_or_path == "imagefolder":
         if data_dir is None:
             raise ValueError("'imagefolder' needs data_dir=<folder of images>")
-        return load_dataset("imagefolder", data_dir=data_dir, split=split, streaming=True, **load_kwargs)
+        return _shard_by_file(load_dataset("imagefolder", data_dir=data_dir, split=split, streaming=True, **load_kwargs))
     if data_dir is None and os.path.isdir(path) and _is_image_folder(path):
         # The layout is read here (split folders, class folders, flat) rather than left to imagefolder's guess,
         # which takes train/ and test/ for classes when they hold the images directly.
@@ -289,11 +289,34 @@ def _load_stream(name_or_path: str, split: str, data_dir: Optional[str], load_kw
         if split not in files or not files[split]:
             raise ValueError(f"split {split!r} not found in image folder {path!r}; available splits: "
                              f"{sorted(k for k, v in files.items() if v)}")
-        return load_dataset("imagefolder", data_files={split: files[split]}, split=split, streaming=True,
-                            drop_labels=not has_labels, **load_kwargs)
+        return _shard_by_file(load_dataset("imagefolder", data_files={split: files[split]}, split=split,
+                                           streaming=True, drop_labels=not has_labels, **load_kwargs))
     # Hub id or folder of data files; datasets' own errors ("Bad split: ... Available
     # splits: ...", missing repo) are already explicit.
     return load_dataset(name_or_path, data_dir=data_dir, split=split, streaming=True, **load_kwargs)
+
+
+def _shard_by_file(ds):
+    """Make every image file of a streamed image folder a shard of its own.
+
+    ``datasets``' folder builder passes its files as a tuple, which it never splits: the stream has a single
+    shard, so one DataLoader worker would decode every image while the others idle, and the shard order could
+    not be shuffled.  As a list, each file is a shard: workers (and processes) decode disjoint files in
+    parallel.  Only plain local files are re-listed (no archives, no metadata files); anything else is left
+    as it is.
+    """
+    from datasets.iterable_dataset import ExamplesIterable
+
+    source = ds._ex_iterable
+    kwargs = getattr(source, "kwargs", None)
+    if not isinstance(source, ExamplesIterable) or not isinstance(kwargs, dict):
+        return ds
+    files, metadata = kwargs.get("files"), kwargs.get("metadata_files")
+    if not isinstance(files, tuple) or len(files) < 2 or metadata or \
+            not all(isinstance(f, tuple) and len(f) == 3 and f[1] is None for f in files):
+        return ds
+    source.kwargs = {**kwargs, "files": list(files), "metadata_files": tuple(metadata or ())}
+    return ds
 
 
 def _peek_columns(ds) -> tuple[list[str], dict]:

@@ -258,14 +258,17 @@ class DataArguments:
     num_train_examples: Optional[int] = field(default=None, metadata=_help(
         "Size of the training split of a procedural dataset (shapes, photos): a prefix of the default stream.", group=DATA))
     shuffle_buffer: int = field(default=1000, metadata=_help("Size of the streaming shuffle buffer.", group=DATA))
-    num_workers: int = field(default=0, metadata=_help("DataLoader worker processes per training process.", group=DATA))
+    num_workers: Optional[int] = field(default=None, metadata=_help(
+        "DataLoader worker processes per training process (default: 0 for shapes, photos and Fashion-MNIST, which "
+        "stream whole batches from an Arrow cache; 1 to 4 for sources that decode images).", group=DATA))
     skip_bad_images: bool = field(default=False, metadata=_help(
         "Skip image files that cannot be read (truncated, corrupt, not an image), counting them in the log and in "
         "metrics.json; without it the first such file stops the run with its path.", group=DATA))
 
     def __post_init__(self):
         _positive_int("shuffle_buffer", self.shuffle_buffer)
-        _non_negative_int("num_workers", self.num_workers)
+        if self.num_workers is not None:
+            _non_negative_int("num_workers", self.num_workers)
         if self.num_train_examples is not None:
             _positive_int("num_train_examples", self.num_train_examples)
 

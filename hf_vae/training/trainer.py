@@ -56,6 +56,7 @@ from .checkpointing import (
 )
 from .ema import EMA
 from .latent_density import components_to_fit, fit_on_training_data
+from .noise import BatchNoise
 from .objectives import build_objective
 from .streams import TrainStream
 from .tracking import make_trackers
@@ -565,7 +566,8 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         image_column=data_args.image_column, label_column=data_args.label_column, data_dir=data_args.data_dir,
         num_examples=data_args.num_train_examples, epoch=state.data_epochs[accelerator.process_index],
         batches=state.data_batches[accelerator.process_index], skip_bad_images=data_args.skip_bad_images,
-        skipped_images=state.skipped_images[accelerator.process_index])
+        skipped_images=state.skipped_images[accelerator.process_index],
+        pin_memory=accelerator.device.type == "cuda")
     batches = iter(stream)
     # Problems the end of the run would find (no evaluation split, no labels in it, unreadable first image) are
     # found now, before any step: one example of the evaluation split is read.
@@ -575,6 +577,10 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         raise ValueError(f"The evaluation split {data_args.eval_split!r} of {data_args.dataset!r}, used at the end "
                          f"of the run, cannot be read: {error}. Expected a dataset with that split (--eval_split "
                          f"NAME picks another); checked before the first step.") from None
+    # Binarisation / dequantisation, drawn on the device from a per-step seed: a resumed run draws the same noise.
+    noise = BatchNoise(train_args.seed, accelerator.process_index, binarize=settings["binarize"],
+                       dequantize=settings["dequantize"], value_range=settings["value_range"],
+                       device=accelerator.device)
 
     def evaluation_model():
         """The weights that are evaluated and published: the EMA when on, else the live model."""
@@ -625,6 +631,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
             micro_logs = []
             for micro in range(accum):
                 batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(batches).items()}
+                batch = noise(batch, step, micro)
                 # Gradients are all-reduced once per optimisation step, on the last micro-batch.
                 sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
                 with sync:
