@@ -184,3 +184,15 @@ def test_train_stream_resumes_exactly(source, tmp_path):
     resumed = _stream_batches(make(epoch=position.epoch, batches=position.batches), 10)
     for a, b in zip(head + resumed, full):
         assert torch.equal(a["pixel_values"], b["pixel_values"])
+
+
+def test_device_dequantisation_spreads_each_level_over_its_cell():
+    levels = torch.randint(0, 256, (32, 3, 8, 8)).float()
+    x = levels / 127.5 - 1.0  # 8-bit images in [-1, 1]
+    noise = BatchNoise(1, 0, binarize=False, dequantize=True, value_range=(-1.0, 1.0), device=torch.device("cpu"))
+    y = noise({"pixel_values": x}, step=7)["pixel_values"]
+    cell = (y + 1) / 2 * 256 - levels  # (k + u) / 256 -> u
+    assert cell.min() >= 0 and cell.max() < 1 and 0.45 < cell.mean() < 0.55
+    assert torch.equal(y, noise({"pixel_values": x}, step=7)["pixel_values"])
+    with pytest.raises(ValueError, match="at most one of binarize and dequantize"):
+        BatchNoise(1, 0, binarize=True, dequantize=True, value_range=(0.0, 1.0), device=torch.device("cpu"))
