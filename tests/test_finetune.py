@@ -62,8 +62,8 @@ def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("sources")
     torch.manual_seed(0)
     vae = AutoencoderKL(block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
-                        up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=4, sample_size=32, latent_channels=4)
-    vae.save_pretrained(root / "pipeline" / "vae")
+                        up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=4, sample_size=64, latent_channels=4)
+    vae.save_pretrained(root / "pipeline" / "vae")  # (trained on 32x32 images: sample_size is the tile size)
     weights = {k: v.contiguous() for k, v in vae.state_dict().items()}
     ldm = {f"first_stage_model.{k}": v.contiguous() for k, v in to_ldm_state_dict(weights, 2).items()}
     ldm["model.diffusion_model.out.weight"] = torch.zeros(2)  # the rest of an SD checkpoint is ignored
@@ -113,7 +113,9 @@ def test_decoder_finetune_from_a_diffusers_folder(sources, sd_components, tmp_pa
     assert "pretrained" in printed and "fine-tuned" in printed  # the before/after table
     args = json.loads((out / "training_args.json").read_text())
     assert args["pretrained"]["format"] == "diffusers" and args["resolved"]["frozen_modules"] == ["encoder", "quant_conv"]
-    assert json.loads((out / "config.json").read_text())["kl_weight"] == 1e-4  # an objective flag applies
+    published_config = json.loads((out / "config.json").read_text())
+    assert published_config["kl_weight"] == 1e-4  # an objective flag applies
+    assert published_config["sample_size"] == 64  # the source's tile size, not the training resolution (32)
     _check_decoder_only_finetune(out, sources["weights"], record, sd_components)
 
 

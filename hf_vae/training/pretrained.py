@@ -463,6 +463,13 @@ def run_config(source: PretrainedSource, overrides: Mapping[str, Any], *, image_
         raise PretrainedSourceError(f"Bad settings for the pretrained {source.model} config: {error}") from error
 
 
+def restore_source_fields(model, source: PretrainedSource, overrides: Mapping[str, Any]) -> None:
+    """Before publishing: the training resolution of a KLAE (`--image_size`) is not a property of the model, so the
+    published config keeps the source's `sample_size` (diffusers' tile size) unless --sample_size was given."""
+    if source.model == "klae" and "sample_size" not in overrides:
+        model.config.sample_size = source.config.sample_size
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Training part of the model
 # ------------------------------------------------------------------------------------------------------------

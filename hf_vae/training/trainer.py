@@ -736,6 +736,10 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         steps_run = state.step - start_step
         examples_per_second = steps_run * effective_batch / train_time if train_time > 0 else float("nan")
         if is_main:
+            if source is not None:
+                from .pretrained import restore_source_fields
+
+                restore_source_fields(final_model, source, model_config)
             publish_pretrained(final_model, output_dir)
             if train_args.model == "klae":
                 _publish_diffusers_copy(final_model, output_dir)
