@@ -19,24 +19,14 @@ from typing import Dict, Tuple
 import torch
 
 from .configuration_rae import RAEConfig
-from .distributions import point_mass
-from .modeling_base import AutoencoderPreTrainedModel
+from .deterministic import DeterministicAutoencoderModel
 
 
-class RAEModel(AutoencoderPreTrainedModel):
+class RAEModel(DeterministicAutoencoderModel):
     config_class = RAEConfig
-    #: no posterior density: no ELBO or importance-sampled likelihood
-    deterministic_encoder = True
 
     def __init__(self, config: RAEConfig):
         super().__init__(config)
-        encoder_out = config.latent_dim if config.vector_latent else config.latent_channels
-        self.encoder, self.decoder = self.build_backbone(encoder_out)
-        self.likelihood = self.build_likelihood()
-        self.post_init()
-
-    def posterior(self, encoder_output: torch.Tensor):
-        return point_mass(encoder_output)
 
     def regularisation_loss(self, posterior, latents) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         return self.config.latent_weight * 0.5 * latents.flatten(1).pow(2).sum(1), {}

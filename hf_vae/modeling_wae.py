@@ -15,26 +15,16 @@ from typing import Dict, Tuple
 import torch
 
 from .configuration_wae import WAEConfig
-from .distributions import point_mass
+from .deterministic import DeterministicAutoencoderModel
 from .mmd import MMDAutoencoderOutput, mmd_unbiased
-from .modeling_base import AutoencoderPreTrainedModel
 
 
-class WAEModel(AutoencoderPreTrainedModel):
+class WAEModel(DeterministicAutoencoderModel):
     config_class = WAEConfig
     output_class = MMDAutoencoderOutput
-    #: no posterior density: no ELBO or importance-sampled likelihood
-    deterministic_encoder = True
 
     def __init__(self, config: WAEConfig):
         super().__init__(config)
-        encoder_out = config.latent_dim if config.vector_latent else config.latent_channels
-        self.encoder, self.decoder = self.build_backbone(encoder_out)
-        self.likelihood = self.build_likelihood()
-        self.post_init()
-
-    def posterior(self, encoder_output: torch.Tensor):
-        return point_mass(encoder_output)
 
     def regularisation_loss(self, posterior, latents) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         return latents.new_zeros(latents.shape[0]), {}

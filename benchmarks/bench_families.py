@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""The VAE families side by side, each trained by `hf_vae.training.train` with the same recipe.
+
+Three parts (run one with --part, or all):
+
+  nll      Fashion-MNIST, MLP 784-512-512-32 (Bernoulli decoder, dynamic binarisation), batch 128, Adam 1e-3
+           constant, --epochs epochs: test NLL with K = 1000 importance samples and −ELBO, for the VAE, the IWAE
+           (K = 5 and K = 50), the MIWAE (M = 5, K = 10: the same 50 samples as IWAE-50) and the VampPrior VAE
+           (500 pseudo-inputs).
+  frechet  the same architecture and recipe: Fréchet distance between 10 000 samples and the test set in the
+           features of the small Fashion-MNIST classifier (`scripts/train_fid_classifier.py`), for the VAE
+           (prior and an ex-post 10-component Gaussian mixture), the VampPrior VAE, the RAE (+ its mixture) and
+           the WAE (prior and mixture).
+  mig      shapes stream, the conv β-VAE architecture of bench_beta_vae_mig.py (10 latents): MIG and
+           reconstruction error for β-VAE (β = 4), β-TCVAE (β = 6) and FactorVAE (γ = 10), same steps.
+
+    python benchmarks/bench_families.py --part nll --epochs 2 --nll_examples 1000 --threads 1
+    python benchmarks/bench_families.py --part frechet --epochs 2 --classifier fid_classifier/ --threads 1
+    python benchmarks/bench_families.py --part mig --steps 1500 --threads 1
+
+Writes benchmarks/results/families_<part>.json (merging the models of earlier runs of the same part, so models can
+be run by separate processes with --models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import RESULTS_DIR, machine, table  # noqa: E402
+
+MLP = {"image_size": 28, "in_channels": 1, "hidden_dims": [512, 512], "latent_dim": 32, "likelihood": "bernoulli"}
+NLL_MODELS = {
+    "vae": ("vae", {}),
+    "iwae_k5": ("iwae", {"num_importance_samples": 5}),
+    "iwae_k50": ("iwae", {"num_importance_samples": 50}),
+    "miwae_m5_k10": ("miwae", {"num_bounds": 5, "num_importance_samples": 10}),
+    "vamp_vae": ("vamp_vae", {"num_pseudo_inputs": 500}),
+}
+FRECHET_MODELS = {  # key: (model, config, samplers: 0 = the prior, K = an ex-post K-component mixture)
+    "vae": ("vae", {}, (0, 10)),
+    "vamp_vae": ("vamp_vae", {"num_pseudo_inputs": 500}, (0,)),
+    "rae": ("rae", {"latent_density_components": 10}, (10,)),
+    "wae": ("wae", {}, (0, 10)),
+}
+CONV = {"backbone": "conv", "image_size": 32, "block_out_channels": [8, 16, 32], "norm_num_groups": 4,
+        "layers_per_block": 1, "mid_block_add_attention": False, "latent_channels": 8, "latent_dim": 10,
+        "likelihood": "bernoulli"}
+MIG_MODELS = {
+    "beta_vae_b4": ("beta_vae", {"beta": 4.0}),
+    "beta_tcvae_b6": ("beta_tcvae", {"beta": 6.0}),
+    "factor_vae_g10": ("factor_vae", {"gamma": 10.0}),
+}
+
+
+def reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def train_model(name, config, workdir, dataset, **overrides):
+    from hf_vae.training import DataArguments, TrainArguments, train
+
+    kwargs = dict(model=name, output_dir=os.path.join(workdir, f"{name}-{time.time_ns()}"), batch_size=128,
+                  learning_rate=1e-3, lr_scheduler="constant", warmup_steps=0, max_grad_norm=0.0, eval_steps=0,
+                  checkpointing_steps=0, report_to="none", eval_importance_samples=0, final_eval_max_examples=256,
+                  num_sample_images=16, seed=0)
+    kwargs.update(overrides)
+    args = TrainArguments(**kwargs)
+    start = time.perf_counter()
+    record = train(args, DataArguments(dataset=dataset), dict(config))
+    reset_accelerate()
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(args.output_dir).eval(), record, time.perf_counter() - start
+
+
+def part_nll(args, workdir):
+    from hf_vae.evaluation import evaluate
+
+    rows = {}
+    for key in args.models or NLL_MODELS:
+        name, extra = NLL_MODELS[key]
+        model, record, seconds = train_model(name, {**MLP, **extra}, workdir, "fashion_mnist", num_epochs=args.epochs,
+                                             fit_latent_density=0)
+        start = time.perf_counter()
+        metrics = evaluate(model, "fashion_mnist", "test", batch_size=100, num_importance_samples=1000,
+                           max_examples=args.nll_examples, metrics=["neg_elbo", "nll"])
+        rows[key] = {"model": name, "config": extra, "steps": record["step"], "train_s": round(seconds, 1),
+                     "eval_s": round(time.perf_counter() - start, 1), **metrics}
+        print(key, rows[key], flush=True)
+    return rows, {"epochs": args.epochs, "nll_examples": args.nll_examples or 10000, "importance_samples": 1000}
+
+
+def part_frechet(args, workdir):
+    from hf_vae.evaluation import data_settings
+    from hf_vae.evaluation.fid import ClassifierFeatures, frechet_distance_of_samples, real_statistics
+    from hf_vae.training import DataArguments
+    from hf_vae.training.latent_density import fit_on_training_data
+
+    features = ClassifierFeatures.from_pretrained(args.classifier)
+    real = real_statistics(features, "fashion_mnist", "test", max_examples=args.frechet_examples)
+    rows = {}
+    for key in args.models or FRECHET_MODELS:
+        name, extra, samplers = FRECHET_MODELS[key]
+        model, record, seconds = train_model(name, {**MLP, **extra}, workdir, "fashion_mnist",
+                                             num_epochs=args.epochs, fit_latent_density=0)
+        for components in samplers:
+            if components:
+                fit_on_training_data(model, "fashion_mnist", data_settings(model.config), DataArguments(), components,
+                                     args.density_examples, 500, seed=0)
+            fd = frechet_distance_of_samples(model, features, real, num_samples=args.frechet_examples, seed=0)
+            label = f"{key}+gmm{components}" if components else f"{key} (prior)"
+            rows[label] = {"model": name, "config": extra, "sampler": f"ex-post GMM, {components} components"
+                           if components else "prior", "steps": record["step"], "train_s": round(seconds, 1),
+                           "frechet_distance": fd, "mse": record["metrics"].get("mse")}
+            print(label, rows[label], flush=True)
+    return rows, {"epochs": args.epochs, "samples": args.frechet_examples, "density_examples": args.density_examples,
+                  "classifier": args.classifier}
+
+
+def part_mig(args, workdir):
+    rows = {}
+    for key in args.models or MIG_MODELS:
+        name, extra = MIG_MODELS[key]
+        model, record, seconds = train_model(name, {**CONV, **extra}, workdir, "shapes", max_steps=args.steps,
+                                             batch_size=64, lr_scheduler="cosine", warmup_steps=None,
+                                             max_grad_norm=1.0, final_eval_max_examples=args.mig_examples,
+                                             fit_latent_density=0)
+        metrics = record["metrics"]
+        rows[key] = {"model": name, "config": extra, "steps": record["step"], "train_s": round(seconds, 1),
+                     **{k: metrics[k] for k in ("mig", "mse", "neg_elbo") if k in metrics}}
+        print(key, rows[key], flush=True)
+    return rows, {"steps": args.steps, "batch_size": 64, "mig_examples": args.mig_examples, "model": CONV}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["nll", "frechet", "mig"], required=True)
+    parser.add_argument("--models", nargs="+", default=None, help="a subset of the part's models")
+    parser.add_argument("--epochs", type=float, default=20.0)
+    parser.add_argument("--nll_examples", type=int, default=None, help="test images for the NLL (default: all)")
+    parser.add_argument("--classifier", default="fid_classifier", help="folder of the Fréchet feature classifier")
+    parser.add_argument("--frechet_examples", type=int, default=10000)
+    parser.add_argument("--density_examples", type=int, default=60000, help="training codes the mixture is fitted to")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps of the MIG part")
+    parser.add_argument("--mig_examples", type=int, default=5000)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    output = args.output or os.path.join(RESULTS_DIR, f"families_{args.part}.json")
+    with tempfile.TemporaryDirectory() as workdir:
+        rows, recipe = {"nll": part_nll, "frechet": part_frechet, "mig": part_mig}[args.part](args, workdir)
+    result = {"benchmark": f"families_{args.part}", "command": "python " + " ".join(sys.argv),
+              "machine": machine(), "note": "shared machine (2 CPU cores, several jobs)", "recipe": recipe,
+              "models": {}}
+    if os.path.exists(output):
+        with open(output) as f:
+            previous = json.load(f)
+        if previous.get("recipe") == recipe:
+            result["models"].update(previous.get("models", {}))
+    result["models"].update(rows)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(output + ".tmp", output)
+    keys = sorted({k for row in result["models"].values() for k in row} - {"model", "config"})
+    print(table([[name] + [row.get(k, "") for k in keys] for name, row in result["models"].items()], ["run"] + keys))
+
+
+if __name__ == "__main__":
+    main()
