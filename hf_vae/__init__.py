@@ -20,6 +20,7 @@ from .configuration_miwae import MIWAEConfig
 from .configuration_rae import RAEConfig
 from .configuration_vae import VAEConfig
 from .configuration_vamp_vae import VampVAEConfig
+from .configuration_vq_prior import VQPriorConfig
 from .configuration_vqvae import VQVAEConfig
 from .configuration_wae import WAEConfig
 from .distributions import DiagonalGaussianDistribution
@@ -35,6 +36,7 @@ from .modeling_miwae import MIWAEModel
 from .modeling_rae import RAEModel
 from .modeling_vae import VAEModel
 from .modeling_vamp_vae import VampVAEModel
+from .modeling_vq_prior import VQPriorModel, VQPriorOutput
 from .modeling_vqvae import VQVAEModel, VQVAEOutput
 from .modeling_wae import WAEModel
 from .quantizers import VectorQuantizer
@@ -58,7 +60,12 @@ MODELS = {
     "factor_vae": (FactorVAEConfig, FactorVAEModel),
 }
 
-for _config_class, _model_class in MODELS.values():
+#: priors fit to a trained autoencoder's latents (the trainer's --model flag too) -> (config class, model class)
+PRIORS = {
+    "vq_prior": (VQPriorConfig, VQPriorModel),
+}
+
+for _config_class, _model_class in (*MODELS.values(), *PRIORS.values()):
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
     AutoModel.register(_config_class, _model_class, exist_ok=True)
     _config_class.register_for_auto_class()
@@ -66,6 +73,7 @@ for _config_class, _model_class in MODELS.values():
 
 __all__ = [
     "MODELS",
+    "PRIORS",
     "AutoencoderConfig",
     "AutoencoderOutput",
     "AutoencoderPreTrainedModel",
@@ -92,6 +100,9 @@ __all__ = [
     "RAEModel",
     "VAEConfig",
     "VAEModel",
+    "VQPriorConfig",
+    "VQPriorModel",
+    "VQPriorOutput",
     "VQVAEConfig",
     "VQVAEModel",
     "VQVAEOutput",

@@ -4,10 +4,18 @@
     loss = −log p(x|z_q) + ‖sg[z_e] − e‖² + β‖z_e − sg[e]‖²
 
 The posterior is the point mass on the nearest code; the quantiser (hf_vae.quantizers) computes it together
-with the codebook and commitment terms, which are this variant's regulariser. The prior for `generate` is
-uniform over codes (a learned prior over code maps is a separate model).
+with the codebook and commitment terms, which are this variant's regulariser.
+
+The prior p(z) is uniform over codes while the autoencoder trains (paper, sec. 3.1); samples from it are noise.
+Afterwards an autoregressive prior is fit to the code maps of the data (a GPT-2, hf_vae.modeling_vq_prior) and
+attached with `attach_prior`; `generate` then samples from it, `log_likelihood` reports the paper's bound
+−log p(x) ≤ −log p(x|z_q) − log p(z_q), and the prior is saved in, and loaded from, the `prior/` subfolder.
 """
 
+import json
+import os
+import shutil
+import warnings
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -16,7 +24,14 @@ from transformers import PreTrainedModel  # noqa: F401  (diffusers' pipeline loa
 
 from .configuration_vqvae import VQVAEConfig
 from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, apply_forward_hook
+from .modeling_vq_prior import VQPriorModel
 from .quantizers import VectorQuantizedPosterior, VectorQuantizer
+
+#: where the learned prior lives, relative to the VQ-VAE's folder or Hub repo
+PRIOR_SUBFOLDER = "prior"
+#: `from_pretrained` arguments that locate files, passed on to the prior's `from_pretrained`
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies", "dtype",
+               "torch_dtype")
 
 
 @dataclass
@@ -59,6 +74,7 @@ class VQVAEModel(AutoencoderPreTrainedModel):
             use_cosine_sim=config.use_cosine_sim, beta_on_codebook=config.beta_on_codebook,
         )
         self.likelihood = self.build_likelihood()
+        self.prior = None  # a VQPriorModel once attached (a submodule then: it follows .to(), .eval(), ...)
         self.post_init()
 
     def _init_weights(self, module) -> None:
@@ -116,14 +132,135 @@ class VQVAEModel(AutoencoderPreTrainedModel):
             "indices": out.indices,
         }
 
-    def sample_prior(self, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Codes drawn uniformly (the paper's prior while the encoder and decoder are trained)."""
+    def sample_prior(self, num_samples: int, generator: Optional[torch.Generator] = None, labels=None,
+                     **sampling) -> torch.Tensor:
+        """z_q ~ p(z): code maps from the attached prior (`sampling`: temperature, top_k, top_p,
+        generation_config; `labels` for a class-conditional prior), else uniform codes (the paper's prior while the
+        encoder and decoder are trained: a warning says that such samples are noise)."""
+        if self.prior is not None:
+            indices = self.prior.sample_codes(num_samples, labels=labels, generator=generator, **sampling)
+            return self.indices_to_latents(indices.to(self.device))
+        if sampling:
+            raise ValueError(f"{sorted(sampling)} apply to a learned prior, and this VQ-VAE has none: attach one "
+                             f"with `attach_prior` (train it with scripts/train.py --model vq_prior --vqvae DIR).")
+        warnings.warn("This VQ-VAE has no learned prior: `generate` draws codes uniformly, and its samples are noise, "
+                      "not images like the data. Train a prior (scripts/train.py --model vq_prior --vqvae DIR) and "
+                      "load the result, or attach one with `attach_prior`.", UserWarning, stacklevel=4)
         indices = torch.randint(0, self.config.num_embeddings, (num_samples, *self.code_shape), generator=generator,
                                 device=generator.device if generator is not None else self.device)
         return self.indices_to_latents(indices.to(self.device))
 
     def prior_log_prob(self, latents):
-        raise NotImplementedError("The VQ-VAE's prior is over discrete codes; log p(x) is not defined here.")
+        raise NotImplementedError("The VQ-VAE's prior is over discrete codes: use `likelihood_bound(x)` for the "
+                                  "bound on log p(x), or `prior.log_prob(codes)`.")
+
+    # -- the learned prior -----------------------------------------------------------------------------------
+    @property
+    def is_conditional(self) -> bool:
+        """Whether `generate` needs labels: the case for a class-conditional prior."""
+        return self.prior is not None and self.prior.is_conditional
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return self.prior.config.num_classes if self.prior is not None else None
+
+    def attach_prior(self, prior: Optional[VQPriorModel]) -> "VQVAEModel":
+        """Attach a prior over this VQ-VAE's code maps (or detach it with None); returns the model.
+
+        The prior must model this codebook (`num_embeddings`) and code maps of this shape (`code_shape`).
+        """
+        if prior is not None:
+            config = getattr(prior, "config", None)
+            if getattr(config, "model_type", None) != "vq_prior" or not hasattr(prior, "sample_codes"):
+                raise ValueError(f"Expected a VQPriorModel (model_type 'vq_prior'), got {type(prior).__name__} with "
+                                 f"model_type {getattr(config, 'model_type', None)!r}.")
+            if config.num_embeddings != self.config.num_embeddings:
+                raise ValueError(f"The prior models {config.num_embeddings} codes but this VQ-VAE has a codebook of "
+                                 f"{self.config.num_embeddings}: expected a prior with num_embeddings="
+                                 f"{self.config.num_embeddings}.")
+            if tuple(config.code_shape) != tuple(self.code_shape):
+                raise ValueError(f"The prior models code maps of shape {tuple(config.code_shape)} but this VQ-VAE's are "
+                                 f"{tuple(self.code_shape)}: expected a prior with code_shape={list(self.code_shape)}.")
+            prior = prior.to(self.device)
+        self.prior = prior
+        return self
+
+    @torch.no_grad()
+    def generate(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None,
+                 **sampling) -> torch.Tensor:
+        """Sample code maps from the prior and decode them: (num_samples, *data_shape).
+
+        Args:
+            labels: an int or (num_samples,) class indices, for a class-conditional prior.
+            generator: seeds the sample.
+            sampling: temperature, top_k, top_p or generation_config, passed to transformers' `generate` of the
+                attached prior (`VQPriorModel.sample_codes`); the defaults sample the prior itself.
+        """
+        if not isinstance(num_samples, int) or num_samples <= 0:
+            raise ValueError(f"Expected a positive int `num_samples`, got {num_samples!r}.")
+        return self.likelihood.mean(self._decode(self.sample_prior(num_samples, generator, labels, **sampling), None))
+
+    @torch.no_grad()
+    def likelihood_bound(self, pixel_values: torch.Tensor, labels=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The two terms of the VQ-VAE's bound on the negative log-likelihood, each (B,) in nats:
+
+            −log p(x) ≤ −log p(x|z_q) − log p(z_q)
+
+        since p(x) = Σ_z p(x|z) p(z) ≥ p(x|z_q) p(z_q). It is the negative ELBO of the point-mass posterior on
+        z_q, whose entropy is zero (paper, sec. 3.1). Returns (−log p(x|z_q), −log p(z_q)); without a learned
+        prior the second term is the uniform prior's n·log K.
+        """
+        self.check_pixel_values(pixel_values)
+        posterior = self._encode(pixel_values, None)
+        reconstruction_nll = self.likelihood.nll(pixel_values, self._decode(posterior.mode(), None))
+        if self.prior is None:
+            return reconstruction_nll, posterior.kl()
+        return reconstruction_nll, self.prior(posterior.indices, labels=labels).nll.to(reconstruction_nll.dtype)
+
+    @torch.no_grad()
+    def log_likelihood(self, pixel_values: torch.Tensor, labels=None, num_samples: int = 1, **kwargs) -> torch.Tensor:
+        """The bound log p(x|z_q) + log p(z_q) on log p(x), (B,) in nats (see `likelihood_bound`). The posterior is
+        a point mass, so every importance sample is z_q and `num_samples` changes nothing."""
+        if not self.likelihood.normalised:
+            raise NotImplementedError(f"{type(self).__name__} uses an un-normalised pixel loss, so log p(x) is undefined.")
+        reconstruction_nll, code_nll = self.likelihood_bound(pixel_values, labels)
+        return -(reconstruction_nll + code_nll)
+
+    # -- saving and loading, with the prior in prior/ --------------------------------------------------------
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' `save_pretrained`, with the attached prior in `save_directory/prior/` (its config.json,
+        weights and code) and left out of the VQ-VAE's own weights. A prior saved there earlier is replaced, or
+        removed when none is attached, so the folder always describes this model."""
+        is_main = kwargs.get("is_main_process", True)
+        prior_dir = os.path.join(save_directory, PRIOR_SUBFOLDER)
+        if is_main and os.path.isdir(prior_dir):
+            if not _is_saved_prior(prior_dir):
+                raise ValueError(f"{prior_dir} exists and is not a saved VQ prior (no config.json with model_type "
+                                 f"'vq_prior'): expected to write the prior there; move that folder first.")
+            shutil.rmtree(prior_dir)
+        if self.prior is None:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        if is_main:
+            # Written first: with push_to_hub=True, transformers uploads the folder's new entries in one commit.
+            passed = {k: kwargs[k] for k in ("max_shard_size", "variant", "safe_serialization") if k in kwargs}
+            self.prior.save_pretrained(prior_dir, **passed)
+        state_dict = kwargs.pop("state_dict", None)
+        if state_dict is None:
+            state_dict = self.state_dict()
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(f"{PRIOR_SUBFOLDER}.")}
+        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, load_prior: bool = True, **kwargs):
+        """transformers' `from_pretrained`, which also attaches the prior saved in the `prior/` subfolder (of the
+        folder or Hub repo) when there is one. `load_prior=False` loads the autoencoder alone."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if load_prior and pretrained_model_name_or_path is not None:
+            prior = _load_prior(str(pretrained_model_name_or_path), kwargs)
+            if prior is not None:
+                model.attach_prior(prior)
+        return loaded
 
     # -- code-level API --------------------------------------------------------------------------------------
     def indices_to_latents(self, indices: torch.Tensor) -> torch.Tensor:
@@ -162,3 +299,32 @@ class VQVAEModel(AutoencoderPreTrainedModel):
             indices = self.quantizer.nearest_codes(flat).view(codes.shape[0], *codes.shape[2:])
             latents = self.indices_to_latents(indices).to(latents.dtype)
         return self._decoder_output(latents, None, return_dict)
+
+
+def _is_saved_prior(folder: str) -> bool:
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            return json.load(f).get("model_type") == "vq_prior"
+    except (OSError, ValueError):
+        return False
+
+
+def _load_prior(source: str, kwargs: Dict) -> Optional[VQPriorModel]:
+    """The prior in `source`'s prior/ subfolder (a local folder or a Hub repo), or None where there is none. A prior
+    whose weights do not all load is an error, not a silently random prior."""
+    from transformers.utils import cached_file
+
+    subfolder = "/".join(part for part in (kwargs.get("subfolder") or "", PRIOR_SUBFOLDER) if part)
+    hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs and k not in ("dtype", "torch_dtype")}
+    found = cached_file(source, "config.json", subfolder=subfolder, _raise_exceptions_for_missing_entries=False,
+                        _raise_exceptions_for_connection_errors=False, **hub)
+    if found is None:
+        return None
+    dtype = {k: kwargs[k] for k in ("dtype", "torch_dtype") if k in kwargs}
+    prior, info = VQPriorModel.from_pretrained(source, subfolder=subfolder, output_loading_info=True, **hub, **dtype)
+    problems = {kind: list(info.get(kind) or ()) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    problems = {kind: keys for kind, keys in problems.items() if keys}
+    if problems:
+        raise ValueError(f"The prior in {source}/{subfolder} does not match its config: {problems}. Expected every "
+                         f"weight of the prior in its checkpoint.")
+    return prior.eval()

@@ -1,0 +1,94 @@
+"""Configuration of the VQ-VAE's learned prior: a GPT-2 over raster-ordered code maps."""
+
+import math
+from typing import Optional, Sequence
+
+from transformers import GPT2Config, PretrainedConfig
+
+from .configuration_base import _check, check_positive_int
+
+
+class VQPriorConfig(PretrainedConfig):
+    r"""An autoregressive prior p(z) = Π_i p(z_i | z_<i) over the code maps of a VQ-VAE (van den Oord et al. 2017
+    fit a PixelCNN; taming-transformers a GPT): a transformers GPT-2 reads the codes in raster order.
+
+    Token ids: the codes are 0 … K−1, the start token is K, and the class tokens (class-conditional priors only)
+    are K+1 … K+C. A sequence is [start or class token, z_1, …, z_n] with n = h·w codes, so the GPT-2 has
+    K + 1 + C tokens and n + 1 positions. Only codes are ever predicted: the logits of the other tokens are
+    dropped from the likelihood and suppressed when sampling.
+
+    Args:
+        num_embeddings (`int`, defaults to 512): codebook size K of the VQ-VAE.
+        code_shape (`Sequence[int]`, defaults to (7, 7)): shape of one code map, (h, w) for a conv VQ-VAE or (n,)
+            for an MLP one.
+        num_classes (`int` or None): number of classes C of a class-conditional prior (the sequence starts with
+            the class token instead of the start token); None for an unconditional prior.
+        n_embd (`int`, defaults to 256), n_layer (`int`, defaults to 4), n_head (`int`, defaults to 8),
+        n_inner (`int` or None, defaults to 4·n_embd): GPT-2's width, depth, attention heads and MLP width.
+        dropout (`float`, defaults to 0.0): GPT-2's embedding, residual and attention dropout.
+        activation_function (`str`, defaults to "gelu_new"), layer_norm_epsilon (`float`, defaults to 1e-5),
+        initializer_range (`float`, defaults to 0.02): as in [`GPT2Config`].
+    """
+
+    model_type = "vq_prior"
+
+    def __init__(self, num_embeddings: int = 512, code_shape: Sequence[int] = (7, 7),
+                 num_classes: Optional[int] = None, n_embd: int = 256, n_layer: int = 4, n_head: int = 8,
+                 n_inner: Optional[int] = None, dropout: float = 0.0, activation_function: str = "gelu_new",
+                 layer_norm_epsilon: float = 1e-5, initializer_range: float = 0.02, **kwargs):
+        self.num_embeddings = num_embeddings
+        self.code_shape = [code_shape] if isinstance(code_shape, int) else list(code_shape)
+        self.num_classes = num_classes
+        self.n_embd = n_embd
+        self.n_layer = n_layer
+        self.n_head = n_head
+        self.n_inner = n_inner
+        self.dropout = dropout
+        self.activation_function = activation_function
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+        self.validate_fields()
+
+    # -- the token layout -------------------------------------------------------------------------------------
+    @property
+    def num_codes(self) -> int:
+        """n = h·w, the length of a code map."""
+        return math.prod(self.code_shape)
+
+    @property
+    def start_token_id(self) -> int:
+        return self.num_embeddings
+
+    @property
+    def num_tokens(self) -> int:
+        """K codes + the start token + C class tokens."""
+        return self.num_embeddings + 1 + (self.num_classes or 0)
+
+    def class_token_id(self, label: int) -> int:
+        return self.num_embeddings + 1 + label
+
+    def gpt2_config(self) -> GPT2Config:
+        """The GPT-2 that models the sequences. Its output layer is not tied to the token embedding: the start
+        and class tokens are inputs only, and an untied head leaves them out of the weight sharing."""
+        return GPT2Config(
+            vocab_size=self.num_tokens, n_positions=self.num_codes + 1, n_embd=self.n_embd, n_layer=self.n_layer,
+            n_head=self.n_head, n_inner=self.n_inner, activation_function=self.activation_function,
+            resid_pdrop=self.dropout, embd_pdrop=self.dropout, attn_pdrop=self.dropout,
+            layer_norm_epsilon=self.layer_norm_epsilon, initializer_range=self.initializer_range,
+            bos_token_id=self.start_token_id, eos_token_id=None, pad_token_id=None, tie_word_embeddings=False,
+        )
+
+    def validate_fields(self) -> None:
+        check_positive_int("num_embeddings", self.num_embeddings)
+        _check(len(self.code_shape) in (1, 2) and all(isinstance(s, int) and s > 0 for s in self.code_shape),
+               f"Expected `code_shape` to be (h, w) or (n,) positive ints, got {self.code_shape!r}.")
+        if self.num_classes is not None:
+            check_positive_int("num_classes", self.num_classes)
+        for name in ("n_embd", "n_layer", "n_head"):
+            check_positive_int(name, getattr(self, name))
+        if self.n_inner is not None:
+            check_positive_int("n_inner", self.n_inner)
+        _check(self.n_embd % self.n_head == 0,
+               f"Expected `n_embd` divisible by `n_head` ({self.n_head}), got n_embd={self.n_embd}.")
+        _check(0.0 <= self.dropout < 1.0, f"Expected `dropout` in [0, 1), got {self.dropout!r}.")

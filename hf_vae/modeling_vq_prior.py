@@ -1,0 +1,172 @@
+"""A learned prior for the VQ-VAE: a transformers GPT-2 over raster-ordered code maps.
+
+The VQ-VAE is trained with a uniform prior over codes; afterwards an autoregressive model is fit to the codes of
+the training data and sampled to generate (van den Oord et al. 2017 use a PixelCNN, taming-transformers a GPT):
+
+    p(z) = Π_{i=1}^{n} p(z_i | z_<i, c),   z = the h×w code map read row by row, c = an optional class
+
+The GPT-2 reads [start or class token, z_1, …, z_{n−1}] and predicts z_1 … z_n. Its likelihood is restricted to
+the K codes (the start and class tokens are never predicted), so `log_prob` is a normalised distribution over
+code maps, and sampling goes through transformers' `generate` with those tokens suppressed.
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from transformers import GenerationConfig, GPT2LMHeadModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_vq_prior import VQPriorConfig
+
+
+@dataclass
+class VQPriorOutput(ModelOutput):
+    """Output of [`VQPriorModel.forward`].
+
+    Args:
+        loss (`()`): cross-entropy in nats per code, averaged over codes and batch (the training objective).
+        nll (`(B,)`): −log p(z) of each code map in nats (summed over its codes).
+        logits (`(B, n, K)`): unnormalised log-probabilities of each code given the codes before it.
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    nll: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+
+
+class VQPriorModel(PreTrainedModel):
+    """GPT-2 prior over the code maps of a VQ-VAE. Attach it with `VQVAEModel.attach_prior` to sample images."""
+
+    config_class = VQPriorConfig
+    base_model_prefix = "prior"
+    main_input_name = "codes"
+    supports_gradient_checkpointing = True
+
+    def __init__(self, config: VQPriorConfig):
+        super().__init__(config)
+        self.gpt = GPT2LMHeadModel(config.gpt2_config())
+        self.post_init()
+
+    def _init_weights(self, module) -> None:
+        # The only weights are the GPT-2's, which transformers initialises with GPT-2's own scheme (N(0, 0.02),
+        # residual projections scaled by 1/√(2·n_layer)).
+        pass
+
+    @property
+    def is_conditional(self) -> bool:
+        return self.config.num_classes is not None
+
+    def set_training_step(self, step: int) -> None:
+        """Called by the trainer every step; the prior has no schedule."""
+
+    # -- inputs ----------------------------------------------------------------------------------------------
+    def check_codes(self, codes: torch.Tensor) -> None:
+        config = self.config
+        if not isinstance(codes, torch.Tensor) or codes.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"Expected integer code maps, got {getattr(codes, 'dtype', type(codes).__name__)}.")
+        if tuple(codes.shape[1:]) != tuple(config.code_shape):
+            raise ValueError(f"Expected code maps of shape (B, {', '.join(map(str, config.code_shape))}) (the prior's "
+                             f"code_shape), got {tuple(codes.shape)}.")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= config.num_embeddings):
+            raise ValueError(f"Expected codes in [0, {config.num_embeddings}) (the prior's num_embeddings), got values "
+                             f"in [{int(codes.min())}, {int(codes.max())}].")
+
+    def first_tokens(self, batch_size: int, labels=None, device=None) -> torch.LongTensor:
+        """(B, 1): the start token, or each example's class token for a class-conditional prior."""
+        config = self.config
+        device = device if device is not None else self.device
+        if not self.is_conditional:
+            if labels is not None:
+                raise ValueError(f"This prior is unconditional (num_classes=None): expected labels=None, got "
+                                 f"{labels if isinstance(labels, int) else type(labels).__name__}.")
+            return torch.full((batch_size, 1), config.start_token_id, dtype=torch.long, device=device)
+        if labels is None:
+            raise ValueError(f"This prior is class-conditional ({config.num_classes} classes): expected `labels`, an "
+                             f"int or a (B,) tensor of class indices, got None.")
+        labels = torch.as_tensor(labels, device=device)
+        if labels.dim() == 0:
+            labels = labels.expand(batch_size)
+        if labels.shape != (batch_size,) or labels.is_floating_point():
+            raise ValueError(f"Expected `labels` to be an int or ({batch_size},) integer class indices, got "
+                             f"{labels.dtype} of shape {tuple(labels.shape)}.")
+        if labels.min() < 0 or labels.max() >= config.num_classes:
+            raise ValueError(f"Expected labels in [0, {config.num_classes}), got values in "
+                             f"[{int(labels.min())}, {int(labels.max())}].")
+        return (config.num_embeddings + 1 + labels.long()).view(batch_size, 1)
+
+    # -- the likelihood --------------------------------------------------------------------------------------
+    def forward(self, codes: torch.Tensor, labels=None, return_dict: bool = True):
+        """Cross-entropy of code maps under the prior.
+
+        Args:
+            codes: (B, h, w) or (B, n) code indices, e.g. `VQVAEModel.encode_to_indices(x)`.
+            labels: (B,) class indices (or one int) for a class-conditional prior; None otherwise.
+        """
+        self.check_codes(codes)
+        batch = codes.shape[0]
+        targets = codes.reshape(batch, -1).long()
+        tokens = torch.cat([self.first_tokens(batch, labels, codes.device), targets[:, :-1]], dim=1)
+        # Only codes are predicted: the start and class tokens' logits are not part of the distribution.
+        logits = self.gpt(input_ids=tokens, use_cache=False).logits[..., : self.config.num_embeddings]
+        nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none").sum(1)
+        output = VQPriorOutput(loss=nll.mean() / targets.shape[1], nll=nll, logits=logits)
+        return output if return_dict else output.to_tuple()
+
+    def log_prob(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
+        """log p(z) of each code map, (B,), in nats."""
+        return -self(codes, labels=labels).nll
+
+    # -- sampling --------------------------------------------------------------------------------------------
+    def generation_config_for(self, temperature: float = 1.0, top_k: Optional[int] = None,
+                              top_p: Optional[float] = None) -> GenerationConfig:
+        """Ancestral sampling of a whole code map: exactly n new tokens, never a start or class token. With the
+        defaults (temperature 1, no top-k, no top-p) the samples follow the prior exactly."""
+        config = self.config
+        if not temperature > 0:
+            raise ValueError(f"Expected `temperature` > 0, got {temperature!r}.")
+        if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
+            raise ValueError(f"Expected `top_k` to be a positive int or None, got {top_k!r}.")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"Expected `top_p` in (0, 1] or None, got {top_p!r}.")
+        return GenerationConfig(
+            do_sample=True, temperature=float(temperature), top_k=top_k or 0, top_p=1.0 if top_p is None else top_p,
+            max_new_tokens=config.num_codes, min_new_tokens=config.num_codes,
+            suppress_tokens=list(range(config.num_embeddings, config.num_tokens)),
+            bos_token_id=config.start_token_id, pad_token_id=config.start_token_id, eos_token_id=None,
+            use_cache=True,
+        )
+
+    @torch.no_grad()
+    def sample_codes(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None,
+                     temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                     generation_config: Optional[GenerationConfig] = None) -> torch.LongTensor:
+        """Draw code maps z ~ p(z | c) with transformers' `generate`: (num_samples, *code_shape).
+
+        Args:
+            labels: an int or (num_samples,) class indices, required by a class-conditional prior.
+            generator: seeds the sampling (transformers' `generate` draws from the global RNG, so it is forked
+                and seeded from this generator; the caller's RNG state is left as it was).
+            temperature, top_k, top_p: the usual sampling controls (the defaults sample the prior itself).
+            generation_config: a full `GenerationConfig` instead of the three controls (it must sample exactly
+                n = h·w new tokens).
+        """
+        if not isinstance(num_samples, int) or num_samples <= 0:
+            raise ValueError(f"Expected a positive int `num_samples`, got {num_samples!r}.")
+        config = self.config
+        first = self.first_tokens(num_samples, labels)
+        if generation_config is None:
+            generation_config = self.generation_config_for(temperature, top_k, top_p)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if generator is not None:
+                torch.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=generator.device)))
+            tokens = self.gpt.generate(input_ids=first, attention_mask=torch.ones_like(first),
+                                       generation_config=generation_config)
+        codes = tokens[:, 1:]
+        if codes.shape[1] != config.num_codes or (codes >= config.num_embeddings).any():
+            raise ValueError(f"The generation config produced {codes.shape[1]} tokens per sample; expected exactly "
+                             f"{config.num_codes} codes in [0, {config.num_embeddings}) (set max_new_tokens = "
+                             f"min_new_tokens = {config.num_codes} and suppress the tokens >= {config.num_embeddings}).")
+        return codes.reshape(num_samples, *config.code_shape)
