@@ -88,9 +88,10 @@ def test_config_fields_read_from_source_match_the_config_classes():
     import hf_vae
     from transformers import PretrainedConfig
 
-    assert set(MODEL_REGISTRY) == set(hf_vae.MODELS)
+    classes = {**hf_vae.MODELS, **hf_vae.PRIORS}
+    assert set(MODEL_REGISTRY) == set(classes)
     for name, (module, class_name) in MODEL_REGISTRY.items():
-        config_class = hf_vae.MODELS[name][0]
+        config_class = classes[name][0]
         assert (config_class.__module__, config_class.__name__) == (f"hf_vae.{module}", class_name)
         expected = {}
         for klass in config_class.__mro__:

@@ -16,6 +16,12 @@ a number in `metrics.json` is reproduced by the script. Only the metrics that ap
     mig            Mutual Information Gap of the posterior means (Chen 2018)     vector Gaussian latents, data with factors
     codebook_usage fraction of the codes used over the whole split               VQ-VAE
     perplexity     exp(entropy) of the code distribution over the split          VQ-VAE
+    prior_nll_per_code    −log p(z_q) / n, nats per code, of the learned prior   VQ-VAE with a prior
+    uniform_nll_per_code  log K, the same for the uniform prior (for comparison)   idem
+
+For a VQ-VAE with a learned prior, neg_elbo, nll and bits_per_dim are the bound of the VQ-VAE paper,
+−log p(x) ≤ −log p(x|z_q) − log p(z_q): the posterior is a point mass, so the ELBO is exact for it and importance
+sampling has nothing to add (the bound is computed whatever K is). The 8-bit data are handled as below.
 
 Reconstructions are clipped to the data range before the image metrics (as the published SD VAE numbers are).
 MSE, PSNR and SSIM are computed on images in [0, 1] whatever the model's range (a [-1, 1] model's images and
@@ -56,7 +62,8 @@ from .metrics import codebook_stats, mutual_information_gap, psnr, ssim
 
 #: every metric name this module can report, in table order (the contract of metrics.json)
 METRIC_NAMES = ("neg_elbo", "nll", "bits_per_dim", "xent_neg_elbo", "xent_nll", "xent_bits_per_dim", "mse", "psnr",
-                "ssim", "mig", "codebook_usage", "perplexity", "frechet_distance")
+                "ssim", "mig", "codebook_usage", "perplexity", "frechet_distance",
+                "prior_nll_per_code", "uniform_nll_per_code")
 #: the likelihood metrics, and their names when they are cross-entropies (a Bernoulli decoder on grey levels)
 DENSITY_METRICS = ("neg_elbo", "nll", "bits_per_dim")
 CROSS_ENTROPY_NAMES = {name: f"xent_{name}" for name in DENSITY_METRICS}
@@ -108,6 +115,8 @@ def metrics_that_apply(model, has_factors: bool = True, binarize: Optional[bool]
         names.append("mig")
     if _is_vq(model):
         names += ["codebook_usage", "perplexity"]
+    if _has_prior(model):
+        names += ["prior_nll_per_code", "uniform_nll_per_code"]
     return names
 
 
@@ -115,9 +124,15 @@ def _is_vq(model) -> bool:
     return hasattr(model, "encode_to_indices") and hasattr(model.config, "num_embeddings")
 
 
+def _has_prior(model) -> bool:
+    """A VQ-VAE with a learned prior over its codes."""
+    return _is_vq(model) and getattr(model, "prior", None) is not None
+
+
 def _has_density(model) -> bool:
-    # An importance-sampled log p(x) needs a normalised likelihood and a posterior with a density.
-    return (bool(getattr(model.likelihood, "normalised", False)) and not _is_vq(model)
+    # An importance-sampled log p(x) needs a normalised likelihood and a posterior with a density; the VQ-VAE's
+    # point-mass posterior has the bound of its learned prior instead.
+    return (bool(getattr(model.likelihood, "normalised", False)) and (not _is_vq(model) or _has_prior(model))
             and not getattr(model, "deterministic_encoder", False))
 
 
@@ -241,7 +256,8 @@ def evaluate(
     wanted = set(metrics) if metrics else set(METRIC_NAMES)
     density_names = _density_names(model, settings["binarize"])  # cross-entropies for Bernoulli on grey levels
     want_density = _has_density(model) and bool(wanted & set(density_names.values()))
-    want_iwae = want_density and num_importance_samples > 0 and bool(
+    want_bound = want_density and _has_prior(model)
+    want_iwae = want_density and not want_bound and num_importance_samples > 0 and bool(
         wanted & {density_names["nll"], density_names["bits_per_dim"]})
     # Continuous densities see dequantised data and get the change of volume (see the module docstring).
     continuous = want_density and bool(getattr(model.likelihood, "continuous", False))
@@ -251,7 +267,7 @@ def evaluate(
     is_image = len(model.config.data_shape) == 3
     num_dims = math.prod(model.config.data_shape)
 
-    sums = {"n": 0.0, "neg_elbo": 0.0, "nll": 0.0, "mse": 0.0, "psnr": 0.0, "ssim": 0.0, "skipped_images": 0.0}
+    sums = {"n": 0.0, "neg_elbo": 0.0, "nll": 0.0, "code_nll": 0.0, "mse": 0.0, "psnr": 0.0, "ssim": 0.0, "skipped_images": 0.0}
     latents, factors, code_counts = [], [], None
     was_training = model.training
     model.eval()
@@ -285,6 +301,11 @@ def evaluate(
             sums["n"] += b
             if want_density:
                 x_density = dequantize(x, (lo, hi), dequantize_generator) if continuous else x
+            if want_bound:
+                reconstruction_nll, code_nll = model.likelihood_bound(x_density, labels)
+                sums["neg_elbo"] += float((reconstruction_nll + code_nll).double().sum())
+                sums["code_nll"] += float(code_nll.double().sum())
+            elif want_density:
                 out = model(x_density, labels=labels, generator=elbo_generator)
                 kl = out.kl if out.kl is not None else out.regularisation_loss
                 sums["neg_elbo"] += float(out.reconstruction_loss + kl) * b
@@ -341,8 +362,8 @@ def evaluate(
     if want_density:
         correction = dequantization_correction(num_dims, (lo, hi)) if continuous else 0.0
         result[density_names["neg_elbo"]] = sums["neg_elbo"] / n + correction
-        if want_iwae:
-            nll = sums["nll"] / n + correction
+        if want_iwae or want_bound:
+            nll = (sums["nll"] if want_iwae else sums["neg_elbo"]) / n + correction
             result[density_names["nll"]] = nll
             result[density_names["bits_per_dim"]] = nll / (num_dims * math.log(2))
     result["mse"] = sums["mse"] / n
@@ -359,6 +380,9 @@ def evaluate(
                                model.config.num_embeddings)
         result["codebook_usage"] = float(stats["usage"])
         result["perplexity"] = float(stats["perplexity"])
+    if want_bound:
+        result["prior_nll_per_code"] = sums["code_nll"] / (n * model.prior.config.num_codes)
+        result["uniform_nll_per_code"] = math.log(model.config.num_embeddings)
     if fid_features is not None and not model.is_conditional and (not metrics or "frechet_distance" in wanted):
         result["frechet_distance"] = _frechet_distance(model, fid_features, name, split, settings, max_examples,
                                                        fid_samples, seed, dataset_kwargs)

@@ -15,9 +15,11 @@ A push uploads, in a single commit:
     preview.png              reconstructions and samples, side by side
     vae/                     KLAE only: the same weights as a diffusers `AutoencoderKL`
                              (`AutoencoderKL.from_pretrained(repo, subfolder="vae")`)
+    prior/                   a VQ-VAE with a learned prior: the GPT-2 prior over its code maps, which
+                             `from_pretrained` of the repo attaches (with or without hf_vae installed)
 
 Nothing else of an output directory is pushed (never `checkpoints/`). Files of an earlier push that this push
-does not rewrite (an older shard, a `vae/` folder, a stale code file) are deleted in the same commit, so the repo
+does not rewrite (an older shard, a `vae/` or `prior/` folder, a stale code file) are deleted in the same commit, so the repo
 always describes one model.
 
 Nothing is half-pushed. In order: the output directory is checked (the checkpoint loads with every weight,
@@ -81,9 +83,11 @@ logger = logging.getLogger(__name__)
 
 PREVIEW_FILE = "preview.png"
 DIFFUSERS_SUBFOLDER = "vae"
+#: the VQ-VAE's learned prior (hf_vae.modeling_vqvae.PRIOR_SUBFOLDER)
+PRIOR_SUBFOLDER = "prior"
 #: files a push owns: those matching, present in the repo but not rewritten by a push, are deleted by it
 MANAGED_PATTERNS = ("*.py", "*.safetensors", "model.safetensors.index.json", "config.json", "README.md",
-                    PREVIEW_FILE, f"{DIFFUSERS_SUBFOLDER}/*")
+                    PREVIEW_FILE, f"{DIFFUSERS_SUBFOLDER}/*", f"{PRIOR_SUBFOLDER}/*")
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 
 
@@ -174,10 +178,11 @@ def _sample_panel(model, num_samples: Optional[int] = None):
         return None
     labels = None
     if getattr(model, "is_conditional", False):
-        if getattr(config, "num_classes", None) is None:
+        num_classes = getattr(model, "num_classes", getattr(config, "num_classes", None))
+        if num_classes is None:
             return None  # condition vectors: no canonical condition to show
-        num_samples = num_samples or min(16, 2 * config.num_classes)
-        labels = torch.arange(num_samples, device=model.device) % config.num_classes
+        num_samples = num_samples or min(16, 2 * num_classes)
+        labels = torch.arange(num_samples, device=model.device) % num_classes
     side = config.data_shape[-1]
     num_samples = num_samples or (16 if side <= 64 else 4)
     with torch.no_grad():

@@ -164,6 +164,10 @@ METRICS: Dict[str, MetricSpec] = {
                                    "classifier, or Inception for FID)"),
     "perplexity": MetricSpec("Code perplexity", "codes", True,
                              "exp(entropy) of the code distribution; the codebook size when all codes are used evenly"),
+    "prior_nll_per_code": MetricSpec("Prior NLL per code", "nats / code", False,
+                                     "−log p(z_q) / n of the test code maps under the learned prior (prior/)"),
+    "uniform_nll_per_code": MetricSpec("Uniform prior NLL per code", "nats / code", False,
+                                       "log K: the same for the uniform prior over the K codes, for comparison"),
 }
 
 
@@ -337,8 +341,10 @@ def read_output_dir(output_dir: Union[str, os.PathLike]) -> TrainingOutput:
     metrics = normalise_metrics(raw_metrics, where=str(path / "metrics.json"))
     model = load_model(path)
     model_type = model.config.model_type
+    # A prior's training run publishes its VQ-VAE with the prior attached.
+    accepted = {model_type} | ({"vq_prior"} if getattr(model, "prior", None) is not None else set())
     for source, name in ((path / "metrics.json", metrics.get("model")), (path / "training_args.json", training_args.get("model"))):
-        if name is not None and name != model_type:
+        if name is not None and name not in accepted:
             raise OutputDirError(f"{source} is for model {name!r} but config.json has model_type {model_type!r}; "
                                  f"the directory mixes files of different runs.")
     images = {key: (path / name if (path / name).is_file() else None) for key, name in IMAGE_FILES.items()}

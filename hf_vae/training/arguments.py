@@ -26,7 +26,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 #: --model NAME -> (configuration module in hf_vae/, config class). The one list of model names on the command
-#: line (hf_vae.MODELS maps the same names to the classes; a test keeps the two in step). Adding a variant is
+#: line (hf_vae.MODELS and hf_vae.PRIORS map the same names to the classes; a test keeps them in step). Adding a variant is
 #: one line here.
 MODEL_REGISTRY: Dict[str, Tuple[str, str]] = {
     "vae": ("configuration_vae", "VAEConfig"),
@@ -42,6 +42,8 @@ MODEL_REGISTRY: Dict[str, Tuple[str, str]] = {
     "rae": ("configuration_rae", "RAEConfig"),
     "beta_tcvae": ("configuration_beta_tcvae", "BetaTCVAEConfig"),
     "factor_vae": ("configuration_factor_vae", "FactorVAEConfig"),
+    # priors, fit afterwards to a trained autoencoder's latents (hf_vae.PRIORS)
+    "vq_prior": ("configuration_vq_prior", "VQPriorConfig"),
 }
 MODEL_NAMES = tuple(MODEL_REGISTRY)
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -80,6 +82,9 @@ class TrainArguments:
         f"Model variant, one of {', '.join(MODEL_NAMES)} (its training recipe fills the fields you do not give); "
         f"default vae, or with --pretrained_model_name_or_path the source's.",
         group=MODEL, choices=MODEL_NAMES, metavar="NAME"))
+    vqvae: Optional[str] = field(default=None, metadata=_help(
+        "With --model vq_prior: the trained VQ-VAE (a folder or Hub repo) whose code maps the GPT-2 prior learns; "
+        "the run publishes that VQ-VAE with the prior in prior/.", group=MODEL, metavar="DIR_OR_REPO"))
     output_dir: Optional[str] = field(default=None, metadata=_help(
         "Where the run is written (default outputs/<model>-<dataset>): config.json and model.safetensors at the "
         "root, metrics.json, training_args.json, reconstructions.png, samples.png, checkpoints/, logs/.", group=MODEL, metavar="DIR"))
@@ -238,6 +243,10 @@ class TrainArguments:
             raise ValueError(f"Expected `disc_weight` >= 0, got {self.disc_weight!r}.")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("Expected --hub_model_id ID with --push_to_hub, got none.")
+        if self.model == "vq_prior" and not self.vqvae:
+            raise ValueError("--model vq_prior fits a prior to a trained VQ-VAE: expected --vqvae DIR_OR_REPO, got none.")
+        if self.vqvae and self.model != "vq_prior":
+            raise ValueError(f"--vqvae applies to --model vq_prior, got --model {self.model}.")
 
 
 @dataclass

@@ -5,6 +5,7 @@
                           pixel + perceptual (LPIPS) + KL or codebook terms + a PatchGAN discriminator switched on
                           at `disc_start`, weighted by the adaptive factor on the decoder's last layer
                           (hf_vae.training.ldm_loss.LatentDiffusionLoss does the arithmetic)
+    PriorObjective        a prior's cross-entropy on the code maps of a frozen VQ-VAE, in nats per code
 
 Both expose the same small interface, so the training loop has one code path:
 
@@ -73,6 +74,46 @@ class ElboObjective:
 
     def load_state_dict(self, state: Dict) -> None:
         pass
+
+
+class PriorObjective(ElboObjective):
+    """Fit a prior to the code maps of a frozen VQ-VAE: the cross-entropy −log p(z) / n in nats per code.
+
+    The codes are computed on the fly from each batch, in full precision even under mixed precision (a nearest-code
+    search in bf16 would pick other codes). The checkpointed state is the VQ-VAE's weight fingerprint: resuming
+    against another VQ-VAE is refused, since the codes would mean something else.
+    """
+
+    def __init__(self, autoencoder, dataset_name: str = "dataset"):
+        from .priors import weights_fingerprint
+
+        super().__init__(is_conditional=False, dataset_name=dataset_name)
+        self.autoencoder = autoencoder
+        self.fingerprint = weights_fingerprint(autoencoder)
+
+    def to(self, device) -> "PriorObjective":
+        self.autoencoder.to(device)
+        return self
+
+    def codes(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=pixel_values.device.type, enabled=False):
+            return self.autoencoder.encode_to_indices(pixel_values.to(self.autoencoder.dtype))
+
+    def generator_loss(self, model, batch, step: int):
+        prior = getattr(model, "module", model)
+        pixel_values, labels = _inputs(batch, prior.is_conditional, self.dataset_name)
+        output = model(self.codes(pixel_values), labels=labels)
+        return output.loss, {"loss": output.loss.detach()}, output
+
+    def state_dict(self) -> Dict:
+        return {"autoencoder_sha256": self.fingerprint}
+
+    def load_state_dict(self, state: Dict) -> None:
+        saved = state.get("autoencoder_sha256")
+        if saved is not None and saved != self.fingerprint:
+            raise ValueError(f"The checkpoint's prior was trained on the codes of another VQ-VAE (weights SHA-256 "
+                             f"{saved[:12]}…, this --vqvae has {self.fingerprint[:12]}…): expected the same --vqvae as "
+                             f"the interrupted run.")
 
 
 class PerceptualAdapter(nn.Module):
@@ -209,10 +250,13 @@ class AdversarialObjective:
             self.loss.logvar.copy_(state["logvar"])
 
 
-def build_objective(train_args, model, value_range, dataset_name: str):
-    """The objective for `train_args.model`: adversarial for klae (and vq_vae when asked), the ELBO otherwise."""
+def build_objective(train_args, model, value_range, dataset_name: str, autoencoder=None):
+    """The objective for `train_args.model`: adversarial for klae (and vq_vae when asked), the prior's
+    cross-entropy on `autoencoder`'s codes for vq_prior, the ELBO otherwise."""
     config = model.config
     name = train_args.model
+    if autoencoder is not None:
+        return PriorObjective(autoencoder, dataset_name)
     if name == "factor_vae":  # γ·TC from a latent discriminator (hf_vae.training.factor_vae)
         from .factor_vae import FactorVAEObjective
 

@@ -111,11 +111,16 @@ def _cpu_only() -> bool:
 
 
 def build_model_config(train_args: TrainArguments, data_args: DataArguments, model_config: Dict[str, Any],
-                       dataset_info: Dict[str, Any]):
-    """The config of `train_args.model`: the user's fields, with the data's size and channels filled in."""
+                       dataset_info: Dict[str, Any], autoencoder=None):
+    """The config of `train_args.model`: the user's fields, with the data's size and channels filled in (a prior's
+    codebook and code-map shape come from its `autoencoder`)."""
     import hf_vae
 
     name = train_args.model
+    if name in hf_vae.PRIORS:
+        from .priors import prior_config
+
+        return prior_config(autoencoder, model_config, dataset_info, data_args.dataset)
     config_class = hf_vae.MODELS[name][0]
     kwargs = dict(model_config)
     image_size = kwargs.pop("sample_size", None) if name == "klae" else None
@@ -339,7 +344,7 @@ def _image_grids(model, batch: Dict[str, torch.Tensor], settings: Dict, output_d
             k = max(1, num_images)
             sample_labels = None
             if model.is_conditional:
-                num_classes = getattr(model.config, "num_classes", None)
+                num_classes = getattr(model, "num_classes", getattr(model.config, "num_classes", None))
                 if num_classes is None:
                     sample_labels = batch["labels"][:1].repeat(k, *([1] * (batch["labels"].dim() - 1))).to(device)
                 else:  # one class per row
@@ -453,29 +458,36 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     accelerator.wait_for_everyone()
 
     # -- 2. the data's description and the model (bad arguments fail here, before anything is written) ------
-    dataset_info = _describe(data_args, model_config)
+    # A prior learns the code maps of a frozen autoencoder, which also fixes the data's size and range.
+    autoencoder = None
+    if train_args.model in hf_vae.PRIORS:
+        from .priors import load_autoencoder
+
+        autoencoder = load_autoencoder(train_args.vqvae)
+    dataset_info = _describe(data_args, model_config if autoencoder is None else
+                             {"image_size": autoencoder.config.image_size})
     resume_path = resolve_resume(train_args.resume_from_checkpoint, output_dir)
     if source is None:
-        config = build_model_config(train_args, data_args, model_config, dataset_info)
+        config = build_model_config(train_args, data_args, model_config, dataset_info, autoencoder)
     else:
         from .pretrained import run_config
 
         config = run_config(source, model_config, image_size=dataset_info.get("image_size"),
                             pixel_loss=train_args.pixel_loss, dataset_num_classes=dataset_info.get("num_classes"),
                             dataset=data_args.dataset)
-    settings = data_settings(config, data_args.binarize)
+    settings = data_settings(config if autoencoder is None else autoencoder.config, data_args.binarize)
     set_seed(train_args.seed)  # the same initial weights on every process
     if source is not None and resume_path is None:
         model = source.load(config)  # a resumed fine-tune takes its weights from the checkpoint instead
         accelerator.print(f"Starting from {source.describe()}.")
     else:
-        model = hf_vae.MODELS[train_args.model][1](config)
+        model = {**hf_vae.MODELS, **hf_vae.PRIORS}[train_args.model][1](config)
     from .pretrained import freeze_modules
 
     frozen_modules = freeze_modules(model, train_args.train_modules)
     if train_args.gradient_checkpointing:
         model.activation_checkpointing_enable()
-    objective = build_objective(train_args, model, settings["value_range"], data_args.dataset)
+    objective = build_objective(train_args, model, settings["value_range"], data_args.dataset, autoencoder)
     model.to(accelerator.device)
     objective.to(accelerator.device)
     if is_main:
@@ -583,12 +595,14 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                        device=accelerator.device)
 
     def evaluation_model():
-        """The weights that are evaluated and published: the EMA when on, else the live model."""
-        if ema is None:
+        """The weights that are evaluated and published: the EMA when on, else the live model. A prior is evaluated
+        and published attached to its VQ-VAE (a copy of it, which evaluation may switch to eval mode)."""
+        if ema is None and autoencoder is None:
             return unwrapped
         averaged = copy.deepcopy(unwrapped)
-        ema.copy_to(averaged)
-        return averaged
+        if ema is not None:
+            ema.copy_to(averaged)
+        return averaged if autoencoder is None else autoencoder.attach_prior(averaged)
 
     def run_evaluation(max_examples, model_to_evaluate=None):
         # fork_rng: evaluation must not move the training RNG, or a resumed run would diverge.
