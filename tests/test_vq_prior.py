@@ -469,7 +469,7 @@ def test_sigkill_then_resume_is_exact(tmp_path):
     vqvae.save_pretrained(tmp_path / "vq")
     run = ["--model", "vq_prior", "--vqvae", str(tmp_path / "vq"), "--n_embd", "16", "--n_layer", "1", "--n_head",
            "2", "--dropout", "0.1", "--batch_size", "16", "--num_train_examples", "320",
-           "--max_steps", "60", "--checkpointing_steps", "15", "--eval_steps", "0", "--ema_decay", "0.9",
+           "--max_steps", "90", "--checkpointing_steps", "15", "--eval_steps", "0", "--ema_decay", "0.9",
            "--report_to", "none", "--final_eval_max_examples", "16", "--num_sample_images", "4",
            "--resume_from_checkpoint", "latest"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
