@@ -59,13 +59,19 @@ def _reset_accelerate():
 def _train(model, output_dir, steps, batch_size, learning_rate, seed, eval_examples, model_config, **extra):
     from hf_vae.training import DataArguments, TrainArguments, train
 
+    # Checkpoints every 100 steps, and `latest` resumes: rerunning with the same --workdir continues a run that
+    # was stopped (on a shared machine), and --vqvae_steps N with N = a checkpoint's step finishes it there.
     args = TrainArguments(model=model, output_dir=output_dir, max_steps=steps, batch_size=batch_size,
-                          learning_rate=learning_rate, eval_steps=0, checkpointing_steps=0, report_to="none",
+                          learning_rate=learning_rate, eval_steps=0, checkpointing_steps=100,
+                          checkpoints_total_limit=1, resume_from_checkpoint="latest", report_to="none",
                           seed=seed, final_eval_max_examples=eval_examples, eval_batch_size=250, logging_steps=50,
                           **extra)
     start = time.perf_counter()
     record = train(args, DataArguments(dataset="fashion_mnist"), model_config)
     _reset_accelerate()
+    if record["train"]["resumed_from"]:
+        print(f"{model}: resumed from {record['train']['resumed_from']}; the wall time covers this session only",
+              flush=True)
     return record, time.perf_counter() - start
 
 
@@ -138,7 +144,8 @@ def main():
         vqvae_dir = os.path.join(workdir, "vq_vae")
         record, seconds = _train("vq_vae", vqvae_dir, vqvae_steps, args.batch_size, 1e-3, args.seed, eval_examples,
                                  dict(VQVAE))
-        result["vqvae"] = {"seconds": round(seconds, 1), "metrics": record["metrics"]}
+        result["vqvae"] = {"seconds": round(seconds, 1), "steps": record["step"],
+                           "resumed_from": record["train"]["resumed_from"], "metrics": record["metrics"]}
         print(f"VQ-VAE: {record['metrics']} in {seconds:.0f} s", flush=True)
 
     # -- 2. its prior ----------------------------------------------------------------------------------------
@@ -154,7 +161,8 @@ def main():
     # The reconstruction term is the same for both priors, so the uniform prior's bound follows exactly.
     uniform_bound = metrics["neg_elbo"] + num_codes * (log_k - metrics["prior_nll_per_code"])
     bounds = {"learned": metrics["neg_elbo"], "uniform": uniform_bound}
-    result["prior"] = {"seconds": round(seconds, 1), "metrics": metrics,
+    result["prior"] = {"seconds": round(seconds, 1), "steps": record["step"],
+                       "resumed_from": record["train"]["resumed_from"], "metrics": metrics,
                        "bound_nats": bounds, "bound_bits_per_dim": {k: v / (num_dims * math.log(2))
                                                                     for k, v in bounds.items()}}
 
