@@ -188,12 +188,15 @@ def _publish_diffusers_copy(model, output_dir: str) -> None:
 
 def _startup_banner(train_args: TrainArguments, data_args: DataArguments, model, dataset_info: Dict[str, Any],
                     output_dir: str, max_steps: int, warmup_steps: int, effective_batch: int,
-                    num_processes: int) -> str:
+                    num_processes: int, autoencoder=None) -> str:
     """What the run is about to do, printed before the first step: where, what model, what data, how long."""
     config = model.config
     num_params = sum(p.numel() for p in model.parameters())
-    shape = "x".join(str(d) for d in config.data_shape)
-    if getattr(config, "backbone", "conv") == "conv":
+    shape = "x".join(str(d) for d in (config if autoencoder is None else autoencoder.config).data_shape)
+    if autoencoder is not None:  # a prior over the autoencoder's codes
+        arch = (f"GPT-2, {config.n_layer} layers of width {config.n_embd}, over "
+                f"{'x'.join(map(str, config.code_shape))} maps of {config.num_embeddings} codes of {train_args.vqvae}")
+    elif getattr(config, "backbone", "conv") == "conv":
         latent = f"latent {config.latent_dim}" if getattr(config, "latent_dim", None) else \
             f"latent {config.latent_channels}x{config.image_size // config.downsampling_factor}^2 " \
             f"(f={config.downsampling_factor})"
@@ -512,7 +515,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         max_steps = max(1, int(train_args.num_epochs * batches_per_epoch / train_args.gradient_accumulation_steps))
     warmup_steps = train_args.warmup_steps if train_args.warmup_steps is not None else max_steps // 20
     accelerator.print(_startup_banner(train_args, data_args, model, dataset_info, output_dir, max_steps,
-                                      warmup_steps, effective_batch, accelerator.num_processes))
+                                      warmup_steps, effective_batch, accelerator.num_processes, autoencoder))
 
     # -- 3. optimisers, schedules, EMA ---------------------------------------------------------------------
     discriminator_params = objective.discriminator_parameters()
