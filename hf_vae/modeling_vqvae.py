@@ -164,6 +164,10 @@ class VQVAEModel(AutoencoderPreTrainedModel):
     def num_classes(self) -> Optional[int]:
         return self.prior.config.num_classes if self.prior is not None else None
 
+    def embed_condition(self, labels, batch_size: int):
+        # Labels condition a class-conditional prior only; the encoder and decoder take none.
+        return None if self.is_conditional else super().embed_condition(labels, batch_size)
+
     def attach_prior(self, prior: Optional[VQPriorModel]) -> "VQVAEModel":
         """Attach a prior over this VQ-VAE's code maps (or detach it with None); returns the model.
 
