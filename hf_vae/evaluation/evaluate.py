@@ -267,7 +267,8 @@ def evaluate(
     is_image = len(model.config.data_shape) == 3
     num_dims = math.prod(model.config.data_shape)
 
-    sums = {"n": 0.0, "neg_elbo": 0.0, "nll": 0.0, "code_nll": 0.0, "mse": 0.0, "psnr": 0.0, "ssim": 0.0, "skipped_images": 0.0}
+    sums = {"n": 0.0, "neg_elbo": 0.0, "nll": 0.0, "code_nll": 0.0, "mse": 0.0, "psnr": 0.0, "ssim": 0.0,
+            "skipped_images": 0.0}
     latents, factors, code_counts = [], [], None
     was_training = model.training
     model.eval()
