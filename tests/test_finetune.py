@@ -262,6 +262,8 @@ def test_every_refusal_names_found_and_expected_before_writing(sources, tmp_path
     junk.mkdir()
     (junk / "notes.txt").write_text("hello")
     _refused(capsys, ["--pretrained_model_name_or_path", str(junk), *common], "neither format", "notes.txt")
+    _refused(capsys, ["--pretrained_model_name_or_path", "someone/missing-vae", *common],
+             "'someone/missing-vae' is not a local path", "neither in the local cache nor reachable")
     (tmp_path / "vae.ckpt").write_bytes(b"\x80")
     _refused(capsys, ["--pretrained_model_name_or_path", str(tmp_path / "vae.ckpt"), *common], "neither format",
              "'.ckpt'")

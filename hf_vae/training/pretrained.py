@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import types
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
@@ -57,6 +58,10 @@ SIZE_FIELDS = frozenset({"image_size", "sample_size"})
 #: the encoder as well as the decoder, so it is frozen too (q(z|x,c) must not move); the VQ-VAE's codebook is
 #: part of its latent space.
 ENCODER_SIDE = ("encoder", "quant_conv", "quantizer", "class_embedding")
+
+
+#: What a Hub model repo id looks like ("name" or "owner/name"); anything else that is not on disk is not found.
+_HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 class PretrainedSourceError(ValueError):
@@ -122,7 +127,6 @@ class PretrainedSource:
         model.config.name_or_path = self.name_or_path
         return model.float().train()
 
-
     def _check_weights_fit(self, config) -> None:
         """Compare the shapes in model.safetensors (read from its header, no tensor loaded) with the model of
         `config`, and name every missing, unexpected or mis-shaped weight."""
@@ -140,16 +144,21 @@ class PretrainedSource:
             found = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
         with torch.device("meta"):
             model = hf_vae.MODELS[self.model][1](config)
-        expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-        missing = sorted(set(expected) - set(found))
-        unexpected = sorted(set(found) - set(expected))
-        mismatched = [f"{key}: the config needs {expected[key]}, the file has {found[key]}"
-                      for key in sorted(set(expected) & set(found)) if expected[key] != found[key]]
-        if missing or unexpected or mismatched:
-            problems = [f"{what} ({len(keys)}): {keys[:6]}" for what, keys in
-                        (("shape mismatches", mismatched), ("missing", missing), ("unexpected", unexpected)) if keys]
+        problems = _fit_problems({key: tuple(value.shape) for key, value in model.state_dict().items()}, found)
+        if problems:
             raise PretrainedSourceError(f"The weights in {weights_file} do not fit the config of {self.describe()}: "
-                                        + "; ".join(problems) + ".")
+                                        f"{problems}.")
+
+
+def _fit_problems(expected: Mapping[str, tuple], found: Mapping[str, tuple], optional=()) -> str:
+    """'' when `found` (name -> shape) has exactly the `expected` weights (those in `optional` may be absent),
+    else every shape mismatch, missing and unexpected name, in one line."""
+    missing = sorted(set(expected) - set(found) - set(optional))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = [f"{key}: the config needs {tuple(expected[key])}, the file has {tuple(found[key])}"
+                  for key in sorted(set(expected) & set(found)) if tuple(expected[key]) != tuple(found[key])]
+    return "; ".join(f"{what} ({len(keys)}): {keys[:6]}" for what, keys in
+                     (("shape mismatches", mismatched), ("missing", missing), ("unexpected", unexpected)) if keys)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -180,10 +189,19 @@ def _neither_format(where: str, found: str) -> PretrainedSourceError:
 def _hub_file(repo_id: str, filename: str, subfolder: Optional[str], revision: Optional[str]) -> str:
     """Download one file of a Hub repo, turning the client's errors into messages that say what was expected."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         return hf_hub_download(repo_id, filename, subfolder=subfolder or None, revision=revision)
+    except LocalEntryNotFoundError as error:  # offline (HF_HUB_OFFLINE=1 or no network) and not in the cache
+        raise PretrainedSourceError(f"--pretrained_model_name_or_path {repo_id!r} is not a local path, and the Hub "
+                                    f"repo of that name is neither in the local cache nor reachable (offline: "
+                                    f"{error}).") from error
     except RevisionNotFoundError as error:
         raise PretrainedSourceError(f"--pretrained_revision {revision!r} does not exist in Hub repo {repo_id!r}: "
                                     f"expected a branch name or commit sha of that repo.") from error
@@ -255,8 +273,7 @@ def resolve_source(name_or_path: str, *, subfolder: Optional[str] = None, revisi
                 os.path.join(folder, "vae")) else ""
             raise _neither_format(repr(folder), f"no config.json but {_what_is_there(folder)}{hint}")
     else:
-        if os.path.sep in source.strip("/").replace("/", "", 1) or source.startswith((".", "/")) or \
-                source.count("/") > 1:
+        if not _HUB_REPO_ID.match(source):
             raise PretrainedSourceError(f"--pretrained_model_name_or_path {source!r} does not exist: expected a "
                                         f"local folder or .safetensors file, or a Hub repo id 'owner/name'.")
         config_path = _hub_file(source, "config.json", subfolder, revision)
@@ -311,15 +328,11 @@ def _load_diffusers_vq(source: PretrainedSource, config):
                                     f"found none (pickled .bin files are never loaded).")
     weights = vq_state_dict_from_diffusers(load_safetensors(weights_file))
     model = hf_vae.MODELS["vq_vae"][1](config)
-    expected = model.state_dict()
-    parameters = {name for name, _ in model.named_parameters()}
-    missing = sorted(parameters - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    mismatched = [f"{k}: expected {tuple(expected[k].shape)}, got {tuple(weights[k].shape)}"
-                  for k in sorted(set(weights) & set(expected)) if expected[k].shape != weights[k].shape]
-    if missing or unexpected or mismatched:
-        raise PretrainedSourceError(f"The weights in {weights_file} do not fit the VQ-VAE of the config: missing "
-                                    f"{missing[:8]}, unexpected {unexpected[:8]}, shape mismatches {mismatched[:8]}.")
+    buffers = {name for name, _ in model.named_buffers()}
+    problems = _fit_problems({k: v.shape for k, v in model.state_dict().items()}, {k: v.shape for k, v in weights.items()},
+                             optional=buffers)
+    if problems:
+        raise PretrainedSourceError(f"The weights in {weights_file} do not fit the VQ-VAE of the config: {problems}.")
     model.load_state_dict(weights, strict=False)
     return model
 
