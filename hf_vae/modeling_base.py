@@ -22,6 +22,7 @@ the weights); `generate` then samples from it instead of p(z).
 `forward`, `encode`, `decode`, `generate`, `reconstruct` and `log_likelihood` live here and nowhere else.
 """
 
+import contextlib
 import functools
 import json
 import math
@@ -332,6 +333,21 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     #: unless `check_input_range` is set to False on the model (for users who know what they are doing)
     input_range: Optional[Tuple[float, float]] = None
     check_input_range: bool = True
+    #: False inside `inputs_checked_by_caller()`
+    _check_input_values: bool = True
+
+    @contextlib.contextmanager
+    def inputs_checked_by_caller(self):
+        """Skip the value checks of `check_pixel_values` (range and finiteness: a reduction and a device
+        synchronisation per forward) inside the block, for a caller that vouches for its inputs. The trainer
+        does: its streams produce values in range by construction, and a NaN or infinity in the inputs makes the
+        loss non-finite, which it checks in its one synchronisation per step. Shapes and dtypes are still checked."""
+        previous = self._check_input_values
+        self._check_input_values = False
+        try:
+            yield self
+        finally:
+            self._check_input_values = previous
 
     def check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Check the images (or flat data) where they enter the model; return them in the model's dtype.
@@ -367,6 +383,8 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
                 if height == 0 or width == 0 or height % factor or width % factor:
                     raise ValueError(f"Expected image height and width positive and divisible by the down-sampling "
                                      f"factor {factor}, got {height}x{width}.")
+        if not self._check_input_values:
+            return pixel_values.to(self.dtype)
         low, high = torch.stack(torch.aminmax(pixel_values.detach())).tolist()  # the one sync
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"Expected finite `pixel_values`, got NaN or infinite values (range [{low}, {high}]).")

@@ -196,3 +196,19 @@ def test_device_dequantisation_spreads_each_level_over_its_cell():
     assert torch.equal(y, noise({"pixel_values": x}, step=7)["pixel_values"])
     with pytest.raises(ValueError, match="at most one of binarize and dequantize"):
         BatchNoise(1, 0, binarize=True, dequantize=True, value_range=(0.0, 1.0), device=torch.device("cpu"))
+
+
+def test_trainer_can_vouch_for_inputs_and_skip_their_device_sync():
+    from hf_vae import VAEConfig, VAEModel
+
+    model = VAEModel(VAEConfig(image_size=8, in_channels=1, hidden_dims=[16], latent_dim=2, likelihood="bernoulli"))
+    x = torch.rand(4, 1, 8, 8)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        model(x)
+    with model.inputs_checked_by_caller():
+        assert not torch.isfinite(model(x).loss)  # not refused: the caller's non-finite loss check sees it
+        with pytest.raises(ValueError, match="channels"):  # shapes are still checked
+            model(torch.rand(4, 2, 8, 8))
+    with pytest.raises(ValueError, match=r"in \[0.0, 1.0\]"):  # restored after the block
+        model(torch.full((4, 1, 8, 8), 2.0))

@@ -652,7 +652,8 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                 # Gradients are all-reduced once per optimisation step, on the last micro-batch.
                 sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
                 with sync:
-                    with accelerator.autocast():
+                    # The stream's values need no per-forward check (and sync); see inputs_checked_by_caller.
+                    with accelerator.autocast(), unwrapped.inputs_checked_by_caller():
                         loss, logs, output = objective.generator_loss(model, batch, step)
                     accelerator.backward(loss / accum)
                     if disc_on:
