@@ -264,6 +264,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="short rounds (fashion 60 steps, 2 rounds)")
     parser.add_argument("--only", choices=["fashion", "shapes", "jpeg"], action="append", default=None)
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; quick 2)")
+    parser.add_argument("--steps", type=int, default=None, help="Fashion-MNIST steps per round (default 300; quick 60)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 on a shared machine)")
     parser.add_argument("--pythae_site", default="/tmp/pythae_site",
                         help="folder pythae 0.1.2 was installed into with --no-deps --target")
@@ -285,7 +286,7 @@ def main():
     if "fashion" in only:
         from hf_vae.data import load_fashion_mnist_arrays
 
-        steps = 60 if quick else 300
+        steps = args.steps or (60 if quick else 300)
         case = Case("fashion", "vae", FASHION_CONFIG, 128, "fashion_mnist", workdir)
         images = torch.from_numpy(load_fashion_mnist_arrays("train")[0].copy()).float().div_(255).view(-1, 1, 28, 28)
         pythae_run, pythae_version = pythae_runner(images, args.pythae_site, workdir)
