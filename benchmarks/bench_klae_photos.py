@@ -85,7 +85,7 @@ def main():
     write_result(result, output)
     print()
     print(table([["PSNR (dB)", f"{metrics['psnr']:.2f}"], ["SSIM", f"{metrics['ssim']:.3f}"],
-                 ["MSE ([-1, 1] data)", f"{metrics['mse']:.5f}"], ["training time", f"{seconds:.0f} s"]],
+                 ["MSE (images in [0, 1])", f"{metrics['mse']:.5f}"], ["training time", f"{seconds:.0f} s"]],
                 [f"KLAE f4c4 on {args.crop}x{args.crop} photo crops (held-out)", "value"]))
     print(f"\nwritten to {output}")
 

@@ -9,7 +9,8 @@ Both runs train the same convolutional VQ-VAE (28x28 images in [-1, 1], Gaussian
                   batch falls below --dead_code_threshold (re-initialised from current encoder outputs)
 
 Reported on the test split (10k images): codebook usage (fraction of the 512 codes selected at least once over
-the split), perplexity of the code distribution, and reconstruction PSNR / SSIM. Target: usage >= 90 % with EMA
+the split), perplexity of the code distribution, and reconstruction PSNR / SSIM (on images scaled to [0, 1], as
+hf_vae.evaluation reports every model). Target: usage >= 90 % with EMA
 + restart.
 
     python benchmarks/bench_vqvae_codebook.py               # 2000 steps per run
