@@ -593,6 +593,8 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                          f"of the run, cannot be read: {error}. Expected a dataset with that split (--eval_split "
                          f"NAME picks another); checked before the first step.") from None
     # Binarisation / dequantisation, drawn on the device from a per-step seed: a resumed run draws the same noise.
+    # The stream's values need no per-forward check (and device sync) in the model; see inputs_checked_by_caller.
+    vouched = getattr(unwrapped, "inputs_checked_by_caller", contextlib.nullcontext)
     noise = BatchNoise(train_args.seed, accelerator.process_index, binarize=settings["binarize"],
                        dequantize=settings["dequantize"], value_range=settings["value_range"],
                        device=accelerator.device)
@@ -652,8 +654,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                 # Gradients are all-reduced once per optimisation step, on the last micro-batch.
                 sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
                 with sync:
-                    # The stream's values need no per-forward check (and sync); see inputs_checked_by_caller.
-                    with accelerator.autocast(), unwrapped.inputs_checked_by_caller():
+                    with accelerator.autocast(), vouched():
                         loss, logs, output = objective.generator_loss(model, batch, step)
                     accelerator.backward(loss / accum)
                     if disc_on:
