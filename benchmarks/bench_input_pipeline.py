@@ -114,19 +114,24 @@ class Case:
         model, optimizer, objective, noise, stream = self.parts()
         start = time.perf_counter()
         batches = iter(stream)
-        for step in range(steps):
-            t0 = time.perf_counter()
-            batch = noise(next(batches), step)
-            t1 = time.perf_counter()
-            loss = objective.generator_loss(model, batch, step)[0]
-            loss.backward()
-            t2 = time.perf_counter()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            t3 = time.perf_counter()
-            if breakdown is not None:
-                breakdown.append((t1 - t0, t2 - t1, t3 - t2))
+        timed_steps(steps, lambda step: noise(next(batches), step),
+                    lambda batch, step: objective.generator_loss(model, batch, step)[0], optimizer, breakdown)
         return steps * self.batch_size / (time.perf_counter() - start)
+
+
+def timed_steps(steps, next_batch, loss_of, optimizer, breakdown=None):
+    """`steps` optimisation steps; with `breakdown`, append (data, forward + backward, optimiser) seconds."""
+    for step in range(steps):
+        t0 = time.perf_counter()
+        batch = next_batch(step)
+        t1 = time.perf_counter()
+        loss_of(batch, step).backward()
+        t2 = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t3 = time.perf_counter()
+        if breakdown is not None:
+            breakdown.append((t1 - t0, t2 - t1, t3 - t2))
 
 
 def fashion_memory_rate(case, steps, images, breakdown=None):
@@ -135,19 +140,12 @@ def fashion_memory_rate(case, steps, images, breakdown=None):
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     order = torch.randperm(len(images), generator=generator)
-    for step in range(steps):
-        t0 = time.perf_counter()
+
+    def next_batch(step):
         idx = order[(step * case.batch_size) % (len(images) - case.batch_size):][:case.batch_size]
-        x = torch.bernoulli(images[idx], generator=generator)
-        t1 = time.perf_counter()
-        loss = model(x).loss
-        loss.backward()
-        t2 = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        t3 = time.perf_counter()
-        if breakdown is not None:
-            breakdown.append((t1 - t0, t2 - t1, t3 - t2))
+        return torch.bernoulli(images[idx], generator=generator)
+
+    timed_steps(steps, next_batch, lambda x, step: model(x).loss, optimizer, breakdown)
     return steps * case.batch_size / (time.perf_counter() - start)
 
 

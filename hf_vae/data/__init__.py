@@ -1,11 +1,17 @@
 """Data layer of hf_vae: every source is a streamed ``datasets.IterableDataset``.
 
-:func:`build_dataset` is the single entry point for training and evaluation.  It picks a
+:func:`build_dataset` is the entry point for evaluation and for any source.  It picks a
 source, shuffles (train only), shards across processes and maps rows to model inputs::
 
     {"pixel_values": torch.float32 (C, H, W) in value_range,
      "labels":       int                 (when the source has labels),
      "factors":      torch.int64 (5,)    (shapes only: ground-truth factor indices)}
+
+:func:`build_batches` is its whole-batch twin for the sources that are small sets of uint8
+images (shapes, photos, Fashion-MNIST from local files): they are written once to an Arrow cache
+and streamed as batches, without a Python object per example (:mod:`hf_vae.data.batches`).  The
+trainer uses it for those sources (and draws their noise on the device); other sources are decoded
+row by row in DataLoader workers.
 
 Sources (see :func:`describe_dataset` for their defaults):
 
@@ -139,6 +145,15 @@ def source_dataset(
                              in_channels=in_channels or 3, seed=seed, epoch=epoch, **kwargs)
     _check_fixed_schema(name, labelled, require_labels, image_column, label_column)
     return ds
+
+
+def _check_stream_args(process_index, num_processes, in_channels, value_range) -> None:
+    if not 0 <= int(process_index) < int(num_processes):
+        raise ValueError(f"process_index must be in [0, num_processes), got {process_index} / {num_processes}")
+    if in_channels not in (None, 1, 3):
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    if len(value_range) != 2 or not value_range[0] < value_range[1]:
+        raise ValueError(f"value_range must be (lo, hi) with lo < hi, got {value_range}")
 
 
 def _check_fixed_schema(name, labelled: bool, require_labels: bool, image_column, label_column) -> None:
@@ -278,12 +293,7 @@ def build_dataset(
     """
     from datasets.distributed import split_dataset_by_node
 
-    if not 0 <= int(process_index) < int(num_processes):
-        raise ValueError(f"process_index must be in [0, num_processes), got {process_index} / {num_processes}")
-    if in_channels not in (None, 1, 3):
-        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-    if len(value_range) != 2 or not value_range[0] < value_range[1]:
-        raise ValueError(f"value_range must be (lo, hi) with lo < hi, got {value_range}")
+    _check_stream_args(process_index, num_processes, in_channels, value_range)
     if binarize and dequantize:
         raise ValueError("Expected at most one of binarize and dequantize: binary data has nothing to dequantise.")
     is_train = split == "train"

@@ -98,14 +98,9 @@ def _fashion_source(split: str, data_dir: Optional[str]):
 
 
 def _shapes_source(split: str, image_size: int, seed: int, num_examples: Optional[int]):
-    from .shapes import SHAPES_NUM_EXAMPLES, render_factors_batch, shapes_example_factors, shapes_split_ids
+    from .shapes import _checked_split_ids, render_factors_batch, shapes_example_factors
 
-    if int(image_size) < 16:
-        raise ValueError(f"image_size must be >= 16, got {image_size}")
-    if split not in SHAPES_NUM_EXAMPLES:
-        raise ValueError(f"split must be one of {sorted(SHAPES_NUM_EXAMPLES)}, got {split!r}")
-    n = SHAPES_NUM_EXAMPLES[split] if num_examples is None else int(num_examples)
-    ids = shapes_split_ids(seed, split, n)
+    ids = _checked_split_ids(split, image_size, seed, num_examples)
 
     def write():
         for start in range(0, ids.size, _WRITE_CHUNK):
@@ -115,7 +110,7 @@ def _shapes_source(split: str, image_size: int, seed: int, num_examples: Optiona
             yield image_table(images, label=factors[:, 0],
                               factors=factors, id=chunk)
 
-    key = {"split": split, "seed": int(seed), "image_size": int(image_size), "num_examples": n}
+    key = {"split": split, "seed": int(seed), "image_size": int(image_size), "num_examples": int(ids.size)}
     return cached_arrow_dataset("shapes", key, write), (1, int(image_size), int(image_size))
 
 
@@ -257,14 +252,9 @@ def build_batches(
     """
     from datasets.distributed import split_dataset_by_node
 
-    from . import _canonical, _check_fixed_schema, shuffle_seed
+    from . import _canonical, _check_fixed_schema, _check_stream_args, shuffle_seed
 
-    if not 0 <= int(process_index) < int(num_processes):
-        raise ValueError(f"process_index must be in [0, num_processes), got {process_index} / {num_processes}")
-    if in_channels not in (None, 1, 3):
-        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-    if len(value_range) != 2 or not value_range[0] < value_range[1]:
-        raise ValueError(f"value_range must be (lo, hi) with lo < hi, got {value_range}")
+    _check_stream_args(process_index, num_processes, in_channels, value_range)
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     _check_fixed_schema(name, _canonical(name) != "photos", require_labels, image_column, label_column)

@@ -303,6 +303,15 @@ def shapes_split_ids(seed: int, split: str, num_examples: int) -> np.ndarray:
     return _split_ids_cached(int(seed), split, int(num_examples))
 
 
+def _checked_split_ids(split: str, image_size: int, seed: int, num_examples) -> np.ndarray:
+    """The ids of a split after checking the arguments of a shapes source."""
+    if int(image_size) < 16:
+        raise ValueError(f"image_size must be >= 16, got {image_size}")
+    if split not in SHAPES_NUM_EXAMPLES:
+        raise ValueError(f"split must be one of {sorted(SHAPES_NUM_EXAMPLES)}, got {split!r}")
+    return shapes_split_ids(seed, split, SHAPES_NUM_EXAMPLES[split] if num_examples is None else int(num_examples))
+
+
 def _generate_shapes(id_chunks: list, seed: int, image_size: int) -> Iterator[dict]:
     # Module-level generator with small picklable arguments: `datasets` splits the
     # `id_chunks` list into shards (one chunk each) for DataLoader workers and processes.
@@ -340,12 +349,8 @@ def shapes_dataset(
     """
     from datasets import IterableDataset, NamedSplit
 
-    if int(image_size) < 16:
-        raise ValueError(f"image_size must be >= 16, got {image_size}")
-    if split not in SHAPES_NUM_EXAMPLES:
-        raise ValueError(f"split must be one of {sorted(SHAPES_NUM_EXAMPLES)}, got {split!r}")
-    n = SHAPES_NUM_EXAMPLES[split] if num_examples is None else int(num_examples)
-    ids = shapes_split_ids(seed, split, n)
+    ids = _checked_split_ids(split, image_size, seed, num_examples)
+    n = ids.size
     chunks = [c for c in np.array_split(ids, max(1, min(int(num_shards), n))) if c.size]
     return IterableDataset.from_generator(
         _generate_shapes,
