@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from transformers import PretrainedConfig
 
-BACKBONES = ("mlp", "conv")
+BACKBONES = ("mlp", "conv", "burgess")
 LIKELIHOODS = ("bernoulli", "gaussian", "laplace", "discretized_logistic")
 ACT_FNS = ("silu", "swish", "gelu", "relu", "mish")
 DEFAULT_MLP_LATENT_DIM = 32
@@ -55,12 +55,15 @@ class AutoencoderConfig(PretrainedConfig):
     Args:
         in_channels (`int`, defaults to 1): channels of the images, or features of flat data when `image_size` is None.
         image_size (`int` or None, defaults to 28): side of the square images; None for flat (B, in_channels) data.
-        backbone (`str`, defaults to "mlp"): "mlp" (images flattened) or "conv" (diffusers-style ResNet blocks).
-        hidden_dims (`Sequence[int]`, defaults to (512, 512)): MLP hidden sizes of the encoder (the decoder mirrors them).
-        latent_dim (`int` or None): size of a vector latent. The MLP backbone always has one (default 32). With the
-            conv backbone, None gives a spatial latent (B, latent_channels, H/f, W/f); an int adds a dense bottleneck
-            after the conv stack (the β-VAE architecture of Burgess et al. 2018).
-        block_out_channels (`Sequence[int]`, defaults to (32, 64)): conv channels per resolution; f = 2^(len − 1).
+        backbone (`str`, defaults to "mlp"): "mlp" (images flattened), "conv" (diffusers-style ResNet blocks) or
+            "burgess" (Burgess et al. 2018's β-VAE network: plain stride-2 convolutions, then dense layers).
+        hidden_dims (`Sequence[int]`, defaults to (512, 512)): hidden sizes of the MLP encoder, or of the dense
+            layers after the "burgess" convolutions (the decoder mirrors them).
+        latent_dim (`int` or None): size of a vector latent. The MLP and "burgess" backbones always have one
+            (default 32). With the conv backbone, None gives a spatial latent (B, latent_channels, H/f, W/f); an int
+            adds a dense bottleneck after the conv stack.
+        block_out_channels (`Sequence[int]`, defaults to (32, 64)): conv channels per resolution; f = 2^(len − 1)
+            ("burgess": channels of each stride-2 convolution, f = 2^len).
         layers_per_block (`int`, defaults to 1): ResNet blocks per resolution in the encoder (decoder: one more).
         norm_num_groups (`int`, defaults to 8): GroupNorm groups; must divide every entry of `block_out_channels`.
         mid_block_add_attention (`bool`, defaults to True): self-attention in the conv mid block.
@@ -100,7 +103,7 @@ class AutoencoderConfig(PretrainedConfig):
         self.image_size = image_size
         self.backbone = backbone
         self.hidden_dims = list(hidden_dims)
-        if latent_dim is None and backbone == "mlp":
+        if latent_dim is None and backbone in ("mlp", "burgess"):
             latent_dim = DEFAULT_MLP_LATENT_DIM
         self.latent_dim = latent_dim
         self.block_out_channels = list(block_out_channels)
@@ -108,7 +111,7 @@ class AutoencoderConfig(PretrainedConfig):
         self.norm_num_groups = norm_num_groups
         self.mid_block_add_attention = mid_block_add_attention
         self.latent_channels = latent_channels
-        self.act_fn = act_fn if act_fn is not None else ("relu" if backbone == "mlp" else "silu")
+        self.act_fn = act_fn if act_fn is not None else ("silu" if backbone == "conv" else "relu")
         self.likelihood = likelihood
         self.likelihood_scale = likelihood_scale
         self.learn_likelihood_scale = learn_likelihood_scale
@@ -126,11 +129,13 @@ class AutoencoderConfig(PretrainedConfig):
 
     @property
     def downsampling_factor(self) -> int:
+        if self.backbone == "burgess":
+            return 2 ** len(self.block_out_channels)
         return 2 ** (len(self.block_out_channels) - 1) if self.backbone == "conv" else 1
 
     @property
     def vector_latent(self) -> bool:
-        return self.backbone == "mlp" or self.latent_dim is not None
+        return self.backbone in ("mlp", "burgess") or self.latent_dim is not None
 
     def validate_fields(self) -> None:
         check_positive_int("in_channels", self.in_channels)
@@ -149,11 +154,20 @@ class AutoencoderConfig(PretrainedConfig):
             _check(len(self.hidden_dims) > 0 and all(isinstance(h, int) and h > 0 for h in self.hidden_dims),
                    f"Expected `hidden_dims` to be a non-empty list of positive ints, got {self.hidden_dims!r}.")
             return
-        # conv backbone
+        # conv and burgess backbones
         _check(self.image_size is not None,
-               "The conv backbone needs images: expected an int `image_size`, got None (flat data needs backbone='mlp').")
+               f"The {self.backbone} backbone needs images: expected an int `image_size`, got None (flat data needs "
+               f"backbone='mlp').")
         _check(len(self.block_out_channels) > 0 and all(isinstance(c, int) and c > 0 for c in self.block_out_channels),
                f"Expected `block_out_channels` to be a non-empty list of positive ints, got {self.block_out_channels!r}.")
+        if self.backbone == "burgess":
+            _check(all(isinstance(h, int) and h > 0 for h in self.hidden_dims),
+                   f"Expected `hidden_dims` to be a list of positive ints, got {self.hidden_dims!r}.")
+            factor = self.downsampling_factor
+            _check(self.image_size % factor == 0,
+                   f"Expected `image_size` divisible by 2^len(block_out_channels) = {factor} (one stride-2 "
+                   f"convolution per entry), got image_size={self.image_size}.")
+            return
         check_positive_int("layers_per_block", self.layers_per_block)
         check_positive_int("norm_num_groups", self.norm_num_groups)
         check_positive_int("latent_channels", self.latent_channels)

@@ -35,6 +35,7 @@ import torch.nn as nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from .burgess_backbone import BurgessDecoder, BurgessEncoder
 from .conv_backbone import ConvDecoder, ConvEncoder
 from .distributions import DiagonalGaussianDistribution, Likelihood, build_likelihood, randn_tensor, standard_normal_log_prob
 from .latent_density import GaussianMixtureDensity, encode_dataset
@@ -207,6 +208,12 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
         if config.backbone == "mlp":
             encoder = MLPEncoder(config.data_shape, config.hidden_dims, encoder_out, config.act_fn, condition_dim)
             decoder = MLPDecoder(config.data_shape, config.hidden_dims, config.latent_dim, config.act_fn, condition_dim)
+            return encoder, decoder
+        if config.backbone == "burgess":
+            dense = dict(block_out_channels=config.block_out_channels, hidden_dims=config.hidden_dims,
+                         act_fn=config.act_fn, condition_dim=condition_dim)
+            encoder = BurgessEncoder(config.in_channels, config.image_size, out_features=encoder_out, **dense)
+            decoder = BurgessDecoder(config.in_channels, config.image_size, latent_dim=config.latent_dim, **dense)
             return encoder, decoder
         conv = dict(block_out_channels=config.block_out_channels, layers_per_block=config.layers_per_block,
                     norm_num_groups=config.norm_num_groups, act_fn=config.act_fn,

@@ -198,7 +198,7 @@ TINY_KLAE = {"image_size": 16, "block_out_channels": [8, 16], "norm_num_groups":
 
 
 def test_klae_refuses_to_train_against_a_random_perceptual_network(tmp_path):
-    args, data = tiny_run(tmp_path, model="klae")
+    args, data = tiny_run(tmp_path, model="klae", perceptual_weight=1.0)  # asked for, so no silent fallback
     with pytest.raises(PerceptualWeightsMissingError) as error:
         train(args, data, dict(TINY_KLAE))
     assert "--lpips_weights DIR" in str(error.value) and "--perceptual_weight 0" in str(error.value)

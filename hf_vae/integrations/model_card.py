@@ -477,6 +477,10 @@ def _describe_model(model) -> Dict[str, Any]:
     if backbone == "mlp":
         hidden = " → ".join(map(str, config.hidden_dims))
         backbone_text = f"MLP, hidden sizes {hidden} ({config.act_fn}); images are flattened"
+    elif backbone == "burgess":
+        backbone_text = (f"Burgess et al. (2018)'s β-VAE network: 4x4 stride-2 convolutions with channels "
+                         f"{list(config.block_out_channels)}, dense layers {list(config.hidden_dims)} ({config.act_fn}), "
+                         f"transposed in the decoder")
     else:
         backbone_text = (f"convolutional ResNet blocks (diffusers layout), channels {list(config.block_out_channels)}, "
                          f"{config.layers_per_block} block(s) per resolution, GroupNorm({config.norm_num_groups}), "

@@ -94,14 +94,17 @@ class TrainArguments:
     config: Optional[str] = field(default=None, metadata=_help(
         "A JSON or YAML file of arguments (the same keys as the flags, model config fields included); flags "
         "given on the command line override it.", group=MODEL, metavar="FILE"))
-    max_steps: int = field(default=1000, metadata=_help("Number of optimisation steps.", group=OPTIM))
+    max_steps: Optional[int] = field(default=None, metadata=_help(
+        "Number of optimisation steps (default: the model's recipe, listed at the end).", group=OPTIM))
     num_epochs: Optional[float] = field(default=None, metadata=_help(
         "Train for this many passes over the training split instead of --max_steps (needs a dataset of known "
         "size): max_steps = epochs * examples // (batch_size * processes * accumulation).", group=OPTIM))
-    batch_size: int = field(default=64, metadata=_help("Examples per process per micro-batch.", group=OPTIM))
+    batch_size: Optional[int] = field(default=None, metadata=_help(
+        "Examples per process per micro-batch (default: the model's recipe).", group=OPTIM))
     gradient_accumulation_steps: int = field(default=1, metadata=_help(
         "Micro-batches per optimisation step (effective batch = batch_size * processes * this).", group=OPTIM))
-    learning_rate: float = field(default=1e-3, metadata=_help("Peak learning rate (Adam).", group=OPTIM))
+    learning_rate: Optional[float] = field(default=None, metadata=_help(
+        "Peak learning rate, Adam (default: the model's recipe).", group=OPTIM))
     lr_scheduler: str = field(default="cosine", metadata=_help(
         "Learning-rate schedule after the linear warm-up.", group=OPTIM, choices=LR_SCHEDULERS))
     warmup_steps: Optional[int] = field(default=None, metadata=_help(
@@ -127,14 +130,16 @@ class TrainArguments:
     resume_from_checkpoint: Optional[str] = field(default=None, metadata=_help(
         "'latest' (the newest complete checkpoint in output_dir/checkpoints; a fresh start if there is none) or "
         "the path of a checkpoint folder.", group=CKPT, metavar="{latest,PATH}"))
-    eval_steps: int = field(default=500, metadata=_help("Evaluate every N steps (0 = only at the end).", group=EVAL))
+    eval_steps: Optional[int] = field(default=None, metadata=_help(
+        "Evaluate every N steps (0 = only at the end; default: the model's recipe).", group=EVAL))
     eval_max_examples: Optional[int] = field(default=1000, metadata=_help(
         "Examples used by the periodic evaluations (the first ones of the split).", group=EVAL))
     final_eval_max_examples: Optional[int] = field(default=None, metadata=_help(
         "Examples used by the final evaluation that writes metrics.json (default: the whole split).", group=EVAL))
     eval_batch_size: int = field(default=128, metadata=_help("Batch size of the evaluations.", group=EVAL))
-    eval_importance_samples: int = field(default=100, metadata=_help(
-        "Importance samples K of the NLL during training (scripts/evaluate.py defaults to 1000; 0 skips it).", group=EVAL))
+    eval_importance_samples: Optional[int] = field(default=None, metadata=_help(
+        "Importance samples K of the NLL in the trainer's evaluations (0 skips it; default: the model's recipe; "
+        "scripts/evaluate.py defaults to 1000).", group=EVAL))
     fit_latent_density: Optional[int] = field(default=None, metadata=_help(
         "After training, fit a Gaussian mixture with this many components to the training codes; `generate` then "
         "samples from it (default: the model config's latent_density_components, 10 for rae; 0 = none).",
@@ -215,12 +220,13 @@ class TrainArguments:
         _choice("disc_loss", self.disc_loss, DISC_LOSSES)
         if self.pixel_loss is not None:
             _choice("pixel_loss", self.pixel_loss, PIXEL_LOSSES)
-        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_batch_size", "logging_steps",
+        for name in ("gradient_accumulation_steps", "eval_batch_size", "logging_steps",
                      "disc_num_layers", "disc_ndf"):
             _positive_int(name, getattr(self, name))
-        for name in ("checkpointing_steps", "eval_steps", "eval_importance_samples", "num_sample_images"):
+        for name in ("checkpointing_steps", "num_sample_images"):
             _non_negative_int(name, getattr(self, name))
         for name in ("warmup_steps", "checkpoints_total_limit", "eval_max_examples", "final_eval_max_examples",
+                     "eval_steps", "eval_importance_samples",
                      "disc_start"):
             value = getattr(self, name)
             if value is not None:
@@ -229,7 +235,10 @@ class TrainArguments:
             raise ValueError("Expected `checkpoints_total_limit` >= 1 or None, got 0.")
         if self.num_epochs is not None and not self.num_epochs > 0:
             raise ValueError(f"Expected `num_epochs` > 0, got {self.num_epochs!r}.")
-        if not self.learning_rate > 0:
+        for name in ("max_steps", "batch_size"):  # None: the recipe's
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"Expected `learning_rate` > 0, got {self.learning_rate!r}.")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"Expected `ema_decay` in [0, 1), got {self.ema_decay!r}.")
@@ -295,6 +304,122 @@ def _positive_int(name: str, value) -> None:
 def _non_negative_int(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"Expected `{name}` to be an int >= 0, got {value!r}.")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Recipes: what a run uses for the settings the user does not give
+# ------------------------------------------------------------------------------------------------------------
+
+#: --model NAME -> {"*": settings for every dataset, DATASET: settings for that dataset}. A setting is a trainer
+#: flag whose default is None (max_steps, learning_rate, batch_size, perceptual_weight, ...) or a model config
+#: field. Each was measured on 2 CPU cores (benchmarks/bench_default_recipes.py, README "Default recipes"); the
+#: config classes keep their diffusers/transformers-compatible defaults, the recipes only fill what a command
+#: line leaves open. A model without an entry trains with RECIPE_FALLBACKS and its config's defaults.
+RECIPES: Dict[str, Dict[str, Dict[str, Any]]] = {
+    # Burgess et al. (2018)'s network (4 stride-2 convs to 4x4, dense 256-256, 10 latents) on 64x64 shapes; the
+    # NLL with K = 10 importance samples keeps the evaluations to seconds.
+    "vae": {
+        "*": {"max_steps": 2000, "learning_rate": 1e-3, "batch_size": 64, "eval_steps": 1000,
+              "eval_importance_samples": 10},
+        "shapes": {"backbone": "burgess", "block_out_channels": [32, 32, 32, 32], "hidden_dims": [256, 256],
+                   "latent_dim": 10},
+    },
+    "beta_vae": {
+        "*": {"max_steps": 2000, "learning_rate": 1e-3, "batch_size": 64, "eval_steps": 1000,
+              "eval_importance_samples": 10},
+        "shapes": {"backbone": "burgess", "block_out_channels": [32, 32, 32, 32], "hidden_dims": [256, 256],
+                   "latent_dim": 10, "beta": 4.0},
+    },
+    # EMA codebook (decay 0.99), k-means initialisation on the first batch and restarts of codes whose average
+    # count per batch falls under 1, so that every code stays in use; 32x32 shapes as a 16x16 grid of codes.
+    "vq_vae": {
+        "*": {"max_steps": 1000, "learning_rate": 1e-3, "batch_size": 32, "eval_steps": 500,
+              "num_embeddings": 128, "embedding_dim": 16, "use_ema": True, "kmeans_init": True,
+              "dead_code_threshold": 1.0},
+        "shapes": {"image_size": 32, "backbone": "conv", "block_out_channels": [16, 32], "layers_per_block": 1,
+                   "mid_block_add_attention": False, "norm_num_groups": 8},
+        "fashion_mnist": {"backbone": "conv", "block_out_channels": [16, 32], "layers_per_block": 1,
+                          "mid_block_add_attention": False, "norm_num_groups": 8},
+    },
+    # One row of samples per class (the trainer's grid); the Burgess network with the class embedding broadcast
+    # as input channels of the encoder and concatenated to the decoder's latent.
+    "cvae": {
+        "*": {"max_steps": 2000, "learning_rate": 1e-3, "batch_size": 64, "eval_steps": 1000,
+              "eval_importance_samples": 10},
+        "shapes": {"backbone": "burgess", "block_out_channels": [32, 32, 32, 32], "hidden_dims": [256, 256],
+                   "latent_dim": 10},
+        "fashion_mnist": {"backbone": "burgess", "block_out_channels": [32, 64], "hidden_dims": [256],
+                          "latent_dim": 16},
+    },
+    # f = 4 (two down-samplings), attention over the 16x16 latent grid of a 64x64 image: well under a second per
+    # step on 2 cores. The perceptual term is on when LPIPS weights are at hand (see --lpips_weights).
+    "klae": {
+        "*": {"max_steps": 600, "learning_rate": 4.5e-4, "batch_size": 16, "eval_steps": 300,
+              "block_out_channels": [16, 32, 64], "layers_per_block": 1, "norm_num_groups": 8,
+              "latent_channels": 4},
+    },
+}
+#: used where a model's recipe does not set them
+RECIPE_FALLBACKS: Dict[str, Any] = {"max_steps": 1000, "learning_rate": 1e-3, "batch_size": 64, "eval_steps": 500,
+                                    "eval_importance_samples": 100}
+#: model config fields that make up an architecture: when the user gives any of them, the recipe's are all
+#: dropped, so that a recipe never grafts its channel list onto the user's network
+ARCHITECTURE_FIELDS = ("backbone", "block_out_channels", "hidden_dims", "layers_per_block", "norm_num_groups",
+                       "mid_block_add_attention", "latent_channels", "latent_dim")
+_DATASET_ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist",
+                    "zalando-datasets/fashion_mnist": "fashion_mnist"}
+
+
+def recipe(model: str, dataset: str) -> Dict[str, Any]:
+    """The settings `--model model --dataset dataset` uses where the command line gives none."""
+    entry = RECIPES.get(model, {})
+    key = _DATASET_ALIASES.get(str(dataset).lower(), str(dataset).lower())
+    return {**entry.get("*", {}), **entry.get(key, {})}
+
+
+def apply_recipe(train_args: "TrainArguments", data_args: "DataArguments", model_config: Dict[str, Any],
+                 pretrained: bool = False) -> Tuple["TrainArguments", Dict[str, Any], Dict[str, Any]]:
+    """Fill what the user left unset from the model's recipe.
+
+    Returns (train_args with every recipe flag resolved, model_config with the recipe's fields added, the
+    settings the recipe supplied). A fine-tuning run (`pretrained`) takes its architecture from the checkpoint,
+    so only the trainer settings apply.
+    """
+    import dataclasses
+
+    settings = recipe(train_args.model, data_args.dataset)
+    trainer_names = {f.name for f in fields(TrainArguments)}
+    applied: Dict[str, Any] = {}
+    updates: Dict[str, Any] = {}
+    for name in sorted((set(settings) & trainer_names) | set(RECIPE_FALLBACKS)):
+        if getattr(train_args, name) is None:
+            updates[name] = settings.get(name, RECIPE_FALLBACKS.get(name))
+            if name in settings:
+                applied[name] = settings[name]
+    config = dict(model_config)
+    if not pretrained:
+        fields_given = {k: v for k, v in settings.items() if k not in trainer_names}
+        if any(name in config for name in ARCHITECTURE_FIELDS):  # the user designs the network: all of it
+            fields_given = {k: v for k, v in fields_given.items() if k not in ARCHITECTURE_FIELDS}
+        for name, value in fields_given.items():
+            if name not in config:
+                config[name] = value
+                applied[name] = value
+    return dataclasses.replace(train_args, **updates), config, applied
+
+
+def _recipe_help(model: str) -> str:
+    lines = [f"{model} recipe (what a run uses for every setting not given):"]
+    entry = RECIPES.get(model, {})
+    for dataset, settings in entry.items():
+        where = "every dataset" if dataset == "*" else f"--dataset {dataset}"
+        shown = ", ".join(f"{k} {_show(v)}" for k, v in settings.items())
+        lines.append(f"  {where}: {shown}")
+    if "*" not in entry:
+        lines.append(f"  every dataset: " + ", ".join(f"{k} {_show(v)}" for k, v in RECIPE_FALLBACKS.items()))
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width=100, subsequent_indent="      ") for line in lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -689,7 +814,8 @@ class _Parser(argparse.ArgumentParser):
     help_model = "vae"
 
     def format_help(self) -> str:
-        return super().format_help().rstrip("\n") + "\n\n" + _model_fields_help(self.help_model)
+        return (super().format_help().rstrip("\n") + "\n\n" + _model_fields_help(self.help_model) + "\n"
+                + _recipe_help(self.help_model))
 
 
 def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ training state (checkpointed and resumed through `state_dict`).
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Dict, List, Optional
 
@@ -30,6 +31,8 @@ import torch.nn as nn
 _ELBO_LOG_FIELDS = ("reconstruction_loss", "regularisation_loss", "kl", "perplexity", "codebook_usage")
 _SHORT_NAMES = {"reconstruction_loss": "rec", "regularisation_loss": "reg", "codebook_usage": "usage",
                 "perplexity": "ppl"}
+
+logger = logging.getLogger("hf_vae.training")
 
 
 def _inputs(batch: Dict[str, torch.Tensor], model_is_conditional: bool, name: str):
@@ -269,15 +272,23 @@ def build_objective(train_args, model, value_range, dataset_name: str, autoencod
         if asked and name != "vq_vae":
             raise ValueError(f"{', '.join(asked)} apply to the klae and vq_vae objectives, got --model {name}.")
         return ElboObjective(model.is_conditional, dataset_name)
-    perceptual_weight = train_args.perceptual_weight
-    if perceptual_weight is None:
+    perceptual_weight, lpips_weights = train_args.perceptual_weight, train_args.lpips_weights
+    if perceptual_weight is None:  # not asked for: the KLAE's recipe uses LPIPS when its weights can be had
         perceptual_weight = 1.0 if name == "klae" else 0.0
+        if perceptual_weight and lpips_weights is None:
+            from .lpips_weights import default_lpips_weights
+
+            lpips_weights, why = default_lpips_weights()
+            if lpips_weights is None:
+                logger.warning("klae: training WITHOUT the LPIPS perceptual term (perceptual_weight 0): %s. Pass "
+                               "--lpips_weights DIR (see scripts/convert_lpips_weights.py) to train with it.", why)
+                perceptual_weight = 0.0
     disc_start = train_args.disc_start
     if disc_start is None:
         disc_start = 50001 if name == "klae" else 0
     pixel_loss = train_args.pixel_loss or getattr(config, "pixel_loss", None) or "l1"
     image_size = config.image_size
-    perceptual = build_perceptual(perceptual_weight, train_args.lpips_weights, value_range, image_size)
+    perceptual = build_perceptual(perceptual_weight, lpips_weights, value_range, image_size)
     return AdversarialObjective(
         vq=name == "vq_vae", in_channels=config.in_channels, image_size=image_size,
         latent_numel=math.prod(model.latent_shape), value_range=value_range, perceptual=perceptual,

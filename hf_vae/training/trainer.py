@@ -39,7 +39,7 @@ from ..evaluation.evaluate import (
     metrics_record,
     write_json_atomic,
 )
-from .arguments import DataArguments, TrainArguments, check_model_config, parse_command_line
+from .arguments import DataArguments, TrainArguments, apply_recipe, check_model_config, parse_command_line
 from .checkpointing import (
     TrainingState,
     checkpoint_dir,
@@ -188,7 +188,7 @@ def _publish_diffusers_copy(model, output_dir: str) -> None:
 
 def _startup_banner(train_args: TrainArguments, data_args: DataArguments, model, dataset_info: Dict[str, Any],
                     output_dir: str, max_steps: int, warmup_steps: int, effective_batch: int,
-                    num_processes: int, autoencoder=None) -> str:
+                    num_processes: int, autoencoder=None, recipe_applied: Optional[Dict[str, Any]] = None) -> str:
     """What the run is about to do, printed before the first step: where, what model, what data, how long."""
     config = model.config
     num_params = sum(p.numel() for p in model.parameters())
@@ -196,6 +196,9 @@ def _startup_banner(train_args: TrainArguments, data_args: DataArguments, model,
     if autoencoder is not None:  # a prior over the autoencoder's codes
         arch = (f"GPT-2, {config.n_layer} layers of width {config.n_embd}, over "
                 f"{'x'.join(map(str, config.code_shape))} maps of {config.num_embeddings} codes of {train_args.vqvae}")
+    elif getattr(config, "backbone", None) == "burgess":
+        arch = f"burgess convs {list(config.block_out_channels)}, dense {list(config.hidden_dims)}, " \
+               f"latent {config.latent_dim}"
     elif getattr(config, "backbone", "conv") == "conv":
         latent = f"latent {config.latent_dim}" if getattr(config, "latent_dim", None) else \
             f"latent {config.latent_channels}x{config.image_size // config.downsampling_factor}^2 " \
@@ -211,6 +214,10 @@ def _startup_banner(train_args: TrainArguments, data_args: DataArguments, model,
     batch = f"batch {effective_batch}" + (f" = {train_args.batch_size} x {num_processes} processes x "
                                           f"{train_args.gradient_accumulation_steps}"
                                           if effective_batch != train_args.batch_size else "")
+    recipe_line = []
+    if recipe_applied:
+        shown = ", ".join(f"{k}={v}" for k, v in recipe_applied.items())
+        recipe_line = [f"  recipe  {shown} (the {train_args.model} recipe, for what was not given)"]
     return "\n".join([
         f"Training {train_args.model} on {data_args.dataset}",
         f"  output  {output_dir}",
@@ -218,7 +225,7 @@ def _startup_banner(train_args: TrainArguments, data_args: DataArguments, model,
         f"  data    {data_args.dataset}: {shape} images" + (f", {counts} examples" if counts else ""),
         f"  steps   {max_steps}{epochs}, {batch}, lr {train_args.learning_rate:g} ({train_args.lr_scheduler}, "
         f"{warmup_steps} warm-up), evaluation every {train_args.eval_steps or max_steps} steps",
-    ])
+    ] + recipe_line)
 
 
 def _lr_lambda(warmup_steps: int, max_steps: int, schedule: str, min_ratio: float):
@@ -350,8 +357,9 @@ def _image_grids(model, batch: Dict[str, torch.Tensor], settings: Dict, output_d
                 num_classes = getattr(model, "num_classes", getattr(model.config, "num_classes", None))
                 if num_classes is None:
                     sample_labels = batch["labels"][:1].repeat(k, *([1] * (batch["labels"].dim() - 1))).to(device)
-                else:  # one class per row
-                    sample_labels = (torch.arange(k, device=device) // 8) % num_classes
+                else:  # one row of 8 per class, every class (num_sample_images does not cut classes off)
+                    k = 8 * num_classes
+                    sample_labels = torch.arange(k, device=device) // 8
             samples = model.generate(k, labels=sample_labels, generator=generator).clamp(lo, hi)
     finally:
         model.train(was_training)
@@ -440,6 +448,9 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                                 revision=train_args.pretrained_revision, config_file=train_args.pretrained_config)
         train_args = dataclasses.replace(train_args, model=check_requested_model(source, train_args.model))
     model_config = check_model_config(train_args.model, model_config or {})
+    # The model's recipe fills every setting the user left open (arguments.RECIPES; --help lists it).
+    train_args, model_config, recipe_applied = apply_recipe(train_args, data_args, model_config,
+                                                            pretrained=source is not None)
     output_dir = train_args.output_dir or default_output_dir(train_args.model, data_args.dataset)
 
     # -- 1. Accelerator and output folder --------------------------------------------------------------------
@@ -515,7 +526,8 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         max_steps = max(1, int(train_args.num_epochs * batches_per_epoch / train_args.gradient_accumulation_steps))
     warmup_steps = train_args.warmup_steps if train_args.warmup_steps is not None else max_steps // 20
     accelerator.print(_startup_banner(train_args, data_args, model, dataset_info, output_dir, max_steps,
-                                      warmup_steps, effective_batch, accelerator.num_processes, autoencoder))
+                                      warmup_steps, effective_batch, accelerator.num_processes, autoencoder,
+                                      recipe_applied))
 
     # -- 3. optimisers, schedules, EMA ---------------------------------------------------------------------
     discriminator_params = objective.discriminator_parameters()
@@ -545,7 +557,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                                                         ("grad_scaler", accelerator.scaler)) if part is not None})
 
     run_args = {**dataclasses.asdict(train_args), **dataclasses.asdict(data_args), "model_config": model_config,
-                "output_dir": output_dir, "resolved": {"max_steps": max_steps, "warmup_steps": warmup_steps,
+                "recipe": recipe_applied, "output_dir": output_dir, "resolved": {"max_steps": max_steps, "warmup_steps": warmup_steps,
                                                         "effective_batch_size": effective_batch,
                                                         "num_processes": accelerator.num_processes,
                                                         "mixed_precision": accelerator.mixed_precision,

@@ -1,0 +1,146 @@
+"""What each `--model`'s default recipe gives: `python scripts/train.py --model X` with nothing else, measured.
+
+    python benchmarks/bench_default_recipes.py                       # every variant, one after the other
+    python benchmarks/bench_default_recipes.py --models vae --images docs/images   # and refresh the README's PNGs
+
+For each run: wall time and CPU time of the whole `train` call (start-up, training, evaluations, writing), the
+final test metrics (PSNR, SSIM, NLL and MIG where they apply, codebook usage), the fraction of 1000 prior samples
+that show something (max intensity >= 0.5, in [0, 1]) for the models with a generative prior, and for every loss
+term the largest ratio to its running median after the warm-up (a divergence shows as a ratio >> 10). The picture
+grids the runs write are copied next to the JSON (and to --images when given).
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import RESULTS_DIR, machine, table, write_result  # noqa: E402
+
+#: (label, --model, --dataset): the no-argument run first
+RUNS = [("vae", "vae", "shapes"), ("vq_vae", "vq_vae", "shapes"), ("klae", "klae", "shapes"),
+        ("cvae", "cvae", "shapes"), ("beta_vae", "beta_vae", "shapes"), ("cvae-fashion_mnist", "cvae", "fashion_mnist")]
+GENERATIVE = ("vae", "beta_vae", "cvae")
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def largest_ratio_to_running_median(output_dir: str, warmup_fraction: float = 0.05) -> dict:
+    """{loss term: max over logged steps after the warm-up of value / median of the values logged so far}."""
+    path = os.path.join(output_dir, "logs", "train", "metrics.jsonl")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    last = max((r.get("step", 0) for r in rows), default=0)
+    ratios = {}
+    for key in sorted({k for r in rows for k in r if k.startswith("train/")}):
+        if key.split("/")[-1] in ("lr", "grad_norm", "perplexity", "codebook_usage", "usage", "ppl"):
+            continue
+        seen, worst = [], 0.0
+        for r in rows:
+            if key not in r:
+                continue
+            value = abs(float(r[key]))
+            if seen and r.get("step", 0) > warmup_fraction * last:
+                median = statistics.median(seen)
+                if median > 0:
+                    worst = max(worst, value / median)
+            seen.append(value)
+        ratios[key.split("/", 1)[1]] = round(worst, 3)
+    return ratios
+
+
+def non_blank_fraction(output_dir: str, num: int = 1000) -> float:
+    """Fraction of `num` prior samples whose brightest pixel reaches 0.5 (a CVAE: classes in turn)."""
+    import torch
+    from transformers import AutoModel
+
+    import hf_vae  # noqa: F401  (registers the models)
+
+    model = AutoModel.from_pretrained(output_dir).eval()
+    labels = None
+    if model.is_conditional:
+        labels = torch.arange(num) % model.config.num_classes
+    with torch.no_grad():
+        samples = model.generate(num, labels=labels, generator=torch.Generator().manual_seed(0))
+    return float((samples.flatten(1).amax(1) >= 0.5).float().mean())
+
+
+def run(label: str, model: str, dataset: str, workdir: str) -> dict:
+    from hf_vae.training import DataArguments, TrainArguments, train
+
+    output_dir = os.path.join(workdir, label)
+    start_wall, start_cpu = time.perf_counter(), cpu_seconds()
+    record = train(TrainArguments(model=model, output_dir=output_dir, report_to="jsonl"), DataArguments(dataset=dataset))
+    wall, cpu = time.perf_counter() - start_wall, cpu_seconds() - start_cpu
+    with open(os.path.join(output_dir, "training_args.json")) as f:
+        args = json.load(f)
+    result = {"model": model, "dataset": dataset, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+              "steps": record["step"], "recipe": args.get("recipe"), "metrics": record["metrics"],
+              "loss_max_ratio_to_running_median": largest_ratio_to_running_median(output_dir)}
+    if model in GENERATIVE:
+        result["non_blank_prior_samples"] = non_blank_fraction(output_dir)
+    result["output_dir"] = output_dir
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(label for label, _, _ in RUNS),
+                        help="comma-separated labels of RUNS to run, in order")
+    parser.add_argument("--workdir", default=None, help="where the runs are written (default: a temporary folder)")
+    parser.add_argument("--images", default=None, help="also copy each run's PNGs to DIR/<label>-*.png")
+    parser.add_argument("--output", default=os.path.join(RESULTS_DIR, "default_recipes.json"))
+    args = parser.parse_args()
+    workdir = args.workdir or tempfile.mkdtemp(prefix="hf_vae-recipes-")
+    wanted = args.models.split(",")
+    previous = {}
+    if os.path.isfile(args.output):  # runs not repeated now keep their last measurement
+        with open(args.output) as f:
+            previous = {r["label"]: r for r in json.load(f).get("runs", [])}
+    runs = []
+    for label, model, dataset in RUNS:
+        if label not in wanted:
+            if label in previous:
+                runs.append(previous[label])
+            continue
+        result = {"label": label, **run(label, model, dataset, workdir)}
+        pictures = os.path.join(RESULTS_DIR, "default_recipes")
+        for folder in [pictures] + ([args.images] if args.images else []):
+            os.makedirs(folder, exist_ok=True)
+            for name in ("reconstructions.png", "samples.png"):
+                source = os.path.join(result["output_dir"], name)
+                if os.path.isfile(source):
+                    shutil.copyfile(source, os.path.join(folder, f"{label}-{name}"))
+        runs.append(result)
+        print(json.dumps(result, indent=2), flush=True)
+    rows = []
+    for r in runs:
+        m = r["metrics"]
+        fmt = lambda key, spec: format(m[key], spec) if key in m else "–"  # noqa: E731
+        ratios = r.get("loss_max_ratio_to_running_median") or {}
+        rows.append([r["label"], r["steps"], r["wall_s"], r["cpu_s"], fmt("psnr", ".2f"), fmt("ssim", ".3f"),
+                     fmt("nll", ".1f"), fmt("mig", ".3f"), fmt("codebook_usage", ".2f"),
+                     format(r["non_blank_prior_samples"], ".2f") if "non_blank_prior_samples" in r else "–",
+                     format(max(ratios.values()), ".1f") if ratios else "–"])
+    headers = ["run", "steps", "wall s", "cpu s", "PSNR dB", "SSIM", "NLL nats", "MIG", "codebook usage",
+               "non-blank samples", "max loss / running median"]
+    print(table(rows, headers))
+    write_result({"benchmark": "default_recipes", "machine": machine(),
+                  "note": "2-core machine shared with other jobs while measured: wall times are upper bounds; "
+                          "cpu_s is the process's CPU time (user + sys).",
+                  "runs": runs}, args.output)
+
+
+if __name__ == "__main__":
+    main()
