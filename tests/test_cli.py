@@ -146,3 +146,77 @@ def test_a_run_says_what_it_does_before_the_first_step_and_sums_up_in_one_line(t
     done = [line for line in lines if line.startswith("Done: 2 steps in ")]
     assert len(done) == 1 and output_dir in done[0] and "psnr" in done[0]
     assert "evaluate test:   0%|          | 0/16" in out.err  # the final evaluation's progress bar has a total
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Recipes
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_every_recipe_builds_a_valid_config_for_its_model():
+    import hf_vae
+    from hf_vae.training.arguments import RECIPES, TrainArguments
+
+    trainer_fields = set(TrainArguments.__dataclass_fields__)
+    for model, entry in RECIPES.items():
+        assert model in MODEL_REGISTRY
+        for dataset, settings in entry.items():
+            for name in set(settings) & trainer_fields:  # only flags the user can leave unset
+                assert TrainArguments.__dataclass_fields__[name].default is None, (model, name)
+            fields = {k: v for k, v in settings.items() if k not in trainer_fields}
+            arguments.check_model_config(model, fields)
+            size = {"shapes": 64, "fashion_mnist": 28}.get(dataset, 64)
+            fields.setdefault("sample_size" if model == "klae" else "image_size", size)
+            fields.pop("image_size") if model == "klae" and "image_size" in fields else None
+            hf_vae.MODELS[model][0](**fields)  # the config's own checks pass
+
+
+def test_a_recipe_fills_only_what_the_user_left_open():
+    from hf_vae.training import DataArguments, TrainArguments
+    from hf_vae.training.arguments import apply_recipe, recipe
+
+    shapes = recipe("vae", "shapes")
+    args, config, applied = apply_recipe(TrainArguments(), DataArguments(), {})
+    assert (args.max_steps, args.learning_rate, args.batch_size) == (shapes["max_steps"], shapes["learning_rate"],
+                                                                     shapes["batch_size"])
+    assert config["backbone"] == "burgess" and applied == shapes
+    # A flag or a field the user gives wins; any architecture field hands the whole architecture to the user.
+    args, config, applied = apply_recipe(TrainArguments(max_steps=7), DataArguments(), {"latent_dim": 3})
+    assert args.max_steps == 7 and config == {"latent_dim": 3} and "max_steps" not in applied
+    # Another dataset: its entry, or only the settings for every dataset.
+    _, config, _ = apply_recipe(TrainArguments(model="cvae"), DataArguments(dataset="fashion-mnist"), {})
+    assert config["block_out_channels"] == recipe("cvae", "fashion_mnist")["block_out_channels"]
+    _, config, _ = apply_recipe(TrainArguments(), DataArguments(dataset="my/images"), {})
+    assert config == {}
+    # Fine-tuning takes the architecture from the checkpoint.
+    _, config, applied = apply_recipe(TrainArguments(model="klae"), DataArguments(), {}, pretrained=True)
+    assert config == {} and set(applied) <= set(TrainArguments.__dataclass_fields__)
+    # A model without a recipe: the fallbacks.
+    args, _, applied = apply_recipe(TrainArguments(model="iwae" if "iwae" in MODEL_REGISTRY else "vae"),
+                                    DataArguments(dataset="elsewhere"), {})
+    assert args.eval_steps is not None and args.max_steps is not None
+
+
+def test_help_lists_the_recipe_of_the_chosen_model():
+    code, out, err, heavy = run_train_script("--model", "vq_vae", "--help")
+    assert code == 0 and heavy == "", err
+    section = out[out.index("vq_vae recipe"):]
+    assert "kmeans_init True" in section and "--dataset shapes:" in section
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_klae_defaults_train_without_lpips_weights_when_none_can_be_had_and_say_so(tmp_path, monkeypatch, caplog):
+    from hf_vae.training import DataArguments, TrainArguments, train
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    with caplog.at_level("WARNING", logger="hf_vae.training"):
+        record = train(TrainArguments(model="klae", output_dir=str(tmp_path / "run"), max_steps=2, batch_size=4,
+                                      eval_steps=0, checkpointing_steps=0, report_to="jsonl",
+                                      final_eval_max_examples=8, num_sample_images=4),
+                       DataArguments(num_train_examples=16),
+                       {"image_size": 32, "block_out_channels": [8, 16], "norm_num_groups": 4,
+                        "mid_block_add_attention": False})
+    said = [r.getMessage() for r in caplog.records if "WITHOUT the LPIPS perceptual term" in r.getMessage()]
+    assert len(said) == 1 and "HF_HUB_OFFLINE is set" in said[0] and "--lpips_weights DIR" in said[0]
+    assert record["step"] == 2

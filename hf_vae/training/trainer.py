@@ -814,7 +814,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     train_args, data_args, model_config = parse_command_line(argv)
     try:
         return train(train_args, data_args, model_config)
-    except (ValueError, FileNotFoundError, PerceptualWeightsMissingError, NonFiniteLossError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, PerceptualWeightsMissingError,
+            NonFiniteLossError) as error:
         if os.environ.get("HF_VAE_TRACEBACK"):
             raise
         print(f"train.py: error: {error}", file=sys.stderr)
