@@ -468,7 +468,7 @@ def test_bad_labels_are_clear_errors(labels, match):
 
 
 @pytest.mark.parametrize("make,match", [
-    (lambda: VAEConfig(backbone="transformer"), r"`backbone` in \('mlp', 'conv'\), got 'transformer'"),
+    (lambda: VAEConfig(backbone="transformer"), r"`backbone` in \('mlp', 'conv', 'burgess'\), got 'transformer'"),
     (lambda: VAEConfig(likelihood="poisson"), "`likelihood` in"),
     (lambda: VAEConfig(backbone="conv", block_out_channels=[12, 32], norm_num_groups=8), r"\[12\] are not"),
     (lambda: VAEConfig(backbone="conv", image_size=30, block_out_channels=[8, 8, 8]), "divisible by the down-sampling factor 4"),
