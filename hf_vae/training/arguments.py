@@ -203,6 +203,10 @@ class TrainArguments:
         "Recompute the conv blocks' activations in the backward pass: less memory for more compute.", group=OPTIM))
 
     def __post_init__(self):
+        for f in fields(self):  # inf / NaN would train silently wrong (or not at all)
+            value = getattr(self, f.name)
+            if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(f"Expected `{f.name}` to be a finite number, got {value!r}.")
         if self.model is None and self.pretrained_model_name_or_path is None:
             self.model = "vae"
         if self.model is not None:
