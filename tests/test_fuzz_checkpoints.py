@@ -12,7 +12,6 @@ import os
 import pickle
 import shutil
 import signal
-from pathlib import Path
 
 import pytest
 import torch
@@ -421,13 +420,11 @@ def test_sigkill_at_several_moments_leaves_loadable_checkpoints_and_an_exact_res
 
 
 def _convert_script():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "convert.py"
-    spec = importlib.util.spec_from_file_location("hf_vae_convert_script_fuzz", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    try:
+        from tests.support.scripts import load_script
+    except ImportError:  # `tests` not importable as a package: pytest put tests/ itself on sys.path
+        from support.scripts import load_script
+    return load_script("convert")
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,17 @@ groups) and small non-square images (64x48, latents 8x6). Tiling uses 32-pixel t
 call blends a grid of tiles, including partial tiles at the borders.
 """
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+
+try:
+    from tests.support.scripts import load_script
+except ImportError:  # `tests` not importable as a package: pytest put tests/ itself on sys.path
+    from support.scripts import load_script
 
 pytest.importorskip("diffusers")
 from diffusers import AutoencoderKL  # noqa: E402
@@ -375,16 +379,8 @@ def test_offload_hooks_fire_on_encode_and_decode_as_for_diffusers():
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _load_convert_script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "convert.py"
-    spec = importlib.util.spec_from_file_location("hf_vae_convert_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_convert_script_all_directions(tmp_path, capsys):
-    convert = _load_convert_script()
+    convert = load_script("convert")
     reference, _ = make_pair("sdxl")
     reference.save_pretrained(tmp_path / "pipe" / "vae")
 
