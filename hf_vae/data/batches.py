@@ -24,6 +24,7 @@ DataLoader workers.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import numpy as np
@@ -221,6 +222,15 @@ def batch_to_tensors(table) -> dict:
     return batch
 
 
+@functools.lru_cache(maxsize=16)
+def _sharded_stream(path: str, num_rows: int):
+    """The unshuffled stream of a cache file in 16 shards, built once per process (building it takes longer
+    than a training step, and a new epoch would pay it again). Streams derived from it do not change it."""
+    from datasets import Dataset
+
+    return Dataset.from_file(path).to_iterable_dataset(num_shards=min(_NUM_SHARDS, num_rows))
+
+
 def build_batches(
     name: str,
     split: str = "train",
@@ -260,7 +270,7 @@ def build_batches(
     _check_fixed_schema(name, _canonical(name) != "photos", require_labels, image_column, label_column)
     table, image_shape = arrow_source(name, split, image_size=image_size, data_seed=data_seed,
                                       num_examples=num_examples, data_dir=data_dir)
-    ds = table.to_iterable_dataset(num_shards=min(_NUM_SHARDS, len(table)))
+    ds = _sharded_stream(table.cache_files[0]["filename"], len(table))
     if split == "train" and shuffle:
         # The same seed as build_dataset's: the epoch is folded in (see hf_vae.data.build_dataset).
         # One shard feeds the buffer at a time (the shard order is shuffled): interleaving several, datasets'
