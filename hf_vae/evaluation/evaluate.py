@@ -85,8 +85,9 @@ def data_settings(config, binarize: Optional[bool] = None) -> Dict[str, Any]:
 
     Bernoulli decoders see data in [0, 1], dynamically binarised by default (the Bernoulli likelihood is a
     normalised density only on binary data); Gaussian, Laplace, the discretised logistic and the KL autoencoder
-    see [-1, 1]. Gaussian and Laplace decoders (continuous densities; VQ-VAE aside, which reports no likelihood)
-    train on uniformly dequantised data.
+    see [-1, 1]. Gaussian and Laplace decoders (continuous densities) train on uniformly dequantised data; the
+    VQ-VAE trains on the 8-bit data (its likelihood, when a learned prior gives one, is still evaluated on
+    dequantised data with the change of volume, like every continuous density).
     """
     likelihood = getattr(config, "likelihood", "pixel")
     bernoulli = likelihood == "bernoulli"
