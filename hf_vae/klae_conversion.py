@@ -117,9 +117,12 @@ def load_safetensors(path: str) -> Dict[str, torch.Tensor]:
                          "Convert it once in a trusted environment with safetensors.torch.save_file.")
     if not os.path.isfile(path):
         raise ValueError(f"Expected a weight file at {path!r}, found none.")
-    from transformers.modeling_utils import load_state_dict
+    from safetensors.torch import load_file
 
-    return load_state_dict(path, map_location="cpu")
+    try:
+        return load_file(path, device="cpu")
+    except Exception as error:  # safetensors' errors do not name the file
+        raise ValueError(f"{path}: a truncated or corrupt safetensors file ({error}).") from None
 
 
 def detect_layout(keys: Iterable[str]) -> str:

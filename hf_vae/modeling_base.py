@@ -328,7 +328,17 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
             if model_type is not None and expected and model_type != expected:
                 raise ValueError(f"{config_file} describes a {model_type!r} model; expected a {expected!r} model "
                                  f"for {cls.__name__} (load it with AutoModel.from_pretrained).")
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except Exception as error:
+            # safetensors' own errors ("incomplete metadata, file not fully covered") do not say which file.
+            if local and type(error).__name__ == "SafetensorError":
+                folder = os.path.join(path, kwargs.get("subfolder") or "")
+                names = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))
+                raise ValueError(f"{os.path.join(folder, names[0]) if len(names) == 1 else folder}: a truncated or "
+                                 f"corrupt safetensors file ({error}); expected the complete file written by "
+                                 f"save_pretrained.") from None
+            raise
 
     def set_training_step(self, step: int) -> None:
         """Called by the trainer once per optimisation step; variants with schedules (β-VAE capacity) override it."""

@@ -361,14 +361,24 @@ def test_a_folder_of_another_model_type_is_named(saved_vae):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "empty", "garbage header"])
-def test_damaged_weights_are_errors_not_silent(saved_vae, damage):
+def test_damaged_weights_name_the_file(saved_vae, damage):
     path = saved_vae / "model.safetensors"
     data = path.read_bytes()
     path.write_bytes({"truncate": data[: len(data) // 2], "empty": b"",
                       "garbage header": b"\xff" * 8 + data[8:]}[damage])
-    with pytest.raises(Exception) as error:
+    with pytest.raises(ValueError) as error:
         VAEModel.from_pretrained(saved_vae)
-    assert not isinstance(error.value, (AssertionError, KeyboardInterrupt))
+    assert str(path) in str(error.value) and "truncated or corrupt safetensors file" in str(error.value)
+
+
+@pytest.mark.parametrize("keep", [0, 7, 100])
+def test_a_truncated_klae_weight_file_is_named(tmp_path, keep):
+    weights = KLAEModel(KLAEConfig(**TINY_KLAE)).state_dict()
+    path = tmp_path / "vae.safetensors"
+    save_file({k: v.contiguous() for k, v in weights.items()}, path)
+    path.write_bytes(path.read_bytes()[:keep])
+    with pytest.raises(ValueError, match=f"{path}: a truncated or corrupt safetensors file"):
+        KLAEModel.from_pretrained(str(path))
 
 
 def test_klae_single_file_loads_safetensors_only(tmp_path):
