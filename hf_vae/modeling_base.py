@@ -58,7 +58,8 @@ class AutoencoderOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`): reconstruction_loss + regularisation_loss, averaged over the
-            batch. For the VAE this is the negative ELBO in nats per example.
+            batch. For the VAE this is the negative ELBO in nats per example. With K posterior samples per
+            example (IWAE, MIWAE) it is `combine_samples` of them, and the two terms are their sample averages.
         reconstruction_loss (`()`): E_q[−log p(x|z)] (one sample), nats per example.
         regularisation_loss (`()`): the weighted regulariser (KL, β·KL, VQ terms, ...), per example.
         reconstruction (`(B, *data_shape)`): the decoder's mean in data space (probabilities for Bernoulli).
@@ -493,10 +494,10 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
         params = self._decode_samples(latents, condition)
         reconstruction_loss = self.likelihood.nll(pixel_values, params)  # (B,) or (K, B)
         regularisation_loss, extras = self.regularisation_loss(posterior, latents)
-        objective = reconstruction_loss + regularisation_loss  # per example
-        stacked = latents.dim() > len(self.latent_shape) + 1
-        if stacked:  # K samples per example: their mean, or an importance-weighted bound
-            objective = self.combine_samples(reconstruction_loss, regularisation_loss)
+        stacked = latents.dim() > len(self.latent_shape) + 1  # K samples per example
+        # Per example: −log p(x|z) + regulariser; with K samples, their mean or an importance-weighted bound.
+        objective = (self.combine_samples(reconstruction_loss, regularisation_loss) if stacked
+                     else reconstruction_loss + regularisation_loss)
         batch_term, batch_extras = self.batch_regularisation(posterior, latents, params)
         loss, regularisation = objective.mean(), regularisation_loss.mean()
         if batch_term is not None:
