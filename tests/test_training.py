@@ -238,7 +238,7 @@ def test_learn_logvar_trains_the_log_variance_with_the_generator(tmp_path):
         args, _ = tiny_run(tmp_path, model="klae", perceptual_weight=0.0, disc_weight=0.0,
                               learn_logvar=learn, logvar_init=0.25)
         objective = build_objective(args, model, (-1.0, 1.0), "shapes")
-        assert float(objective.loss.logvar) == 0.25
+        assert float(objective.loss.logvar.detach()) == 0.25
         assert objective.extra_parameters() == ([objective.loss.logvar] if learn else [])
         assert objective.loss.logvar.requires_grad is learn
 
