@@ -508,7 +508,7 @@ def test_factor_vae_generator_loss_adds_gamma_tc_without_touching_the_discrimina
 
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
-def test_factor_vae_trains_its_discriminator_in_the_trainer_checkpointed_not_published(tmp_path):
+def test_factor_vae_trains_its_discriminator_in_the_trainer_checkpointed_not_published(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     from hf_vae.training import DataArguments, TrainArguments, train
@@ -525,3 +525,20 @@ def test_factor_vae_trains_its_discriminator_in_the_trainer_checkpointed_not_pub
     state = load_file(tmp_path / "run" / "checkpoints" / "checkpoint-4" / "training_state.safetensors")
     discriminator_keys = [key for key in state if "objective" in key and "discriminator" in key]
     assert len(discriminator_keys) == 4, list(state)  # two Linear layers: weights and biases
+    # Resuming restores the discriminator into the objective (FactorVAEObjective.load_state_dict).
+    from hf_vae.training.factor_vae import FactorVAEObjective
+
+    restored, original = [], FactorVAEObjective.load_state_dict
+
+    def recording_load(self, saved):
+        original(self, saved)
+        restored.append({k: v.clone() for k, v in self.discriminator.state_dict().items()})
+
+    monkeypatch.setattr(FactorVAEObjective, "load_state_dict", recording_load)
+    args.max_steps, args.resume_from_checkpoint = 6, "latest"
+    resumed = train(args, DataArguments(num_train_examples=100),
+                    dict(image_size=16, hidden_dims=[16], latent_dim=3, discriminator_hidden_dims=[8]))
+    assert resumed["train"]["resumed_from"] and resumed["step"] == 6
+    assert len(restored) == 1
+    for key, value in restored[0].items():
+        assert torch.equal(value, next(v for k, v in state.items() if k.endswith("discriminator." + key))), key
