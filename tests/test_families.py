@@ -1,5 +1,6 @@
 """The other VAE families: each formula against an independent computation, and each family end to end."""
 
+import json
 import math
 
 import pytest
@@ -525,6 +526,11 @@ def test_factor_vae_trains_its_discriminator_in_the_trainer_checkpointed_not_pub
     state = load_file(tmp_path / "run" / "checkpoints" / "checkpoint-4" / "training_state.safetensors")
     discriminator_keys = [key for key in state if "objective" in key and "discriminator" in key]
     assert len(discriminator_keys) == 4, list(state)  # two Linear layers: weights and biases
+    # Adam as in Kim & Mnih: (0.9, 0.999) for the VAE, (0.5, 0.9) for the discriminator.
+    with open(tmp_path / "run" / "checkpoints" / "checkpoint-4" / "training_state.json") as f:
+        optimisers = json.load(f)
+    assert optimisers["optimizer"]["param_groups"][0]["betas"]["__tuple__"] == [0.9, 0.999]
+    assert optimisers["disc_optimizer"]["param_groups"][0]["betas"]["__tuple__"] == [0.5, 0.9]
     # Resuming restores the discriminator into the objective (FactorVAEObjective.load_state_dict).
     from hf_vae.training.factor_vae import FactorVAEObjective
 

@@ -43,6 +43,9 @@ def permute_dims(latents: torch.Tensor, generator: Optional[torch.Generator] = N
 class FactorVAEObjective(ElboObjective):
     """VAE loss + γ·TC for the generator step; cross-entropy of the latent discriminator for its step."""
 
+    #: Adam's betas for the VAE (Kim & Mnih, app. A); the discriminator gets the trainer's GAN default (0.5, 0.9)
+    generator_betas = (0.9, 0.999)
+
     def __init__(self, model, dataset_name: str = "dataset"):
         super().__init__(model.is_conditional, dataset_name)
         config = model.config

@@ -532,8 +532,13 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     # -- 3. optimisers, schedules, EMA ---------------------------------------------------------------------
     discriminator_params = objective.discriminator_parameters()
     adversarial = bool(discriminator_params)
-    betas = (train_args.adam_beta1 if train_args.adam_beta1 is not None else (0.5 if adversarial else 0.9),
-             train_args.adam_beta2 if train_args.adam_beta2 is not None else (0.9 if adversarial else 0.999))
+    # Adam's betas: (0.5, 0.9) for GAN training as in latent diffusion, unless the objective names the generator's
+    # (the FactorVAE's VAE keeps (0.9, 0.999) while its discriminator gets (0.5, 0.9), as in Kim & Mnih).
+    default_betas = getattr(objective, "generator_betas", None) or ((0.5, 0.9) if adversarial else (0.9, 0.999))
+    betas = (train_args.adam_beta1 if train_args.adam_beta1 is not None else default_betas[0],
+             train_args.adam_beta2 if train_args.adam_beta2 is not None else default_betas[1])
+    disc_betas = (train_args.adam_beta1 if train_args.adam_beta1 is not None else 0.5,
+                  train_args.adam_beta2 if train_args.adam_beta2 is not None else 0.9)
     generator_params = [p for p in model.parameters() if p.requires_grad] + objective.extra_parameters()
     optimizer = _adam(generator_params, train_args.learning_rate, betas, train_args.weight_decay,
                       accelerator.device)
@@ -547,7 +552,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     disc_lr = train_args.disc_learning_rate or train_args.learning_rate
     if adversarial:
         # Its learning rate follows the same schedule, set from the step (it only steps after disc_start).
-        disc_optimizer = accelerator.prepare(_adam(discriminator_params, disc_lr, betas, train_args.weight_decay,
+        disc_optimizer = accelerator.prepare(_adam(discriminator_params, disc_lr, disc_betas, train_args.weight_decay,
                                                    accelerator.device))
     ema = EMA(unwrapped, train_args.ema_decay) if train_args.ema_decay > 0 else None
     state = TrainingState(accelerator.num_processes)
