@@ -19,7 +19,8 @@ Reported on the test split (10k images):
     wall time              of each run (training + final evaluation)
 
 and writes benchmarks/results/vq_prior_samples.png: 64 samples of the uniform prior (left) and of the learned prior
-(right), same decoder.
+(right), same decoder. With --fid_features DIR (a classifier trained by scripts/train_fid_classifier.py), the
+Fréchet distance between 2,000 samples of each prior and the test split in that classifier's features is added.
 
     python benchmarks/bench_vq_prior.py --threads 1             # 1500 + 2500 steps
     python benchmarks/bench_vq_prior.py --quick                 # 150 + 200 steps, 2000 test images
@@ -34,6 +35,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 
 import torch
 
@@ -96,6 +98,23 @@ def _test_code_histogram(model, num_examples):
     return counts
 
 
+def _frechet_distances(model, fid_features, num_samples, eval_examples, seed):
+    """Fréchet distance in the classifier's features between the test split and samples of the learned prior, and
+    of the uniform prior (the same VQ-VAE without its prior)."""
+    import copy
+
+    from hf_vae.evaluation.fid import frechet_distance_of_samples, load_fid_features, real_statistics
+
+    features = load_fid_features(fid_features)
+    real = real_statistics(features, "fashion_mnist", "test", max_examples=eval_examples)
+    uniform = copy.deepcopy(model).attach_prior(None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the uniform prior's "samples are noise" warning: that is the point here
+        return {"learned": frechet_distance_of_samples(model, features, real, num_samples, seed=seed),
+                "uniform": frechet_distance_of_samples(uniform, features, real, num_samples, seed=seed),
+                "samples": num_samples, "features": fid_features}
+
+
 def _total_variation(counts_a, counts_b) -> float:
     p, q = counts_a.double() / counts_a.sum(), counts_b.double() / counts_b.sum()
     return 0.5 * float((p - q).abs().sum())
@@ -113,6 +132,9 @@ def main():
     parser.add_argument("--eval_examples", type=int, default=None, help="test images (default all; quick 2000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--fid_features", default=None,
+                        help="a Fashion-MNIST feature classifier (scripts/train_fid_classifier.py) for the Fréchet distance")
+    parser.add_argument("--fid_samples", type=int, default=2000)
     parser.add_argument("--workdir", default=None, help="where the two runs are written (default: a temp folder)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
@@ -193,6 +215,11 @@ def main():
     canvas.paste(right.convert("RGB"), (left.width + gap, 0))
     canvas.save(picture)
     result["picture"] = os.path.relpath(picture, ROOT)
+
+    if args.fid_features:
+        result["frechet_distance"] = _frechet_distances(model, args.fid_features, args.fid_samples, eval_examples,
+                                                        args.seed)
+        print(f"Fréchet distance: {result['frechet_distance']}", flush=True)
 
     output = args.output or os.path.join(ROOT, "benchmarks", "results", f"vq_prior{quick}.json")
     write_result(result, output)

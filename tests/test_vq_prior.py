@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -290,6 +291,15 @@ def test_push_in_one_commit_then_load_with_and_without_hf_vae(hub_server, tmp_pa
     assert len(api.list_repo_commits("alice/vq-prior")) == 2  # the repo's initial commit + this push
     loaded = AutoModel.from_pretrained("alice/vq-prior", cache_dir=tmp_path / "c")
     assert torch.equal(loaded.generate(4, generator=torch.Generator().manual_seed(0)), expected)
+    # The card says what the prior is, and its snippet samples from it.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load("alice/vq-prior").text
+    assert "| Prior p(z) | GPT-2 (1 layers of width 16" in card and "draws codes uniformly" not in card
+    snippet = re.findall(r"```python\n(.*?)```", card, flags=re.S)[0]
+    namespace = {}
+    exec(snippet, namespace)
+    assert namespace["samples"].shape == (4, 1, 8, 8)
 
     model.save_pretrained(tmp_path / "folder")
     save_file({"expected": expected}, tmp_path / "expected.safetensors")

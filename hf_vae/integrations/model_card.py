@@ -514,7 +514,19 @@ def _describe_model(model) -> Dict[str, Any]:
     return {"class_name": type(model).__name__, "num_parameters": f"{model.num_parameters():,}",
             "num_parameters_human": _human(model.num_parameters()), "backbone": backbone_text, "input": input_text,
             "latent": latent, "likelihood": likelihood, "is_image": image, "value_range": span,
-            "example_input": example_input, "dtype": str(model.dtype).replace("torch.", "")}
+            "example_input": example_input, "dtype": str(model.dtype).replace("torch.", ""),
+            "prior": _describe_prior(model)}
+
+
+def _describe_prior(model) -> Optional[str]:
+    """A VQ-VAE's learned prior (in prior/), in words; None without one."""
+    prior = getattr(model, "prior", None)
+    if prior is None:
+        return None
+    config = prior.config
+    classes = f", class-conditional ({config.num_classes} classes)" if config.num_classes else ""
+    return (f"GPT-2 ({config.n_layer} layers of width {config.n_embd}, {_human(prior.num_parameters())} parameters) "
+            f"over the {'×'.join(map(str, config.code_shape))} code map in raster order{classes}, in `prior/`")
 
 
 def _describe_dataset(name: Optional[str], split: Optional[str]) -> Optional[Dict[str, Any]]:
