@@ -30,6 +30,7 @@ Fréchet distance between 2,000 samples of each prior and the test split in that
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -169,6 +170,9 @@ def main():
         result["vqvae"] = {"seconds": round(seconds, 1), "steps": record["step"],
                            "resumed_from": record["train"]["resumed_from"], "metrics": record["metrics"]}
         print(f"VQ-VAE: {record['metrics']} in {seconds:.0f} s", flush=True)
+    elif os.path.isfile(os.path.join(vqvae_dir, "metrics.json")):
+        with open(os.path.join(vqvae_dir, "metrics.json")) as f:
+            result["vqvae"] = {"source": vqvae_dir, "metrics": json.load(f)["metrics"]}
 
     # -- 2. its prior ----------------------------------------------------------------------------------------
     prior_dir = os.path.join(workdir, "vq_prior")
