@@ -11,7 +11,7 @@ Two measurements:
             (`hf_vae.evaluation.evaluate`, chunked), on the whole test set or --nll_examples of it.
 2. speed    training throughput (examples/s) of the library loop against bare PyTorch loops of the same model,
             optimiser (fused Adam) and batch size, interleaved in one process (--rounds rounds of --steps steps):
-              * bare loop over the same hf_vae.data stream (the same data pipeline): the trainer's own overhead
+              * bare loop over the trainer's own data path (TrainStream + BatchNoise): the trainer's own overhead
               * bare loop over in-memory tensors binarised with torch.bernoulli: what the streamed data costs
             The library's throughput is the one `train` reports (its loop time, without start-up, evaluation or
             checkpoints); the bare loops are timed the same way, from the first batch request to the last step.
@@ -85,25 +85,22 @@ def _model_and_optimizer(seed=0):
 
 
 def bare_stream_throughput(steps, epoch=0):
-    """The same model and data stream (hf_vae.data) in a plain PyTorch loop."""
-    from hf_vae.data import build_dataset, collate_batch
+    """The same model on the trainer's own data path (hf_vae.training.streams.TrainStream: Arrow batches, and the
+    binarisation drawn per step by BatchNoise) in a plain PyTorch loop."""
+    from hf_vae.training.noise import BatchNoise
+    from hf_vae.training.streams import TrainStream
 
     model, optimizer = _model_and_optimizer()
     start = time.perf_counter()  # like the library's loop time, which includes building the epoch's stream
-    stream = build_dataset("fashion_mnist", "train", image_size=28, in_channels=1, value_range=(0.0, 1.0),
-                           binarize=True, seed=0, epoch=epoch)
-    loader = torch.utils.data.DataLoader(stream, batch_size=BATCH, collate_fn=collate_batch, drop_last=True,
-                                         generator=torch.Generator().manual_seed(0))
-    done = 0
-    for batch in loader:
-        loss = model(batch["pixel_values"]).loss
+    settings = {"image_size": 28, "in_channels": 1, "value_range": (0.0, 1.0), "binarize": True}
+    stream = TrainStream("fashion_mnist", settings, batch_size=BATCH, seed=0, data_seed=0, epoch=epoch)
+    noise = BatchNoise(0, 0, binarize=True, value_range=(0.0, 1.0), device=torch.device("cpu"))
+    for step, batch in zip(range(steps), stream):
+        loss = model(noise(batch, step)["pixel_values"]).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        done += 1
-        if done == steps:
-            break
-    return done * BATCH / (time.perf_counter() - start)
+    return steps * BATCH / (time.perf_counter() - start)
 
 
 def bare_memory_throughput(steps, images):
@@ -203,7 +200,7 @@ def main():
                            "library_overhead_vs_bare_stream": 1 - statistics.median(ratios_stream),
                            "library_overhead_vs_in_memory": 1 - statistics.median(ratios_memory)}
         rows += [["library loop (examples/s, median)", f"{medians['library']:.0f}"],
-                 ["bare loop, same hf_vae.data stream", f"{medians['bare_stream']:.0f}"],
+                 ["bare loop, the trainer's data path", f"{medians['bare_stream']:.0f}"],
                  ["bare loop, in-memory tensors", f"{medians['bare_memory']:.0f}"],
                  ["library overhead vs bare loop on the same stream",
                   f"{100 * result['speed']['library_overhead_vs_bare_stream']:.1f} %"],
