@@ -612,6 +612,12 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     # Binarisation / dequantisation, drawn on the device from a per-step seed: a resumed run draws the same noise.
     # The stream's values need no per-forward check (and device sync) in the model; see inputs_checked_by_caller.
     vouched = getattr(unwrapped, "inputs_checked_by_caller", contextlib.nullcontext)
+    # Accelerate's optimiser wrapper searches for an optional package (importlib) twice per step, which costs
+    # about as much as a small model's fused Adam step; without a gradient scaler, off XLA, all it then does is
+    # call the optimiser, so call the optimiser directly.
+    plain = accelerator.scaler is None and accelerator.distributed_type != "XLA"
+    optimizer_step = optimizer.optimizer.step if plain else optimizer.step
+    disc_optimizer_step = (disc_optimizer.optimizer.step if plain else disc_optimizer.step) if adversarial else None
     noise = BatchNoise(train_args.seed, accelerator.process_index, binarize=settings["binarize"],
                        dequantize=settings["dequantize"], value_range=settings["value_range"],
                        device=accelerator.device)
@@ -713,11 +719,11 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
             else:
                 for logs in micro_logs:  # only finite steps enter the logged averages
                     window.add(logs)
-                optimizer.step()
+                optimizer_step()
                 if disc_on:
                     for group in disc_optimizer.param_groups:
                         group["lr"] = disc_lr * schedule(step)
-                    disc_optimizer.step()
+                    disc_optimizer_step()
                 if ema is not None:
                     ema.update(unwrapped)
             optimizer.zero_grad(set_to_none=True)
