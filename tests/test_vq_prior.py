@@ -523,3 +523,26 @@ def test_resume_refuses_the_codes_of_another_vq_vae(tmp_path):
         train(TrainArguments(model="vq_prior", vqvae=str(tmp_path / "other"), max_steps=4,
                              resume_from_checkpoint="latest", **args), DataArguments(num_train_examples=64),
               dict(fields))
+
+
+@pytest.mark.skipif(__import__("shutil").which("accelerate") is None, reason="needs the accelerate launcher")
+def test_two_processes_train_the_prior(tmp_path):
+    """`accelerate launch` with two gloo processes: each encodes its shard with the frozen VQ-VAE, the prior is
+    averaged by DDP, and the evaluation reduces over both shards."""
+    tiny_vqvae(image_size=16).save_pretrained(tmp_path / "vq")
+    out = tmp_path / "ddp"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run(
+        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+         "no", "--dynamo_backend", "no", "--main_process_port", "0", TRAIN, "--model", "vq_prior", "--vqvae",
+         str(tmp_path / "vq"), "--n_embd", "16", "--n_layer", "1", "--n_head", "2", "--output_dir", str(out),
+         "--batch_size", "8", "--num_train_examples", "160", "--max_steps", "4", "--checkpointing_steps", "2",
+         "--eval_steps", "0", "--report_to", "none", "--final_eval_max_examples", "32", "--num_sample_images", "4"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    args = json.loads((out / "training_args.json").read_text())["resolved"]
+    assert args["num_processes"] == 2 and args["effective_batch_size"] == 16
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["step"] == 4 and metrics["metrics"]["prior_nll_per_code"] > 0
+    assert AutoModel.from_pretrained(out).prior is not None
