@@ -55,12 +55,15 @@ def _reset_accelerate():
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """One uninterrupted run (6 steps, a checkpoint every 2): its folder and published weights."""
+    """One uninterrupted run (6 steps, a checkpoint every 2): its folder and published weights. One intra-op thread
+    for this module's runs, restored afterwards: a leaked thread count changes other modules' float rounding."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("reference") / "run"
     train(*_args(out), dict(CONFIG))
     _reset_accelerate()
-    return out
+    yield out
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -34,6 +34,11 @@ from hf_vae.integrations.hub import (
 from hf_vae.integrations.model_card import image_grid, render_model_card
 from transformers import AutoModel
 
+try:
+    from tests.support.scripts import same_threads
+except ImportError:  # `tests` not importable as a package: pytest put tests/ itself on sys.path
+    from support.scripts import same_threads
+
 ALICE, BOB = "token-alice", "token-bob"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KLAE_EXTRA_FILES = {".gitattributes", "README.md", "preview.png", "vae/config.json", "vae/diffusion_pytorch_model.safetensors"}
@@ -235,7 +240,7 @@ def test_load_without_hf_vae_trust_remote_code_and_diffusers(hub_server, tmp_pat
         print("ok")
     """)
     home = tmp_path / "child_home"  # empty HF_HOME: nothing cached, no token
-    env = {**os.environ, **hub_server.env(hf_home=home), "PYTHONPATH": ""}
+    env = same_threads({**os.environ, **hub_server.env(hf_home=home), "PYTHONPATH": ""})
     env.pop("HF_TOKEN", None)
     result = subprocess.run([sys.executable, "-c", child, str(tmp_path / "cases.json")], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)

@@ -12,6 +12,11 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel
 
+try:
+    from tests.support.scripts import same_threads
+except ImportError:  # `tests` not importable as a package: pytest put tests/ itself on sys.path
+    from support.scripts import same_threads
+
 import hf_vae
 from hf_vae import (
     BetaVAEConfig,
@@ -318,7 +323,7 @@ def test_trust_remote_code_loads_every_variant_without_hf_vae(tmp_path):
             assert torch.equal(out, t["expected"]), path
         print("remote-code-ok", len({cases!r}))
     """)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    env = same_threads(dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home")))
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -369,7 +374,7 @@ def test_a_remote_code_model_behaves_like_the_installed_class(tmp_path):
         assert "hf_vae" not in sys.modules
         print("remote-like-installed-ok")
     """)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    env = same_threads(dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home")))
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -31,6 +31,11 @@ from hf_vae.training import DataArguments, TrainArguments, train
 from hf_vae.training.arguments import parse_args
 from transformers import AutoModel
 
+try:
+    from tests.support.scripts import same_threads
+except ImportError:  # `tests` not importable as a package: pytest put tests/ itself on sys.path
+    from support.scripts import same_threads
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "scripts" / "train.py")
 ALICE = "token-alice"
@@ -327,7 +332,7 @@ def test_push_in_one_commit_then_load_with_and_without_hf_vae(hub_server, tmp_pa
         assert not [m for m in sys.modules if m == "hf_vae" or m.startswith("hf_vae.")]
         print("ok")
     """)
-    env = {**os.environ, **hub_server.env(hf_home=tmp_path / "child_home"), "PYTHONPATH": ""}
+    env = same_threads({**os.environ, **hub_server.env(hf_home=tmp_path / "child_home"), "PYTHONPATH": ""})
     env.pop("HF_TOKEN", None)
     result = subprocess.run([sys.executable, "-c", child, str(tmp_path / "expected.safetensors"),
                              str(tmp_path / "folder"), commit.oid], env=env, cwd=tmp_path, capture_output=True,
