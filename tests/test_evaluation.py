@@ -14,6 +14,7 @@ from hf_vae.evaluation import (
     METRIC_NAMES,
     codebook_stats,
     evaluate,
+    evaluate_output_dir,
     format_metrics_table,
     metrics_that_apply,
 )
@@ -227,7 +228,23 @@ def test_evaluate_script_on_a_trained_output_folder(tmp_path, capsys):
     # Same data (the run's data_seed 5 is read from training_args.json), same seed and batches: same numbers.
     assert written["metrics"] == pytest.approx(trained["metrics"], rel=1e-6)
     with pytest.raises(FileNotFoundError, match="Expected a trained model"):
+        evaluate_output_dir(str(tmp_path), "shapes")
+
+
+def test_evaluate_script_refuses_bad_folders_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         evaluate_main([str(tmp_path), "--dataset", "shapes"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.startswith("evaluate.py: error: ")
+    model = VAEModel(VAEConfig(in_channels=1, image_size=16, hidden_dims=(8,), latent_dim=2))
+    model.save_pretrained(tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    capsys.readouterr()  # save_pretrained's progress bar
+    with pytest.raises(SystemExit):
+        evaluate_main([str(tmp_path / "model"), "--dataset", "shapes"])
+    err = capsys.readouterr().err
+    assert err.startswith("evaluate.py: error: ") and str(weights) in err and "truncated" in err
 
 
 def test_metrics_table_lists_every_metric():

@@ -52,6 +52,7 @@ import json
 import logging
 import math
 import os
+import sys
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -547,8 +548,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                   progress=True, fid_features=args.fid_features, fid_samples=args.fid_samples)
     if args.data_seed is not None:
         kwargs["data_seed"] = args.data_seed
-    record = evaluate_output_dir(args.model_dir, args.dataset, args.split, output_file=args.output,
-                                 device=args.device, **kwargs)
+    try:
+        record = evaluate_output_dir(args.model_dir, args.dataset, args.split, output_file=args.output,
+                                     device=args.device, **kwargs)
+    except (ValueError, FileNotFoundError) as error:  # bad input: one line naming it, as train.py does
+        if os.environ.get("HF_VAE_TRACEBACK"):
+            raise
+        print(f"evaluate.py: error: {error}", file=sys.stderr)
+        sys.exit(1)
     print(format_metrics_table(record["metrics"], title=f"{record['model']} on {record['dataset']} "
                                                         f"({record['split']}, step {record['step']})"))
     return record
