@@ -20,10 +20,16 @@ import torch.nn as nn
 from .conv_backbone import get_activation
 
 
+def _he(layer: nn.Module) -> nn.Module:
+    """Mark a layer for He (Kaiming-normal, ReLU gain) initialisation; see `AutoencoderModel._init_weights`."""
+    layer.he_init = True
+    return layer
+
+
 def _dense(sizes: Sequence[int], act_fn: str, final_activation: bool) -> nn.Sequential:
     layers = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(fan_in, fan_out))
+        layers.append(_he(nn.Linear(fan_in, fan_out)))
         if final_activation or i < len(sizes) - 2:
             layers.append(get_activation(act_fn))
     return nn.Sequential(*layers)
@@ -37,7 +43,7 @@ class BurgessEncoder(nn.Module):
         super().__init__()
         layers, channels = [], in_channels + condition_dim
         for out in block_out_channels:
-            layers += [nn.Conv2d(channels, out, kernel_size=4, stride=2, padding=1), get_activation(act_fn)]
+            layers += [_he(nn.Conv2d(channels, out, kernel_size=4, stride=2, padding=1)), get_activation(act_fn)]
             channels = out
         self.convs = nn.Sequential(*layers)
         side = image_size // 2 ** len(block_out_channels)
@@ -63,7 +69,7 @@ class BurgessDecoder(nn.Module):
         layers = []
         widths = list(reversed(block_out_channels)) + [out_channels]
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-            layers.append(nn.ConvTranspose2d(fan_in, fan_out, kernel_size=4, stride=2, padding=1))
+            layers.append(_he(nn.ConvTranspose2d(fan_in, fan_out, kernel_size=4, stride=2, padding=1)))
             if i < len(widths) - 2:
                 layers.append(get_activation(act_fn))
         self.deconvs = nn.Sequential(*layers)

@@ -20,6 +20,13 @@ def _arguments_module():
     command line, answer before those imports.
     """
     package = importlib.util.find_spec("hf_vae")
+    if package is None:  # not installed: the checkout this script belongs to
+        checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if not os.path.isfile(os.path.join(checkout, "hf_vae", "__init__.py")):
+            sys.exit("train.py: error: the hf_vae package is not installed; run `pip install -e .` in the "
+                     "repository first (see the README).")
+        sys.path.insert(0, checkout)
+        package = importlib.util.find_spec("hf_vae")
     path = os.path.join(package.submodule_search_locations[0], "training", "arguments.py")
     spec = importlib.util.spec_from_file_location("_hf_vae_train_arguments", path)
     module = importlib.util.module_from_spec(spec)
