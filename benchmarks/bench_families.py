@@ -11,6 +11,11 @@ Three parts (run one with --part, or all):
            features of the small Fashion-MNIST classifier (`scripts/train_fid_classifier.py`), for the VAE
            (prior and an ex-post 10-component Gaussian mixture), the VampPrior VAE, the RAE (+ its mixture) and
            the WAE (prior and mixture).
+  pythae   pythae 0.1.2 (`pip install --no-deps --target /tmp/pythae_site pythae==0.1.2`) side by side: its VAE and
+           IWAE (K = 5) trained by its BaseTrainer on the nll part's recipe (same networks, Fashion-MNIST binarised
+           anew at each read, batch 128, Adam 1e-3, --epochs epochs), their weights then copied into hf_vae's
+           MLP model and scored by the same evaluator as the nll part, and by pythae's own `get_nll` on the same
+           binarised test images, so the two estimators check each other.
   mig      shapes stream, 64x64, the network of Burgess et al. (2018) with 10 latents, trained with the VAE's
            default recipe (batch 32, Adam 2e-3, cosine, --steps steps): MIG and reconstruction error for the
            VAE (β = 1), β-VAE (β = 4), β-TCVAE (β = 6) and FactorVAE (γ = 10).
@@ -132,6 +137,92 @@ def part_frechet(args, workdir):
                   "classifier": args.classifier}
 
 
+PYTHAE_MODELS = {"vae": ("VAE", {}), "iwae_k5": ("IWAE", {"number_samples": 5})}
+
+
+def part_pythae(args, workdir):
+    from hf_vae import VAEConfig, VAEModel
+    from hf_vae.data import load_fashion_mnist_arrays
+    from hf_vae.evaluation import evaluate
+
+    sys.path.insert(0, args.pythae_site)
+    import pythae.models as pythae_models
+    import torch.nn as nn
+    from pythae.data.datasets import BaseDataset, DatasetOutput
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+    from pythae.trainers import BaseTrainer, BaseTrainerConfig
+
+    assert "torchvision" not in sys.modules, "pythae must be installed without its dependencies (no torchvision)"
+
+    class Encoder(BaseEncoder):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU())
+            self.mu, self.logvar = nn.Linear(512, 32), nn.Linear(512, 32)
+
+        def forward(self, x):
+            h = self.net(x)
+            return ModelOutput(embedding=self.mu(h), log_covariance=self.logvar(h))
+
+    class Decoder(BaseDecoder):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(32, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                                     nn.Linear(512, 784), nn.Sigmoid())
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=self.net(z).view(-1, 1, 28, 28))
+
+    class Binarised(BaseDataset):  # pythae reads one example at a time: a new binarisation at each read
+        def __getitem__(self, index):
+            return DatasetOutput(data=torch.bernoulli(self.data[index]))
+
+    train_images = torch.from_numpy(load_fashion_mnist_arrays("train")[0]).float().div(255).unsqueeze(1)
+    test_images = torch.from_numpy(load_fashion_mnist_arrays("test")[0][: args.nll_examples or 10000])
+    test_binary = torch.bernoulli(test_images.float().div(255).unsqueeze(1), generator=torch.Generator().manual_seed(0))
+    rows = {}
+    for key in args.models or PYTHAE_MODELS:
+        cls_name, extra = PYTHAE_MODELS[key]
+        torch.manual_seed(0)
+        config_cls = getattr(pythae_models, cls_name + "Config")
+        model = getattr(pythae_models, cls_name)(config_cls(input_dim=(1, 28, 28), latent_dim=32,
+                                                            reconstruction_loss="bce", **extra),
+                                                 encoder=Encoder(), decoder=Decoder())
+        trainer_config = BaseTrainerConfig(output_dir=os.path.join(workdir, f"pythae-{key}"),
+                                           per_device_train_batch_size=128, per_device_eval_batch_size=128,
+                                           num_epochs=int(args.epochs), learning_rate=1e-3, optimizer_cls="Adam",
+                                           steps_saving=None, no_cuda=True)
+        start = time.perf_counter()
+        BaseTrainer(model, Binarised(train_images, torch.zeros(len(train_images))),
+                    training_config=trainer_config).train()
+        seconds = time.perf_counter() - start
+        model.eval()
+        # The same weights in hf_vae's MLP VAE (its encoder's last layer is [mean; log-variance] in one).
+        ours = VAEModel(VAEConfig(**MLP)).eval()
+        enc, dec = model.encoder, model.decoder
+        state = {"encoder.net.0.weight": enc.net[1].weight, "encoder.net.0.bias": enc.net[1].bias,
+                 "encoder.net.2.weight": enc.net[3].weight, "encoder.net.2.bias": enc.net[3].bias,
+                 "encoder.net.4.weight": torch.cat([enc.mu.weight, enc.logvar.weight]),
+                 "encoder.net.4.bias": torch.cat([enc.mu.bias, enc.logvar.bias])}
+        state.update({f"decoder.net.{i}.{name}": getattr(dec.net[i], name) for i in (0, 2, 4) for name in
+                      ("weight", "bias")})
+        ours.load_state_dict({k: v.detach() for k, v in state.items()})
+        metrics = evaluate(ours, "fashion_mnist", "test", batch_size=100, num_importance_samples=1000,
+                           max_examples=args.nll_examples, metrics=["neg_elbo", "nll"])
+        # Both estimators on one binarisation of the test images (get_nll returns the mean log-likelihood).
+        with torch.no_grad():
+            torch.manual_seed(0)
+            pythae_nll = -float(model.get_nll(test_binary, n_samples=1000, batch_size=1000))
+            ours_nll = -float(ours.log_likelihood(test_binary, num_samples=1000, chunk_size=100,
+                                                  generator=torch.Generator().manual_seed(0)).double().mean())
+        rows[f"pythae_{key}"] = {"model": f"pythae {cls_name}", "config": extra, "train_s": round(seconds, 1),
+                                 **metrics, "nll_fixed_binarisation_hf_vae": ours_nll,
+                                 "nll_fixed_binarisation_pythae_get_nll": pythae_nll}
+        print(key, rows[f"pythae_{key}"], flush=True)
+    return rows, {"epochs": args.epochs, "nll_examples": args.nll_examples or 10000, "importance_samples": 1000}
+
+
 def part_mig(args, workdir):
     rows = {}
     for key in args.models or MIG_MODELS:
@@ -151,7 +242,7 @@ def part_mig(args, workdir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["nll", "frechet", "mig"], required=True)
+    parser.add_argument("--part", choices=["nll", "frechet", "mig", "pythae"], required=True)
     parser.add_argument("--models", nargs="+", default=None, help="a subset of the part's models")
     parser.add_argument("--epochs", type=float, default=20.0)
     parser.add_argument("--nll_examples", type=int, default=None, help="test images for the NLL (default: all)")
@@ -160,6 +251,8 @@ def main():
     parser.add_argument("--density_examples", type=int, default=60000, help="training codes the mixture is fitted to")
     parser.add_argument("--steps", type=int, default=6000, help="training steps of the MIG part")
     parser.add_argument("--mig_examples", type=int, default=5000)
+    parser.add_argument("--pythae_site", default="/tmp/pythae_site", help="where pythae 0.1.2 was installed with "
+                        "`pip install --no-deps --target`")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
@@ -167,7 +260,8 @@ def main():
         torch.set_num_threads(args.threads)
     output = args.output or os.path.join(RESULTS_DIR, f"families_{args.part}.json")
     with tempfile.TemporaryDirectory() as workdir:
-        rows, recipe = {"nll": part_nll, "frechet": part_frechet, "mig": part_mig}[args.part](args, workdir)
+        rows, recipe = {"nll": part_nll, "frechet": part_frechet, "mig": part_mig,
+                         "pythae": part_pythae}[args.part](args, workdir)
     result = {"benchmark": f"families_{args.part}", "command": "python " + " ".join(sys.argv),
               "machine": machine(), "note": "shared machine (2 CPU cores, several jobs)", "recipe": recipe,
               "models": {}}
