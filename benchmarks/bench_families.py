@@ -133,6 +133,19 @@ def part_frechet(args, workdir):
                            if components else "prior", "steps": record["step"], "train_s": round(seconds, 1),
                            "frechet_distance": fd, "mse": record["metrics"].get("mse")}
             print(label, rows[label], flush=True)
+    if args.vq_prior:  # a VQ-VAE with its GPT-2 prior, trained by benchmarks/bench_vq_prior.py
+        from hf_vae import VQVAEModel
+
+        model = VQVAEModel.from_pretrained(args.vq_prior).eval()
+        with open(os.path.join(args.vq_prior, "metrics.json")) as f:
+            published = json.load(f)
+        steps = published.get("step")
+        fd = frechet_distance_of_samples(model, features, real, num_samples=args.frechet_examples, seed=0)
+        rows["vq_vae+prior"] = {"model": "vq_vae", "config": {"source": "benchmarks/bench_vq_prior.py (conv VQ-VAE, "
+                                                               "7x7 codes, GPT-2 prior)"},
+                                "sampler": "GPT-2 prior over the code map", "steps": steps, "frechet_distance": fd,
+                                "mse": published.get("metrics", {}).get("mse")}
+        print("vq_vae+prior", rows["vq_vae+prior"], flush=True)
     return rows, {"epochs": args.epochs, "samples": args.frechet_examples, "density_examples": args.density_examples,
                   "classifier": args.classifier}
 
@@ -248,6 +261,8 @@ def main():
     parser.add_argument("--nll_examples", type=int, default=None, help="test images for the NLL (default: all)")
     parser.add_argument("--classifier", default="fid_classifier", help="folder of the Fréchet feature classifier")
     parser.add_argument("--frechet_examples", type=int, default=10000)
+    parser.add_argument("--vq_prior", default=None, help="frechet part: also score this VQ-VAE + prior folder "
+                        "(the vq_prior run of benchmarks/bench_vq_prior.py)")
     parser.add_argument("--density_examples", type=int, default=60000, help="training codes the mixture is fitted to")
     parser.add_argument("--steps", type=int, default=6000, help="training steps of the MIG part")
     parser.add_argument("--mig_examples", type=int, default=5000)
