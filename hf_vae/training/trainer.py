@@ -615,9 +615,15 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     # Accelerate's optimiser wrapper searches for an optional package (importlib) twice per step, which costs
     # about as much as a small model's fused Adam step; without a gradient scaler, off XLA, all it then does is
     # call the optimiser, so call the optimiser directly.
+    # Its zero_grad inspects the optimiser's signature at every call (about 0.1 ms); the loop never uses
+    # accelerator.accumulate, so it would always zero: call the optimiser's own.
     plain = accelerator.scaler is None and accelerator.distributed_type != "XLA"
     optimizer_step = optimizer.optimizer.step if plain else optimizer.step
     disc_optimizer_step = (disc_optimizer.optimizer.step if plain else disc_optimizer.step) if adversarial else None
+    zero_grad = optimizer.optimizer.zero_grad if plain else optimizer.zero_grad
+    disc_zero_grad = None
+    if disc_optimizer is not None:
+        disc_zero_grad = disc_optimizer.optimizer.zero_grad if plain else disc_optimizer.zero_grad
     noise = BatchNoise(train_args.seed, accelerator.process_index, binarize=settings["binarize"],
                        dequantize=settings["dequantize"], value_range=settings["value_range"],
                        device=accelerator.device)
@@ -726,9 +732,9 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                     disc_optimizer_step()
                 if ema is not None:
                     ema.update(unwrapped)
-            optimizer.zero_grad(set_to_none=True)
-            if disc_optimizer is not None:
-                disc_optimizer.zero_grad(set_to_none=True)
+            zero_grad(set_to_none=True)
+            if disc_zero_grad is not None:
+                disc_zero_grad(set_to_none=True)
             scheduler.step()
             state.step += 1
             state.examples_seen += effective_batch
