@@ -23,6 +23,34 @@ def test_layers_and_parameter_count_are_those_of_the_paper():
     assert model.config.act_fn == "relu" and model.config.downsampling_factor == 16 and model.config.vector_latent
 
 
+def test_he_initialisation_keeps_the_signal_through_the_relu_stack(tmp_path):
+    # He et al. (2015): weights N(0, 2 / fan_in), zero biases, so that the activations' second moment neither
+    # shrinks nor grows from layer to layer. PyTorch's default (variance 1 / (3 fan_in)) shrinks it about 6x per
+    # ReLU layer; the decoder's logits would then be nearly constant at the start of training.
+    torch.manual_seed(0)
+    model = hf_vae.VAEModel(hf_vae.VAEConfig(**PAPER))
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert len(layers) == 14 and all(getattr(m, "he_init", False) for m in layers)
+    for m in layers:
+        w = m.weight
+        if isinstance(m, torch.nn.ConvTranspose2d):  # (in, out, k, k), initialised on in * k * k (see _init_weights)
+            fan_in = w.shape[0] * w.shape[2] * w.shape[3]
+        else:
+            fan_in = w[0].numel()
+        assert abs(w.std().item() / (2.0 / fan_in) ** 0.5 - 1) < 0.1, (m, w.std().item(), (2.0 / fan_in) ** 0.5)
+        assert torch.count_nonzero(m.bias) == 0
+    # The signal through the encoder's convs keeps its scale (the default init would shrink it ~6**4-fold in
+    # second moment).
+    x = (torch.rand(64, 1, 64, 64) < 0.5).float()
+    h = model.encoder.convs(x)
+    assert 0.2 < (h ** 2).mean().item() / (x ** 2).mean().item() < 5
+    # Loading a checkpoint keeps its weights: the initialisation runs on new models only.
+    model.save_pretrained(tmp_path)
+    loaded = hf_vae.VAEModel.from_pretrained(tmp_path)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_shapes_through_encoder_decoder_and_stacks_of_samples():
     model = hf_vae.VAEModel(hf_vae.VAEConfig(**PAPER)).eval()
     x = (torch.rand(3, 1, 64, 64) > 0.7).float()
