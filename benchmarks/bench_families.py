@@ -20,8 +20,9 @@ Three parts (run one with --part, or all):
            default recipe (batch 32, Adam 2e-3, cosine, --steps steps): MIG and reconstruction error for the
            VAE (β = 1), β-VAE (β = 4), β-TCVAE (β = 6) and FactorVAE (γ = 10).
 
-    python benchmarks/bench_families.py --part nll --epochs 2 --nll_examples 1000 --threads 1
-    python benchmarks/bench_families.py --part frechet --epochs 2 --classifier fid_classifier/ --threads 1
+    python benchmarks/bench_families.py --part nll --epochs 10 --nll_examples 2000 --threads 1
+    python benchmarks/bench_families.py --part pythae --epochs 10 --nll_examples 2000 --threads 1
+    python benchmarks/bench_families.py --part frechet --epochs 10 --classifier fid_classifier/ --vq_prior DIR --threads 1
     python benchmarks/bench_families.py --part mig --steps 6000 --threads 1
 
 Writes benchmarks/results/families_<part>.json (merging the models of earlier runs of the same part, so models can
