@@ -158,39 +158,11 @@ def part_pythae(args, workdir):
     from hf_vae import VAEConfig, VAEModel
     from hf_vae.data import load_fashion_mnist_arrays
     from hf_vae.evaluation import evaluate
+    from _pythae import pythae_mlp_pieces
 
-    sys.path.insert(0, args.pythae_site)
+    Encoder, Decoder, Binarised = pythae_mlp_pieces(args.pythae_site)  # puts pythae on the path
     import pythae.models as pythae_models
-    import torch.nn as nn
-    from pythae.data.datasets import BaseDataset, DatasetOutput
-    from pythae.models.base.base_utils import ModelOutput
-    from pythae.models.nn import BaseDecoder, BaseEncoder
     from pythae.trainers import BaseTrainer, BaseTrainerConfig
-
-    assert "torchvision" not in sys.modules, "pythae must be installed without its dependencies (no torchvision)"
-
-    class Encoder(BaseEncoder):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU())
-            self.mu, self.logvar = nn.Linear(512, 32), nn.Linear(512, 32)
-
-        def forward(self, x):
-            h = self.net(x)
-            return ModelOutput(embedding=self.mu(h), log_covariance=self.logvar(h))
-
-    class Decoder(BaseDecoder):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(32, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                                     nn.Linear(512, 784), nn.Sigmoid())
-
-        def forward(self, z):
-            return ModelOutput(reconstruction=self.net(z).view(-1, 1, 28, 28))
-
-    class Binarised(BaseDataset):  # pythae reads one example at a time: a new binarisation at each read
-        def __getitem__(self, index):
-            return DatasetOutput(data=torch.bernoulli(self.data[index]))
 
     train_images = torch.from_numpy(load_fashion_mnist_arrays("train")[0]).float().div(255).unsqueeze(1)
     test_images = torch.from_numpy(load_fashion_mnist_arrays("test")[0][: args.nll_examples or 10000])

@@ -175,45 +175,16 @@ def fashion_memory_rate(case, steps, images, breakdown=None):
 
 def pythae_runner(images, pythae_site, workdir):
     """A function steps -> examples/s of pythae 0.1.2's BaseTrainer on the Fashion-MNIST recipe, or None."""
-    if pythae_site:
-        sys.path.insert(0, pythae_site)
     try:
-        from pythae.data.datasets import BaseDataset, DatasetOutput
+        from _pythae import pythae_mlp_pieces
+
+        Encoder, Decoder, Binarised = pythae_mlp_pieces(pythae_site)
         from pythae.models import VAE, VAEConfig
-        from pythae.models.base.base_utils import ModelOutput
-        from pythae.models.nn import BaseDecoder, BaseEncoder
         from pythae.trainers import BaseTrainer, BaseTrainerConfig
     except ImportError as error:
         print(f"pythae not available ({error}): skipped")
         return None, None
-    if "torchvision" in sys.modules:
-        print("pythae imported torchvision: skipped (it must not be installed here)")
-        return None, None
     import pythae
-    import torch.nn as nn
-
-    class Encoder(BaseEncoder):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU())
-            self.mu, self.logvar = nn.Linear(512, 32), nn.Linear(512, 32)
-
-        def forward(self, x):
-            h = self.net(x)
-            return ModelOutput(embedding=self.mu(h), log_covariance=self.logvar(h))
-
-    class Decoder(BaseDecoder):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(32, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                                     nn.Linear(512, 784), nn.Sigmoid())
-
-        def forward(self, z):
-            return ModelOutput(reconstruction=self.net(z).view(-1, 1, 28, 28))
-
-    class Binarised(BaseDataset):  # pythae's way: the Dataset returns one example at a time
-        def __getitem__(self, index):
-            return DatasetOutput(data=torch.bernoulli(self.data[index]))
 
     def run(steps, breakdown=None):
         torch.manual_seed(0)
