@@ -245,6 +245,20 @@ def test_evaluate_script_refuses_bad_folders_in_one_line(tmp_path, capsys):
         evaluate_main([str(tmp_path / "model"), "--dataset", "shapes"])
     err = capsys.readouterr().err
     assert err.startswith("evaluate.py: error: ") and str(weights) in err and "truncated" in err
+    # Weights only as a pickle (a hostile one here): never unpickled, refused in one line naming the missing file.
+    import pickle
+
+    class Hostile:
+        def __reduce__(self):
+            return (os.remove, (str(tmp_path / "model" / "config.json"),))
+
+    weights.unlink()
+    (tmp_path / "model" / "pytorch_model.bin").write_bytes(pickle.dumps({"weight": Hostile()}))
+    with pytest.raises(SystemExit):
+        evaluate_main([str(tmp_path / "model"), "--dataset", "shapes"])
+    err = capsys.readouterr().err
+    assert err.startswith("evaluate.py: error: ") and "model.safetensors" in err and len(err.splitlines()) == 1
+    assert (tmp_path / "model" / "config.json").exists()  # the pickle's payload never ran
 
 
 def test_metrics_table_lists_every_metric():

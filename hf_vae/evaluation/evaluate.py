@@ -551,7 +551,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     try:
         record = evaluate_output_dir(args.model_dir, args.dataset, args.split, output_file=args.output,
                                      device=args.device, **kwargs)
-    except (ValueError, FileNotFoundError) as error:  # bad input: one line naming it, as train.py does
+    except (ValueError, OSError) as error:  # bad input (a pickle-only folder too): one line naming it, as train.py
         if os.environ.get("HF_VAE_TRACEBACK"):
             raise
         print(f"evaluate.py: error: {error}", file=sys.stderr)
