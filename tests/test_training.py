@@ -318,6 +318,17 @@ def test_bf16_mixed_precision_and_gradient_accumulation(tmp_path):
     assert math.isfinite(record["metrics"]["neg_elbo"])
 
 
+def test_train_can_be_called_again_in_the_same_process_with_another_precision(tmp_path):
+    # A notebook or a benchmark calls train() several times; Accelerate's process-wide state must not carry the
+    # first run's precision into the second ("AcceleratorState has already been initialized...").
+    for precision in ("no", "bf16", "no"):
+        args, data = tiny_run(tmp_path, name=f"run-{precision}-{len(os.listdir(tmp_path))}",
+                              mixed_precision=precision, max_steps=2, checkpointing_steps=0)
+        train(args, data, dict(TINY_MLP))
+        with open(os.path.join(args.output_dir, "training_args.json")) as f:
+            assert json.load(f)["resolved"]["mixed_precision"] == precision
+
+
 def test_push_to_hub_hands_the_output_folder_to_the_hub_integration(tmp_path, monkeypatch):
     calls = []
     fake = types.ModuleType("hf_vae.integrations.hub")

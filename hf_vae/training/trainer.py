@@ -290,6 +290,14 @@ def _shutdown(accelerator, failed: bool = False) -> None:
         accelerator.free_memory()
         gc.collect()
     accelerator.end_training()
+    if accelerator.num_processes == 1:
+        # Accelerate keeps its state (mixed precision among it) in process-wide singletons, so a second `train()` in
+        # the same process (a notebook, a benchmark) asking for another precision would be refused. Clear them, as
+        # transformers' TrainingArguments does before it builds its own accelerator.
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
 
 
 def _check_replicas_agree(accelerator, named_params: Dict[str, Sequence[torch.nn.Parameter]]) -> None:
@@ -816,11 +824,11 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     finally:
         progress.close()
         model = optimizer = disc_optimizer = None  # noqa: F841  (the DDP wrapper holds the process group)
+        num_processes = accelerator.num_processes
         _shutdown(accelerator, failed=sys.exc_info()[0] is not None)
     record["train"] = {"output_dir": output_dir, "runtime_s": train_time, "steps": steps_run,
                        "examples_per_second": examples_per_second, "skipped_batches": state.skipped_batches,
-                       "resumed_from": resume_path, "num_processes": accelerator.num_processes,
-                       "last_logs": last_logs}
+                       "resumed_from": resume_path, "num_processes": num_processes, "last_logs": last_logs}
     return record
 
 
