@@ -2,11 +2,15 @@
 
     python benchmarks/bench_default_recipes.py                       # every variant, one after the other
     python benchmarks/bench_default_recipes.py --models vae --images docs/images   # and refresh the README's PNGs
+    python benchmarks/bench_default_recipes.py --judge_saved         # only the shape-type measurement, on the
+                                                                     # saved models of the recorded runs
 
 For each run: wall time and CPU time of the whole `train` call (start-up, training, evaluations, writing), the
 final test metrics (PSNR, SSIM, NLL and MIG where they apply, codebook usage), the fraction of 1000 prior samples
 that show something (max intensity >= 0.5, in [0, 1]) for the models with a generative prior, and for every loss
-term the largest ratio to its running median after the warm-up (a divergence shows as a ratio >> 10). The picture
+term the largest ratio to its running median after the warm-up (a divergence shows as a ratio >> 10). For runs
+on shapes, whether reconstructions keep each shape's type: per shape, the fraction of 1000 test reconstructions
+that a small CNN judge, trained on the true images, assigns to the true shape (`shape_type_kept`). The picture
 grids the runs write are copied next to the JSON (and to --images when given).
 """
 
@@ -79,6 +83,72 @@ def non_blank_fraction(output_dir: str, num: int = 1000) -> float:
     return float((samples.flatten(1).amax(1) >= 0.5).float().mean())
 
 
+def shape_judge(workdir: str):
+    """A CNN that tells square, ellipse and heart apart, trained on the shapes' training images (3 epochs, about
+    99 % on the test images; its own accuracy is returned with it). Trained once per benchmark run, cached."""
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    from safetensors.torch import load_file, save_file
+
+    from hf_vae.data.shapes import render_factors_batch, shapes_example_factors, shapes_split_ids
+
+    def factors(split, n):
+        return shapes_example_factors(0, shapes_split_ids(0, split, n))
+
+    judge = nn.Sequential(nn.Conv2d(1, 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),
+                          nn.Conv2d(64, 64, 4, 2, 1), nn.ReLU(), nn.Conv2d(64, 64, 4, 2, 1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(1024, 128), nn.ReLU(), nn.Linear(128, 3))
+    test_factors = factors("test", 1000)
+    test_images = torch.from_numpy(render_factors_batch(test_factors, 64)).float()[:, None]
+    path = os.path.join(workdir, "shape_judge.safetensors")
+    if os.path.isfile(path):
+        judge.load_state_dict(load_file(path))
+    else:
+        torch.manual_seed(0)
+        train_factors = factors("train", 50_000)
+        images = torch.from_numpy(render_factors_batch(train_factors, 64)).float()[:, None]
+        labels = torch.from_numpy(train_factors[:, 0]).long()
+        optimizer = torch.optim.Adam(judge.parameters(), 1e-3)
+        for _ in range(3):
+            order = torch.randperm(len(images))
+            for start in range(0, len(images), 128):
+                batch = order[start:start + 128]
+                loss = nn.functional.cross_entropy(judge(images[batch]), labels[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        save_file(judge.state_dict(), path)
+    judge.eval()
+    with torch.no_grad():
+        own = float((judge(test_images).argmax(1) == torch.from_numpy(test_factors[:, 0])).float().mean())
+    return judge, own, test_images, np.asarray(test_factors[:, 0])
+
+
+def shape_type_kept(output_dir: str, workdir: str) -> dict:
+    """Per shape, the fraction of 1000 test reconstructions (thresholded at half intensity, at 64x64) that the
+    judge assigns to the true shape: whether a reconstruction keeps the shape's type, not only its blob."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModel
+
+    import hf_vae  # noqa: F401
+    from hf_vae.data.shapes import SHAPE_NAMES
+
+    judge, own, images, shapes = shape_judge(workdir)
+    model = AutoModel.from_pretrained(output_dir).eval()
+    size = model.config.data_shape[-1]
+    x = F.interpolate(images, size=size, mode="area").round() if size != 64 else images
+    low, high = (-1.0, 1.0) if model.config.model_type == "klae" else (0.0, 1.0)
+    labels = torch.from_numpy(shapes).long() if model.is_conditional else None
+    with torch.no_grad():
+        reconstruction = (model.reconstruct(x * (high - low) + low, labels=labels) - low) / (high - low)
+        reconstruction = F.interpolate(reconstruction, size=64, mode="nearest") if size != 64 else reconstruction
+        predicted = judge((reconstruction > 0.5).float()).argmax(1).numpy()
+    kept = {name: round(float((predicted[shapes == k] == k).mean()), 3) for k, name in enumerate(SHAPE_NAMES)}
+    return {**kept, "all": round(float((predicted == shapes).mean()), 3), "judge_accuracy_on_true_images": round(own, 3)}
+
+
 def run(label: str, model: str, dataset: str, workdir: str) -> dict:
     from hf_vae.training import DataArguments, TrainArguments, train
 
@@ -93,6 +163,8 @@ def run(label: str, model: str, dataset: str, workdir: str) -> dict:
               "loss_max_ratio_to_running_median": largest_ratio_to_running_median(output_dir)}
     if model in GENERATIVE:
         result["non_blank_prior_samples"] = non_blank_fraction(output_dir)
+    if dataset == "shapes":
+        result["shape_type_kept"] = shape_type_kept(output_dir, workdir)
     result["output_dir"] = output_dir
     return result
 
@@ -104,15 +176,28 @@ def main():
     parser.add_argument("--workdir", default=None, help="where the runs are written (default: a temporary folder)")
     parser.add_argument("--images", default=None, help="also copy each run's PNGs to DIR/<label>-*.png")
     parser.add_argument("--output", default=os.path.join(RESULTS_DIR, "default_recipes.json"))
+    parser.add_argument("--judge_saved", action="store_true",
+                        help="train nothing: add the shape-type measurement to the recorded runs whose saved "
+                             "models are still in their output_dir")
     args = parser.parse_args()
     workdir = args.workdir or tempfile.mkdtemp(prefix="hf_vae-recipes-")
+    os.makedirs(workdir, exist_ok=True)
     wanted = args.models.split(",")
-    previous = {}
+    previous, header = {}, {}
     if os.path.isfile(args.output):  # runs not repeated now keep their last measurement
         with open(args.output) as f:
-            previous = {r["label"]: r for r in json.load(f).get("runs", [])}
+            recorded = json.load(f)
+        previous = {r["label"]: r for r in recorded.get("runs", [])}
+        header = {k: v for k, v in recorded.items() if k != "runs"}
     runs = []
     for label, model, dataset in RUNS:
+        if args.judge_saved and label in previous:
+            record = previous[label]
+            if label in wanted and dataset == "shapes" and os.path.isdir(record.get("output_dir", "")):
+                record["shape_type_kept"] = shape_type_kept(record["output_dir"], workdir)
+                print(label, record["shape_type_kept"], flush=True)
+            runs.append(record)
+            continue
         if label not in wanted:
             if label in previous:
                 runs.append(previous[label])
@@ -135,10 +220,17 @@ def main():
         rows.append([r["label"], r["steps"], r["wall_s"], r["cpu_s"], fmt("psnr", ".2f"), fmt("ssim", ".3f"),
                      fmt("nll", ".1f"), fmt("mig", ".3f"), fmt("codebook_usage", ".2f"),
                      format(r["non_blank_prior_samples"], ".2f") if "non_blank_prior_samples" in r else "–",
-                     format(ratios["loss"], ".2f") if "loss" in ratios else "–"])
+                     format(ratios["loss"], ".2f") if "loss" in ratios else "–",
+                     "/".join(format(kept[k], ".2f") for k in ("square", "ellipse", "heart"))
+                     if (kept := r.get("shape_type_kept")) else "–"])
     headers = ["run", "steps", "wall s", "cpu s", "PSNR dB", "SSIM", "NLL nats", "MIG", "codebook usage",
-               "non-blank samples", "max loss / median of previous 20"]
+               "non-blank samples", "max loss / median of previous 20", "type kept square/ellipse/heart"]
     print(table(rows, headers))
+    if args.judge_saved and header:  # the runs were measured then, on that machine
+        header["shape_type_kept_note"] = ("added by --judge_saved on the runs' saved models; the judge is trained "
+                                          "anew by each such call")
+        write_result({**header, "runs": runs}, args.output)
+        return
     write_result({"benchmark": "default_recipes", "machine": machine(),
                   "note": "2-core machine shared with other jobs while measured: wall times are upper bounds; "
                           "cpu_s is the process's CPU time (user + sys).",
