@@ -2,7 +2,7 @@
 """The GPU check: every model family on CUDA, mixed precision, the KL autoencoder against diffusers on the GPU,
 and the default recipes' wall time. CI has no GPU; this is run by hand on a machine that has one.
 
-    python benchmarks/bench_cuda.py                         # all parts (about 5 minutes on one H200)
+    python benchmarks/bench_cuda.py                         # all parts (about 6 minutes on one H200)
     python benchmarks/bench_cuda.py --parts models,klae     # skip the training runs
     python benchmarks/bench_cuda.py --device cpu --parts models --quick   # a dry run of the code paths on a CPU
 
