@@ -624,14 +624,9 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     # about as much as a small model's fused Adam step; without a gradient scaler, off XLA, all it then does is
     # call the optimiser, so call the optimiser directly.
     # Its zero_grad inspects the optimiser's signature at every call (about 0.1 ms); the loop never uses
-    # accelerator.accumulate, so it would always zero: call the optimiser's own.
+    # accelerator.accumulate, so it would always zero: call the optimiser's own. [model's, discriminator's]
     plain = accelerator.scaler is None and accelerator.distributed_type != "XLA"
-    optimizer_step = optimizer.optimizer.step if plain else optimizer.step
-    disc_optimizer_step = (disc_optimizer.optimizer.step if plain else disc_optimizer.step) if adversarial else None
-    zero_grad = optimizer.optimizer.zero_grad if plain else optimizer.zero_grad
-    disc_zero_grad = None
-    if disc_optimizer is not None:
-        disc_zero_grad = disc_optimizer.optimizer.zero_grad if plain else disc_optimizer.zero_grad
+    optimizers_called = [opt.optimizer if plain else opt for opt in (optimizer, disc_optimizer) if opt is not None]
     noise = BatchNoise(train_args.seed, accelerator.process_index, binarize=settings["binarize"],
                        dequantize=settings["dequantize"], value_range=settings["value_range"],
                        device=accelerator.device)
@@ -733,16 +728,15 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
             else:
                 for logs in micro_logs:  # only finite steps enter the logged averages
                     window.add(logs)
-                optimizer_step()
+                optimizers_called[0].step()
                 if disc_on:
                     for group in disc_optimizer.param_groups:
                         group["lr"] = disc_lr * schedule(step)
-                    disc_optimizer_step()
+                    optimizers_called[1].step()
                 if ema is not None:
                     ema.update(unwrapped)
-            zero_grad(set_to_none=True)
-            if disc_zero_grad is not None:
-                disc_zero_grad(set_to_none=True)
+            for opt in optimizers_called:
+                opt.zero_grad(set_to_none=True)
             scheduler.step()
             state.step += 1
             state.examples_seen += effective_batch
