@@ -16,8 +16,8 @@ Parts:
     `generate` must return finite samples on the GPU.
   * klae: the Stable Diffusion 1.x autoencoder (random weights, saved once in diffusers format) loaded by both
     libraries: max |Δ| of encode (posterior mean) and decode on the GPU in fp32 (TF32 off) and fp16, and the
-    median encode / decode time of each in fp16, bf16 and fp32 (CUDA events, after warm-up), as ratios
-    hf_vae / diffusers.
+    median encode / decode time of each in fp16, bf16 and fp32 with TF32 allowed (CUDA events, after warm-up), as
+    ratios hf_vae / diffusers.
   * recipes: `train()` of each variant's default recipe on shapes (what `scripts/train.py --model X` does) on the
     GPU: wall time and the final test metrics; the VAE again under --mixed_precision bf16 and fp16 (Accelerate's
     GradScaler), and a run stopped at a checkpoint and resumed (the CUDA random state goes through the
@@ -28,6 +28,7 @@ it ends, so a run cut short keeps what it finished.
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -51,9 +52,15 @@ SHAPES_INFO = {"image_size": 64, "in_channels": 1, "num_classes": 3, "num_exampl
 PARTS = ("models", "klae", "recipes")
 
 
-def set_tf32(enabled: bool) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """Allow (or forbid) TF32 in CUDA matmuls and convolutions inside the block; the previous flags come back."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def synchronize(device: torch.device) -> None:
@@ -106,8 +113,7 @@ def check_model(name: str, device: torch.device, batch: int) -> dict:
     kwargs = {} if labels is None else {"labels": labels}
     result = {"params": sum(p.numel() for p in model.parameters())}
 
-    # the same weights on both: deterministic reconstructions agree to float rounding (TF32 off)
-    set_tf32(False)
+    # the same weights on both: deterministic reconstructions agree to float rounding (TF32 off: see part_models)
     with torch.no_grad():
         on_cpu = cpu_model.reconstruct(x, **kwargs)
         on_device = model.reconstruct(x.to(device), **{k: v.to(device) for k, v in kwargs.items()}).cpu()
@@ -145,7 +151,6 @@ def check_model(name: str, device: torch.device, batch: int) -> dict:
                               "device": str(samples.device)}
     except NotImplementedError as error:  # no generative prior (the VQ-VAE needs a trained prior)
         result["generate"] = f"n/a: {str(error).splitlines()[0][:80]}"
-    set_tf32(True)
     return result
 
 
@@ -156,7 +161,8 @@ def part_models(device: torch.device, quick: bool) -> dict:
     results = {}
     for name in names:
         try:
-            results[name] = check_model(name, device, batch=16)
+            with tf32(False):  # fp32 on the GPU computes as on the CPU
+                results[name] = check_model(name, device, batch=16)
         except Exception as error:  # one family's failure must not hide the others'
             results[name] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
         print(name, json.dumps(results[name])[:300], flush=True)
@@ -224,23 +230,26 @@ def part_klae(device: torch.device, quick: bool) -> dict:
     precisions = [("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)]
     with torch.no_grad():
         for precision, dtype in precisions[:2] if device.type == "cuda" else precisions[:1]:
-            set_tf32(False)
             outs = {}
             for impl, model in models.items():
                 model.to(dtype)
-                outs[impl] = (encode(model, x.to(dtype)).float(), decode(model, z.to(dtype)).float())
+                with tf32(False):
+                    outs[impl] = (encode(model, x.to(dtype)).float(), decode(model, z.to(dtype)).float())
             result["parity"][precision] = {
                 "encode_max_abs_diff": float((outs["hf_vae"][0] - outs["diffusers"][0]).abs().max()),
                 "decode_max_abs_diff": float((outs["hf_vae"][1] - outs["diffusers"][1]).abs().max()),
                 "decode_scale": float(outs["diffusers"][1].abs().max())}
-        set_tf32(True)  # timings with PyTorch's GPU defaults for matmuls are the same for both
+        # fp32 timings allow TF32 in matmuls and convolutions, as GPU inference usually does; alike for both
         for precision, dtype in precisions if device.type == "cuda" else precisions[:1]:
             for impl, model in models.items():
                 model.to(dtype)
                 xs, zs = x.to(dtype), z.to(dtype)
                 repeats = 3 if quick else 10
-                result["timing_ms"][f"{impl}/{precision}/encode"] = time_cuda(lambda: encode(model, xs), device, 2, repeats)
-                result["timing_ms"][f"{impl}/{precision}/decode"] = time_cuda(lambda: decode(model, zs), device, 2, repeats)
+                with tf32(True):
+                    result["timing_ms"][f"{impl}/{precision}/encode"] = time_cuda(lambda: encode(model, xs), device, 2,
+                                                                                  repeats)
+                    result["timing_ms"][f"{impl}/{precision}/decode"] = time_cuda(lambda: decode(model, zs), device, 2,
+                                                                                  repeats)
         if device.type == "cuda":
             result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
     shutil.rmtree(folder, ignore_errors=True)
