@@ -92,9 +92,9 @@ def rotation_blurred(factors, generator, image_size: int = 64):
     in [0.3, 0.7]: the round blob a decoder draws when its latent does not carry the shape's orientation."""
     import numpy as np
 
-    from hf_vae.data.shapes import SHAPES_FACTOR_SIZES, render_factors_batch
+    from hf_vae.data.shapes import _SYMMETRY_PERIOD, SHAPES_FACTOR_SIZES, render_factors_batch
 
-    period = np.array([10, 20, 40])[factors[:, 0]]  # orientation steps after which the shape repeats
+    period = np.array(_SYMMETRY_PERIOD)[factors[:, 0]]  # orientation steps after which the shape repeats
     total = np.zeros((len(factors), image_size, image_size), np.float32)
     for j in range(10):
         turned = factors.copy()

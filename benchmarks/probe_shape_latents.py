@@ -88,10 +88,11 @@ def recipe_network_and_schedule():
 
 def true_factor_code(factors: np.ndarray, width: int) -> torch.Tensor:
     """(N, 5) factor indices -> (N, width): class one-hot, scale, cos/sin kθ, x, y, each in [-1, 1], zero-padded."""
-    from hf_vae.data.shapes import SHAPES_FACTOR_SIZES
+    from hf_vae.data.shapes import SHAPE_NAMES, SHAPES_FACTOR_SIZES
 
     f = torch.from_numpy(factors).long()
-    angle = f[:, 2].double() * 2 * np.pi / SHAPES_FACTOR_SIZES[2] * torch.tensor([4.0, 2.0, 1.0])[f[:, 0]]
+    symmetry = torch.tensor([float(SYMMETRY[name]) for name in SHAPE_NAMES])[f[:, 0]]
+    angle = f[:, 2].double() * 2 * np.pi / SHAPES_FACTOR_SIZES[2] * symmetry
     code = torch.cat([nn.functional.one_hot(f[:, 0], 3) * 2.0 - 1, f[:, 1:2] / (SHAPES_FACTOR_SIZES[1] - 1) * 2 - 1,
                       angle.cos()[:, None], angle.sin()[:, None],
                       f[:, 3:5] / (torch.tensor(SHAPES_FACTOR_SIZES[3:5]) - 1) * 2 - 1], 1).float()
@@ -179,7 +180,10 @@ def main() -> int:
     if args.halves:
         with tempfile.TemporaryDirectory() as workdir:
             result = halves(workdir)
-        record = json.load(open(args.output)) if os.path.isfile(args.output) else {}
+        record = {}
+        if os.path.isfile(args.output):
+            with open(args.output) as f:
+                record = json.load(f)
         record["halves"] = {"command": "python benchmarks/probe_shape_latents.py --halves", **result}
         write_result(record, args.output)
         return 0
