@@ -39,12 +39,14 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from _common import RESULTS_DIR, write_result  # noqa: E402
 
+from hf_vae.data.shapes import _SYMMETRY_PERIOD, SHAPE_NAMES, SHAPES_FACTOR_SIZES  # noqa: E402
+
 #: rotational symmetry of each shape, in SHAPE_NAMES order
-SYMMETRY = {"square": 4, "ellipse": 2, "heart": 1}
+SYMMETRY = {name: SHAPES_FACTOR_SIZES[2] // period for name, period in zip(SHAPE_NAMES, _SYMMETRY_PERIOD)}
 
 
 def orientation_r2(model, shape: int, symmetry: int, examples: int = 6000, held_out: int = 1000) -> float:
-    from hf_vae.data.shapes import SHAPES_FACTOR_SIZES, render_factors_batch, shapes_example_factors, shapes_split_ids
+    from hf_vae.data.shapes import render_factors_batch, shapes_example_factors, shapes_split_ids
 
     factors = shapes_example_factors(0, shapes_split_ids(0, "train", 50_000))
     factors = factors[factors[:, 0] == shape][:examples]
@@ -88,8 +90,6 @@ def recipe_network_and_schedule():
 
 def true_factor_code(factors: np.ndarray, width: int) -> torch.Tensor:
     """(N, 5) factor indices -> (N, width): class one-hot, scale, cos/sin kθ, x, y, each in [-1, 1], zero-padded."""
-    from hf_vae.data.shapes import SHAPE_NAMES, SHAPES_FACTOR_SIZES
-
     f = torch.from_numpy(factors).long()
     symmetry = torch.tensor([float(SYMMETRY[name]) for name in SHAPE_NAMES])[f[:, 0]]
     angle = f[:, 2].double() * 2 * np.pi / SHAPES_FACTOR_SIZES[2] * symmetry
@@ -119,7 +119,7 @@ def train_half(loss_fn, model, data, steps: int, batch: int, lr: float, schedule
 def halves(workdir: str) -> dict:
     from bench_default_recipes import judge_verdicts, shape_judge
 
-    from hf_vae.data.shapes import SHAPE_NAMES, render_factors_batch, shapes_example_factors, shapes_split_ids
+    from hf_vae.data.shapes import render_factors_batch, shapes_example_factors, shapes_split_ids
 
     judge, _, _, test_images, test_shapes = shape_judge(workdir)  # the 1000 test images of these factors
     test_factors = shapes_example_factors(0, shapes_split_ids(0, "test", 1000))
@@ -188,8 +188,6 @@ def main() -> int:
         write_result(record, args.output)
         return 0
     from transformers import AutoModel
-
-    from hf_vae.data.shapes import SHAPE_NAMES
 
     model = AutoModel.from_pretrained(args.model).eval()
     result = {name: round(orientation_r2(model, k, SYMMETRY[name]), 3) for k, name in enumerate(SHAPE_NAMES)}
