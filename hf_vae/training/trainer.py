@@ -228,6 +228,11 @@ def _startup_banner(train_args: TrainArguments, data_args: DataArguments, model,
     ] + recipe_line)
 
 
+def resolved_warmup_steps(train_args: TrainArguments, max_steps: int) -> int:
+    """--warmup_steps, or 5 % of the run when it is not given."""
+    return train_args.warmup_steps if train_args.warmup_steps is not None else max_steps // 20
+
+
 def _lr_lambda(warmup_steps: int, max_steps: int, schedule: str, min_ratio: float):
     """Linear warm-up from 0 to 1, then cosine decay to `min_ratio` (or constant)."""
 
@@ -532,7 +537,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                              f"not tell it: expected --max_steps instead.")
         batches_per_epoch = num_train // accelerator.num_processes // train_args.batch_size
         max_steps = max(1, int(train_args.num_epochs * batches_per_epoch / train_args.gradient_accumulation_steps))
-    warmup_steps = train_args.warmup_steps if train_args.warmup_steps is not None else max_steps // 20
+    warmup_steps = resolved_warmup_steps(train_args, max_steps)
     accelerator.print(_startup_banner(train_args, data_args, model, dataset_info, output_dir, max_steps,
                                       warmup_steps, effective_batch, accelerator.num_processes, autoencoder,
                                       recipe_applied))
@@ -624,7 +629,8 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     # about as much as a small model's fused Adam step; without a gradient scaler, off XLA, all it then does is
     # call the optimiser, so call the optimiser directly.
     # Its zero_grad inspects the optimiser's signature at every call (about 0.1 ms); the loop never uses
-    # accelerator.accumulate, so it would always zero: call the optimiser's own. [model's, discriminator's]
+    # accelerator.accumulate, so it would always zero: call the optimiser's own.
+    # optimizers_called: the model's, then the discriminator's when there is one.
     plain = accelerator.scaler is None and accelerator.distributed_type != "XLA"
     optimizers_called = [opt.optimizer if plain else opt for opt in (optimizer, disc_optimizer) if opt is not None]
     noise = BatchNoise(train_args.seed, accelerator.process_index, binarize=settings["binarize"],
