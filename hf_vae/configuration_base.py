@@ -78,6 +78,11 @@ class AutoencoderConfig(PretrainedConfig):
             value if learned.
         learn_likelihood_scale (`bool`, defaults to False): learn one log-scale per channel.
         dropout (`float`, defaults to 0.0): dropout in the conv ResNet blocks.
+        local_latent_channels (`int`, defaults to 0): "burgess" only: channels of a second, spatial latent under
+            the vector one, a `local_latent_channels` x s x s grid at the resolution of the last-but-one
+            convolution (s = 8 for 64x64 images and four convolutions). Its prior is conditional,
+            p(z_local | z) = N(μ(z), diag σ²(z)) computed by the decoder, so that z carries what is global and the
+            grid what is local (corners). 0: a single vector latent.
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class AutoencoderConfig(PretrainedConfig):
         likelihood_scale: float = 1.0,
         learn_likelihood_scale: bool = False,
         dropout: float = 0.0,
+        local_latent_channels: int = 0,
         **kwargs,
     ):
         self.in_channels = in_channels
@@ -116,6 +122,7 @@ class AutoencoderConfig(PretrainedConfig):
         self.likelihood_scale = likelihood_scale
         self.learn_likelihood_scale = learn_likelihood_scale
         self.dropout = dropout
+        self.local_latent_channels = local_latent_channels
         super().__init__(**kwargs)
         self.validate_fields()
 
@@ -150,6 +157,13 @@ class AutoencoderConfig(PretrainedConfig):
             check_positive_int("image_size", self.image_size)
         if self.latent_dim is not None:
             check_positive_int("latent_dim", self.latent_dim)
+        channels = self.local_latent_channels
+        _check(isinstance(channels, int) and not isinstance(channels, bool) and channels >= 0,
+               f"Expected `local_latent_channels` to be an int >= 0, got {channels!r}.")
+        _check(channels == 0 or (self.backbone == "burgess" and len(self.block_out_channels) >= 2),
+               f"Expected `local_latent_channels` = 0 unless backbone='burgess' with at least two convolutions "
+               f"(the local latent sits at the last-but-one one's resolution), got local_latent_channels={channels} "
+               f"with backbone={self.backbone!r} and block_out_channels={self.block_out_channels!r}.")
         if self.backbone == "mlp":
             _check(len(self.hidden_dims) > 0 and all(isinstance(h, int) and h > 0 for h in self.hidden_dims),
                    f"Expected `hidden_dims` to be a non-empty list of positive ints, got {self.hidden_dims!r}.")

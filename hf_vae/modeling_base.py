@@ -14,6 +14,8 @@ A variant changes only the pluggable pieces, each a small method or module:
                                        log-mean-exp)
     batch_regularisation(q, z, params) a term of the whole batch: MMD(q(z), p(z)), a decoder penalty (0 default)
     sample_prior / prior_log_prob      p(z) (the VampPrior replaces both)
+    kl_divergence(q, z)                KL(q(z|x) || p(z)) per example: closed form against N(0, I), or against a
+                                       two-level prior N(z_global; 0, I) p(z_local | z_global) (a local latent)
     embed_condition(labels)            c for conditional models (None otherwise)
 
 Any model can also fit an ex-post density to its latents (`fit_latent_density`, a Gaussian mixture saved with
@@ -37,7 +39,8 @@ from transformers.utils import ModelOutput
 
 from .burgess_backbone import BurgessDecoder, BurgessEncoder
 from .conv_backbone import ConvDecoder, ConvEncoder
-from .distributions import DiagonalGaussianDistribution, Likelihood, build_likelihood, randn_tensor, standard_normal_log_prob
+from .distributions import (LOG_2PI, DiagonalGaussianDistribution, Likelihood, build_likelihood, randn_tensor,
+                            standard_normal_log_prob)
 from .latent_density import GaussianMixtureDensity, encode_dataset
 from .mlp_backbone import MLPDecoder, MLPEncoder
 
@@ -170,9 +173,16 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     is_conditional = False
     #: latents drawn per example in `forward`: K > 1 gives (K, B, *latent_shape) latents (IWAE, MIWAE)
     num_posterior_samples = 1
+    #: whether the family's objective works with the two-level prior of `config.local_latent_channels` (its KL
+    #: goes through `kl_divergence` and its prior through `sample_prior` / `prior_log_prob`)
+    supports_local_latent = False
 
     def __init__(self, config, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
+        if getattr(config, "local_latent_channels", 0) and not self.supports_local_latent:
+            raise ValueError(f"Expected local_latent_channels=0 for {type(self).__name__}, got "
+                             f"{config.local_latent_channels}: its objective does not take the two-level prior "
+                             f"(VAEModel, BetaVAEModel, IWAEModel and MIWAEModel do).")
         # The ex-post latent density (`fit_latent_density`) is stored in the weights; the config records its size
         # so that `from_pretrained` builds the buffers it loads into.
         components = getattr(config, "latent_density_components", None)
@@ -212,7 +222,8 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
             return encoder, decoder
         if config.backbone == "burgess":
             dense = dict(block_out_channels=config.block_out_channels, hidden_dims=config.hidden_dims,
-                         act_fn=config.act_fn, condition_dim=condition_dim)
+                         act_fn=config.act_fn, condition_dim=condition_dim,
+                         local_latent_channels=config.local_latent_channels)
             encoder = BurgessEncoder(config.in_channels, config.image_size, out_features=encoder_out, **dense)
             decoder = BurgessDecoder(config.in_channels, config.image_size, latent_dim=config.latent_dim, **dense)
             return encoder, decoder
@@ -262,9 +273,16 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
         """Shape of one latent z, without the batch dimension."""
         config = self.config
         if config.vector_latent:
-            return (config.latent_dim,)
+            return (config.latent_dim + self.local_latent_size,)
         side = config.image_size // config.downsampling_factor
         return (config.latent_channels, side, side)
+
+    @property
+    def local_latent_size(self) -> int:
+        """Elements of the local latent, which follows the global one in z (0 without one)."""
+        config = self.config
+        channels = getattr(config, "local_latent_channels", 0)
+        return channels * (2 * config.image_size // config.downsampling_factor) ** 2 if channels else 0
 
     def embed_condition(self, labels: Optional[torch.Tensor], batch_size: int) -> Optional[torch.Tensor]:
         """(B,) labels or (B, c) condition -> (B, condition_dim); unconditional models take none."""
@@ -290,8 +308,26 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
 
     def regularisation_loss(self, posterior, latents: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Per-example regulariser (B,) (or (K, B) for stacked latents) and extra output fields (batch-averaged)."""
-        kl = posterior.kl()
+        kl = self.kl_divergence(posterior, latents)
         return kl, {"kl": kl.mean()}
+
+    def kl_divergence(self, posterior, latents: torch.Tensor) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) per example: (B,), or (K, B) for stacked latents with a local latent.
+
+        With a local latent the prior is p(z_global) p(z_local | z_global), and so is the KL:
+        KL(q(z_global|x) || N(0, I)) + E_q(z_global|x) KL(q(z_local|x) || p(z_local | z_global)), both in closed
+        form except the expectation over z_global, for which the sampled `latents` give a one-sample estimate (the
+        ELBO's own Monte Carlo estimate).
+        """
+        if not self.local_latent_size:
+            return posterior.kl()
+        d = self.config.latent_dim
+        mean, logvar = posterior.mean, posterior.logvar
+        kl_global = 0.5 * (mean[:, :d].pow(2) + logvar[:, :d].exp() - 1.0 - logvar[:, :d]).sum(-1)
+        prior_mean, prior_logvar = self.decoder.local_prior(latents[..., :d])
+        kl_local = 0.5 * ((mean[:, d:] - prior_mean).pow(2) / prior_logvar.exp() + (logvar[:, d:] - prior_logvar).exp()
+                          - 1.0 - logvar[:, d:] + prior_logvar).sum(-1)
+        return kl_global + kl_local
 
     def combine_samples(self, reconstruction_loss: torch.Tensor, regularisation_loss: torch.Tensor) -> torch.Tensor:
         """(K, B) per-sample −log p(x|z_k) and regulariser -> (B,) objective: the Monte Carlo average by default."""
@@ -303,10 +339,22 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
         return None, {}
 
     def sample_prior(self, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return randn_tensor((num_samples, *self.latent_shape), generator=generator, device=self.device, dtype=self.dtype)
+        """(num_samples, *latent_shape) from p(z); with a local latent, ancestrally: z_global, then z_local | z_global."""
+        noise = randn_tensor((num_samples, *self.latent_shape), generator=generator, device=self.device, dtype=self.dtype)
+        if not self.local_latent_size:
+            return noise
+        d = self.config.latent_dim
+        mean, logvar = self.decoder.local_prior(noise[:, :d])
+        return torch.cat([noise[:, :d], mean + (0.5 * logvar).exp() * noise[:, d:]], dim=1)
 
     def prior_log_prob(self, latents: torch.Tensor) -> torch.Tensor:
-        return standard_normal_log_prob(latents, event_dims=len(self.latent_shape))
+        """log p(z), (...,) for latents (..., *latent_shape)."""
+        if not self.local_latent_size:
+            return standard_normal_log_prob(latents, event_dims=len(self.latent_shape))
+        d = self.config.latent_dim
+        mean, logvar = self.decoder.local_prior(latents[..., :d])
+        log_local = -0.5 * (LOG_2PI + logvar + (latents[..., d:] - mean).pow(2) / logvar.exp())
+        return standard_normal_log_prob(latents[..., :d], event_dims=1) + log_local.sum(-1)
 
     def get_last_layer(self) -> torch.Tensor:
         """Weight of the decoder's output layer: where latent diffusion's adaptive GAN weight measures gradients."""

@@ -77,6 +77,8 @@ def kl_decomposition(posterior_mean: torch.Tensor, posterior_logvar: torch.Tenso
 class BetaTCVAEModel(VAEModel):
     config_class = BetaTCVAEConfig
     output_class = BetaTCVAEOutput
+    #: the decomposition estimates log p(z) under N(0, I), one factor per dimension
+    supports_local_latent = False
 
     def __init__(self, config: BetaTCVAEConfig):
         super().__init__(config)

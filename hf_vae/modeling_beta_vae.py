@@ -29,7 +29,7 @@ class BetaVAEModel(VAEModel):
         return min(config.capacity_max, config.capacity_max * float(self.training_step) / config.capacity_steps)
 
     def regularisation_loss(self, posterior, latents) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        kl = posterior.kl()
+        kl = self.kl_divergence(posterior, latents)
         if self.config.use_capacity:
             # The capacity constrains the batch-average KL (Burgess et al. 2018, eq. 8), not each example's.
             capacity_loss = self.config.gamma * (kl.mean() - self.capacity).abs()

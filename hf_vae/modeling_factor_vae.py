@@ -19,6 +19,8 @@ from .modeling_vae import VAEModel
 
 class FactorVAEModel(VAEModel):
     config_class = FactorVAEConfig
+    #: its discriminator tells q(z) from the product of its marginals: one vector latent
+    supports_local_latent = False
 
     def __init__(self, config: FactorVAEConfig):
         super().__init__(config)

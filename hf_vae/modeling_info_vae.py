@@ -21,6 +21,8 @@ from .modeling_vae import VAEModel
 class InfoVAEModel(VAEModel):
     config_class = InfoVAEConfig
     output_class = MMDAutoencoderOutput
+    #: the MMD matches q(z) to a fixed prior over one vector latent
+    supports_local_latent = False
 
     def __init__(self, config: InfoVAEConfig):
         super().__init__(config)

@@ -36,7 +36,7 @@ class IWAEModel(VAEModel):
     def regularisation_loss(self, posterior, latents) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         # log q(z_k|x) − log p(z_k) for each sample: the part of −log w_k that is not the reconstruction term.
         # (The analytic KL is reported for comparison with the VAE; it is not the objective's term.)
-        return posterior.log_prob(latents) - self.prior_log_prob(latents), {"kl": posterior.kl().mean()}
+        return posterior.log_prob(latents) - self.prior_log_prob(latents), {"kl": self.kl_divergence(posterior, latents).mean()}
 
     def combine_samples(self, reconstruction_loss: torch.Tensor, regularisation_loss: torch.Tensor) -> torch.Tensor:
         """(K, B) per-sample terms -> (B,) −L_K."""

@@ -371,7 +371,7 @@ RECIPE_FALLBACKS: Dict[str, Any] = {"max_steps": 1000, "learning_rate": 1e-3, "b
 #: model config fields that make up an architecture: when the user gives any of them, the recipe's are all
 #: dropped, so that a recipe never grafts its channel list onto the user's network
 ARCHITECTURE_FIELDS = ("backbone", "block_out_channels", "hidden_dims", "layers_per_block", "norm_num_groups",
-                       "mid_block_add_attention", "latent_channels", "latent_dim")
+                       "mid_block_add_attention", "latent_channels", "latent_dim", "local_latent_channels")
 _DATASET_ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist",
                     "zalando-datasets/fashion_mnist": "fashion_mnist"}
 

@@ -199,6 +199,9 @@ def _startup_banner(train_args: TrainArguments, data_args: DataArguments, model,
     elif getattr(config, "backbone", None) == "burgess":
         arch = f"burgess convs {list(config.block_out_channels)}, dense {list(config.hidden_dims)}, " \
                f"latent {config.latent_dim}"
+        if getattr(config, "local_latent_channels", 0):
+            side = 2 * config.image_size // config.downsampling_factor
+            arch += f" + local {config.local_latent_channels}x{side}^2"
     elif getattr(config, "backbone", "conv") == "conv":
         latent = f"latent {config.latent_dim}" if getattr(config, "latent_dim", None) else \
             f"latent {config.latent_channels}x{config.image_size // config.downsampling_factor}^2 " \
