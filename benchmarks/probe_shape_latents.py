@@ -73,7 +73,8 @@ def orientation_r2(model, shape: int, symmetry: int, examples: int = 6000, held_
 
 
 def recipe_network_and_schedule():
-    """The no-argument run's VAE as the trainer builds it, and its (steps, batch, learning rate, lr(step) factor)."""
+    """The no-argument run's VAE as the trainer builds it, but with its 10 global latents only (the halves measure
+    what a single global latent asks of each network), and its (steps, batch, learning rate, lr(step) factor)."""
     from hf_vae import VAEModel
     from hf_vae.training import DataArguments, TrainArguments, build_model_config
     from hf_vae.training.arguments import apply_recipe
@@ -81,6 +82,7 @@ def recipe_network_and_schedule():
 
     info = {"image_size": 64, "in_channels": 1, "num_classes": 3, "num_examples": {"train": 50_000}}
     train_args, model_config, _ = apply_recipe(TrainArguments(), DataArguments(dataset="shapes"), {})
+    model_config["local_latent_channels"] = 0
     config = build_model_config(train_args, DataArguments(dataset="shapes"), model_config, info)
     steps = train_args.max_steps
     warmup = resolved_warmup_steps(train_args, steps)
