@@ -46,6 +46,21 @@ def _sum_except_batch(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).sum(dim=1)
 
 
+def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor, other_mean: Optional[torch.Tensor] = None,
+                other_logvar: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Elementwise KL(N(mean, e^logvar) || N(other_mean, e^other_logvar)), broadcasting; the standard normal when
+    `other_mean` is None (Kingma & Welling 2013, appendix B): ½ (μ² + σ² − 1 − log σ²)."""
+    if other_mean is None:
+        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+    return 0.5 * ((mean - other_mean).pow(2) / other_logvar.exp() + (logvar - other_logvar).exp() - 1.0 - logvar
+                  + other_logvar)
+
+
+def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(z; mean, e^logvar), broadcasting."""
+    return -0.5 * (LOG_2PI + logvar + (z - mean).pow(2) / logvar.exp())
+
+
 class DiagonalGaussianDistribution:
     """q(z|x) = N(mean, diag(exp(logvar))).
 
@@ -105,14 +120,12 @@ class DiagonalGaussianDistribution:
         if self.deterministic:
             return torch.zeros(self.mean.shape[0], device=self.mean.device, dtype=self.mean.dtype)
         if other is None:
-            return 0.5 * _sum_except_batch(self.mean.pow(2) + self.var - 1.0 - self.logvar)
-        return 0.5 * _sum_except_batch(
-            (self.mean - other.mean).pow(2) / other.var + self.var / other.var - 1.0 - self.logvar + other.logvar
-        )
+            return _sum_except_batch(gaussian_kl(self.mean, self.logvar))
+        return _sum_except_batch(gaussian_kl(self.mean, self.logvar, other.mean, other.logvar))
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log q(z|x) per example, shape (B,) (z may carry extra leading sample dims: (K, B, ...) -> (K, B))."""
-        log_density = -0.5 * (LOG_2PI + self.logvar + (z - self.mean).pow(2) / self.var)
+        log_density = gaussian_log_density(z, self.mean, self.logvar)
         return log_density.flatten(z.dim() - self.mean.dim() + 1).sum(-1)
 
     def nll(self, sample: torch.Tensor, dims: Sequence[int] = (1, 2, 3)) -> torch.Tensor:

@@ -39,8 +39,8 @@ from transformers.utils import ModelOutput
 
 from .burgess_backbone import BurgessDecoder, BurgessEncoder
 from .conv_backbone import ConvDecoder, ConvEncoder
-from .distributions import (LOG_2PI, DiagonalGaussianDistribution, Likelihood, build_likelihood, randn_tensor,
-                            standard_normal_log_prob)
+from .distributions import (DiagonalGaussianDistribution, Likelihood, build_likelihood, gaussian_kl,
+                            gaussian_log_density, randn_tensor, standard_normal_log_prob)
 from .latent_density import GaussianMixtureDensity, encode_dataset
 from .mlp_backbone import MLPDecoder, MLPEncoder
 
@@ -323,11 +323,9 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
             return posterior.kl()
         d = self.config.latent_dim
         mean, logvar = posterior.mean, posterior.logvar
-        kl_global = 0.5 * (mean[:, :d].pow(2) + logvar[:, :d].exp() - 1.0 - logvar[:, :d]).sum(-1)
         prior_mean, prior_logvar = self.decoder.local_prior(latents[..., :d])
-        kl_local = 0.5 * ((mean[:, d:] - prior_mean).pow(2) / prior_logvar.exp() + (logvar[:, d:] - prior_logvar).exp()
-                          - 1.0 - logvar[:, d:] + prior_logvar).sum(-1)
-        return kl_global + kl_local
+        kl_global = gaussian_kl(mean[:, :d], logvar[:, :d]).sum(-1)
+        return kl_global + gaussian_kl(mean[:, d:], logvar[:, d:], prior_mean, prior_logvar).sum(-1)  # (B,) + (K, B)
 
     def combine_samples(self, reconstruction_loss: torch.Tensor, regularisation_loss: torch.Tensor) -> torch.Tensor:
         """(K, B) per-sample −log p(x|z_k) and regulariser -> (B,) objective: the Monte Carlo average by default."""
@@ -353,8 +351,8 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
             return standard_normal_log_prob(latents, event_dims=len(self.latent_shape))
         d = self.config.latent_dim
         mean, logvar = self.decoder.local_prior(latents[..., :d])
-        log_local = -0.5 * (LOG_2PI + logvar + (latents[..., d:] - mean).pow(2) / logvar.exp())
-        return standard_normal_log_prob(latents[..., :d], event_dims=1) + log_local.sum(-1)
+        log_local = gaussian_log_density(latents[..., d:], mean, logvar).sum(-1)
+        return standard_normal_log_prob(latents[..., :d], event_dims=1) + log_local
 
     def get_last_layer(self) -> torch.Tensor:
         """Weight of the decoder's output layer: where latent diffusion's adaptive GAN weight measures gradients."""
