@@ -168,3 +168,15 @@ def test_without_a_local_latent_nothing_changes():
     posterior = model.encode(images()).latent_dist
     assert torch.equal(model.kl_divergence(posterior, posterior.mean), posterior.kl())
     assert math.isclose(model.prior_log_prob(torch.zeros(1, D)).item(), -0.5 * D * math.log(2 * math.pi), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["VAE", "BetaVAE", "IWAE"])
+def test_the_model_card_describes_the_two_level_prior(family):
+    from hf_vae.integrations.model_card import render_model_card
+
+    config_cls, model_cls = getattr(hf_vae, f"{family}Config"), getattr(hf_vae, f"{family}Model")
+    card = render_model_card(model_cls(config_cls(**TWO_LEVEL)), repo_id="alice/two-level").text
+    assert "2×8×8 local latent" in card and f"{D + L} numbers" in card
+    assert "p(z_local | z_global)" in card
+    plain = render_model_card(model_cls(config_cls(**dict(TWO_LEVEL, local_latent_channels=0))), repo_id="alice/one").text
+    assert "local" not in plain and "N(0, I)" in plain
