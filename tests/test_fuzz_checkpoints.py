@@ -349,6 +349,17 @@ def test_saving_a_step_that_exists_replaces_it_and_says_so(reference, tmp_path, 
     _assert_same_weights(reference, run)
 
 
+def test_a_run_whose_last_step_is_a_checkpoint_step_saves_it_once(tmp_path, caplog):
+    # max_steps a multiple of checkpointing_steps (as in the default run): the loop saves the last step, and the end
+    # of the run does not save it again (a second save would only replace it, with a warning a newcomer reads).
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="hf_vae.training"):
+        train(*_args(run, max_steps=4), dict(CONFIG))
+    assert "Replacing" not in caplog.text
+    assert sorted(os.listdir(run / "checkpoints")) == ["checkpoint-2", "checkpoint-4"]
+    verify_checkpoint(str(run / "checkpoints" / "checkpoint-4"))
+
+
 # ------------------------------------------------------------------------------------------------------------
 # SIGKILL at several moments: every checkpoint left behind loads, and the resumed run ends bit for bit equal
 # ------------------------------------------------------------------------------------------------------------

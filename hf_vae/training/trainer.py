@@ -662,7 +662,11 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                             accelerator=accelerator, progress=True,
                             num_examples=(dataset_info.get("num_examples") or {}).get(data_args.eval_split))
 
+    saved_step = None  # the step of the last checkpoint this run wrote
+
     def checkpoint():
+        nonlocal saved_step
+        saved_step = state.step
         # Each process's data position goes into the state, which only the main process writes.
         position = torch.tensor([[stream.epoch, stream.batches, stream.skipped_images]], device=accelerator.device)
         positions = accelerator.gather(position).view(-1, 3).tolist()
@@ -775,7 +779,8 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         _check_replicas_agree(accelerator, {"model": list(unwrapped.parameters()),
                                             "discriminator": discriminator_params,
                                             "loss": objective.extra_parameters()})
-        checkpoint()
+        if saved_step != state.step:  # not when the loop has just saved this very step (max_steps a multiple of
+            checkpoint()  # checkpointing_steps): nothing has changed since, and a second save only replaces it
         final_model = evaluation_model()
         density_components = components_to_fit(train_args.fit_latent_density, unwrapped)
         if density_components:  # ex-post density: `generate` samples from it (Ghosh et al. 2020)
