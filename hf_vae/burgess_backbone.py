@@ -16,7 +16,7 @@ encoder reads q(z_local|x) from its features at that resolution, and the decoder
 there. The decoder also computes the conditional prior p(z_local|z_global) from those features before the
 addition, as the top-down priors of NVAE (Vahdat & Kautz 2020) do. The latent vector is
 z = (z_global, z_local.flatten()). A single global latent has to learn a square's orientation before the
-decoder can draw its corners, and on shapes that takes some 5x the default budget. A local latent holds the
+decoder can draw its corners, and on shapes even 5x the default budget is not enough. A local latent holds the
 corners where they are.
 """
 

@@ -323,7 +323,7 @@ RECIPES: Dict[str, Dict[str, Dict[str, Any]]] = {
     # Burgess et al. (2018)'s network (4 stride-2 convs to 4x4, dense 256-256, 10 latents) on 64x64 shapes, with
     # a local latent of one channel on the 8x8 grid under the 10 global ones. With the global latent alone,
     # squares and hearts come out as round blobs after this budget; it has to learn a square's orientation before
-    # the decoder can draw corners, which takes some 5x longer. The local latent keeps them (README, "Default
+    # the decoder can draw corners, and 5x the budget is not enough. The local latent keeps them (README, "Default
     # recipes"). Many small steps beat fewer large ones on 2 cores: batch 32 at 2e-3 under the cosine, 6000
     # steps. The NLL with K = 10 importance samples keeps the evaluations to seconds.
     "vae": {
