@@ -111,9 +111,10 @@ class BurgessDecoder(nn.Module):
             self.local_act = get_activation(act_fn)
 
     def _top(self, z_global: torch.Tensor, condition: Optional[torch.Tensor]) -> torch.Tensor:
-        """(N, latent_dim) -> the features at the first up-sampled resolution (the local latent's, with one)."""
+        """(N, latent_dim) [+ condition (N, c)] -> the features at the first up-sampled resolution (the local
+        latent's, with one)."""
         if condition is not None:
-            z_global = torch.cat([z_global, condition.to(z_global.dtype).expand(*z_global.shape[:-1], -1)], dim=-1)
+            z_global = torch.cat([z_global, condition], dim=-1)
         h = self.dense(z_global).view(-1, self.channels, self.side, self.side)
         return self.deconvs[:2](h)
 
@@ -127,6 +128,8 @@ class BurgessDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
         lead = z.shape[:-1]  # a stack of samples (K, B, D) decodes as one batch
+        if condition is not None:  # (B, c) -> (K·B, c)
+            condition = condition.to(z.dtype).expand(*lead, -1).reshape(math.prod(lead), -1)
         z = z.reshape(math.prod(lead), z.shape[-1])
         h = self._top(z[:, :self.latent_dim], condition)
         if self.local_latent_channels:

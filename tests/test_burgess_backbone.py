@@ -71,6 +71,13 @@ def test_cvae_on_the_burgess_backbone_conditions_both_networks():
     z = torch.zeros(1, 10)
     a, b = (model.decoder(z, model.embed_condition(torch.tensor([c]), 1)) for c in (0, 2))
     assert not torch.allclose(a, b)  # the class changes the decoded image
+    # A stack of K latents (K, B, D) with the batch's condition (B, c) decodes as K batches with that condition.
+    condition = model.embed_condition(torch.tensor([0, 2]), 2)
+    stack = torch.randn(3, 2, 10)
+    decoded = model.decoder(stack, condition)
+    assert decoded.shape == (3, 2, 1, 32, 32)
+    for k in range(3):
+        assert torch.allclose(decoded[k], model.decoder(stack[k], condition), atol=1e-6)
 
 
 def test_bad_burgess_configs_are_clear_errors():
