@@ -80,8 +80,9 @@ def family_config(name: str):
     from hf_vae.training.trainer import build_model_config
 
     model_config = {}
-    if name not in RECIPES:  # the other families: the VAE's Burgess network, without the local latent that some
-        model_config = dict(RECIPES["vae"]["shapes"], local_latent_channels=0)  # of them refuse
+    if name not in RECIPES:
+        # the other families: the VAE's Burgess network, without the local latent that some of them refuse
+        model_config = dict(RECIPES["vae"]["shapes"], local_latent_channels=0)
     train_args, model_config, _ = apply_recipe(TrainArguments(model=name), DataArguments(dataset="shapes"),
                                                model_config)
     if name in hf_vae.PRIORS:

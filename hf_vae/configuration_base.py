@@ -141,6 +141,15 @@ class AutoencoderConfig(PretrainedConfig):
         return 2 ** (len(self.block_out_channels) - 1) if self.backbone == "conv" else 1
 
     @property
+    def local_latent_shape(self) -> Optional[tuple]:
+        """(C, s, s) of the local latent, at the last-but-one convolution's resolution; None without one."""
+        channels = getattr(self, "local_latent_channels", 0)
+        if not channels:
+            return None
+        side = 2 * self.image_size // self.downsampling_factor
+        return (channels, side, side)
+
+    @property
     def vector_latent(self) -> bool:
         return self.backbone in ("mlp", "burgess") or self.latent_dim is not None
 

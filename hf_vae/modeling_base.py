@@ -280,9 +280,8 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     @property
     def local_latent_size(self) -> int:
         """Elements of the local latent, which follows the global one in z (0 without one)."""
-        config = self.config
-        channels = getattr(config, "local_latent_channels", 0)
-        return channels * (2 * config.image_size // config.downsampling_factor) ** 2 if channels else 0
+        shape = getattr(self.config, "local_latent_shape", None)
+        return math.prod(shape) if shape else 0
 
     def embed_condition(self, labels: Optional[torch.Tensor], batch_size: int) -> Optional[torch.Tensor]:
         """(B,) labels or (B, c) condition -> (B, condition_dim); unconditional models take none."""

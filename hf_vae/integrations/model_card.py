@@ -491,12 +491,9 @@ def _describe_model(model) -> Dict[str, Any]:
                   f"{side}×{side} grid of codes (down-sampling ×{config.downsampling_factor})")
     elif side is None:
         latent = f"{config.latent_dim}-dimensional vector"
-        local_channels = getattr(config, "local_latent_channels", 0)
-        if local_channels:
-            grid = 2 * config.image_size // config.downsampling_factor
-            latent += (f", with a {local_channels}×{grid}×{grid} local latent under it whose prior is conditional on "
-                       f"the vector (z is their concatenation, {config.latent_dim + local_channels * grid * grid} "
-                       f"numbers)")
+        if getattr(config, "local_latent_shape", None):
+            latent += (f", with a {'×'.join(map(str, config.local_latent_shape))} local latent under it whose prior "
+                       f"is conditional on the vector (z is their concatenation, {model.latent_shape[0]} numbers)")
     else:
         latent = f"{config.latent_channels}×{side}×{side} feature map (down-sampling ×{config.downsampling_factor})"
     likelihood_name = getattr(config, "likelihood", "pixel")
@@ -521,7 +518,7 @@ def _describe_model(model) -> Dict[str, Any]:
             "num_parameters_human": _human(model.num_parameters()), "backbone": backbone_text, "input": input_text,
             "latent": latent, "likelihood": likelihood, "is_image": image, "value_range": span,
             "example_input": example_input, "dtype": str(model.dtype).replace("torch.", ""),
-            "prior": _describe_prior(model), "local_latent": bool(getattr(config, "local_latent_channels", 0))}
+            "prior": _describe_prior(model), "local_latent": bool(getattr(config, "local_latent_shape", None))}
 
 
 def _describe_prior(model) -> Optional[str]:

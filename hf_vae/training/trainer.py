@@ -199,9 +199,9 @@ def _startup_banner(train_args: TrainArguments, data_args: DataArguments, model,
     elif getattr(config, "backbone", None) == "burgess":
         arch = f"burgess convs {list(config.block_out_channels)}, dense {list(config.hidden_dims)}, " \
                f"latent {config.latent_dim}"
-        if getattr(config, "local_latent_channels", 0):
-            side = 2 * config.image_size // config.downsampling_factor
-            arch += f" + local {config.local_latent_channels}x{side}^2"
+        if config.local_latent_shape:
+            channels, side, _ = config.local_latent_shape
+            arch += f" + local {channels}x{side}^2"
     elif getattr(config, "backbone", "conv") == "conv":
         latent = f"latent {config.latent_dim}" if getattr(config, "latent_dim", None) else \
             f"latent {config.latent_channels}x{config.image_size // config.downsampling_factor}^2 " \
@@ -779,8 +779,10 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         _check_replicas_agree(accelerator, {"model": list(unwrapped.parameters()),
                                             "discriminator": discriminator_params,
                                             "loss": objective.extra_parameters()})
-        if saved_step != state.step:  # not when the loop has just saved this very step (max_steps a multiple of
-            checkpoint()  # checkpointing_steps): nothing has changed since, and a second save only replaces it
+        # Not when the loop has just saved this very step (max_steps a multiple of checkpointing_steps): nothing has
+        # changed since, and a second save would only replace it.
+        if saved_step != state.step:
+            checkpoint()
         final_model = evaluation_model()
         density_components = components_to_fit(train_args.fit_latent_density, unwrapped)
         if density_components:  # ex-post density: `generate` samples from it (Ghosh et al. 2020)
