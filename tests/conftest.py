@@ -55,3 +55,8 @@ def fresh_accelerate_state():
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (export, compile, offload, upstream suites); "
+                                       "deselect with -m 'not slow'")

@@ -31,35 +31,12 @@ from hf_vae import (
     VQVAEModel,
 )
 
-SMALL_CONV = dict(block_out_channels=[16, 32], norm_num_groups=8, latent_channels=4)
-SMALL_MLP = dict(hidden_dims=[64], latent_dim=8)
-
-
-def tiny_config(name: str, backbone: str = "mlp", in_channels: int = 1, image_size: int = 16, **overrides):
-    if name == "klae":
-        return KLAEConfig(in_channels=in_channels, out_channels=in_channels, block_out_channels=[16, 32],
-                          norm_num_groups=8, sample_size=image_size, **overrides)
-    config_class = hf_vae.MODELS[name][0]
-    kwargs = dict(in_channels=in_channels, image_size=image_size, backbone=backbone,
-                  **(SMALL_CONV if backbone == "conv" else SMALL_MLP))
-    if name == "vq_vae":
-        kwargs.update(num_embeddings=32, embedding_dim=4)
-        if backbone == "conv":
-            kwargs.pop("latent_channels")
-    if name == "beta_tcvae":
-        kwargs["dataset_size"] = 100
-    kwargs.update(overrides)
-    return config_class(**kwargs)
-
-
-def example_inputs(config, batch=4, seed=0, size=None):
-    g = torch.Generator().manual_seed(seed)
-    shape = (batch, *config.data_shape) if size is None else (batch, config.data_shape[0], *size)
-    x = torch.rand(shape, generator=g)
-    if getattr(config, "likelihood", "bernoulli") != "bernoulli":
-        x = x * 2 - 1
-    labels = torch.randint(0, 10, (batch,), generator=g) if config.model_type == "cvae" else None
-    return x, labels
+try:
+    from tests.support.tiny_models import tiny_config
+    from tests.support.tiny_models import example_images as example_inputs
+except ImportError:  # `tests` not importable as a package: pytest put tests/ itself on sys.path
+    from support.tiny_models import tiny_config
+    from support.tiny_models import example_images as example_inputs
 
 
 VARIANTS = [(name, backbone) for name in ("vae", "beta_vae", "vq_vae", "cvae") for backbone in ("mlp", "conv")]
