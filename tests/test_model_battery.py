@@ -400,6 +400,11 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(name):
     model = build(name)
     inputs = example_inputs(model.config, BATCH)
     loss, gradients = loss_and_gradients(model, inputs)
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    # transformers' checkpointing (and its tests) act on the GradientCheckpointingLayer blocks of a model
+    layers = [n for n, m in model.named_modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert layers, f"{type(model).__name__} has no GradientCheckpointingLayer for gradient_checkpointing_enable()"
     model.gradient_checkpointing_enable()
     checkpointed = [n for n, m in model.named_modules() if getattr(m, "gradient_checkpointing", False)]
     assert checkpointed, "gradient_checkpointing_enable() switched on no module"

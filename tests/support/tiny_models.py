@@ -23,6 +23,10 @@ FAMILY_NAMES = [*hf_vae.MODELS, *hf_vae.PRIORS]
 #: families whose objective reads a vector latent: with the conv backbone they need a dense bottleneck
 VECTOR_LATENT_ONLY = ("beta_tcvae", "factor_vae")
 
+#: families whose forward needs at least two examples: the MMD (InfoVAE, WAE) and the β-TCVAE's estimate of q(z)
+#: are statistics of the batch
+BATCH_STATISTIC_FAMILIES = ("info_vae", "wae", "beta_tcvae")
+
 #: names a conditional model may take its condition under, "labels" last: the Trainer takes every argument whose
 #: name contains "label" for the targets (issue 22 moves the CVAE's condition to another name, `labels` an alias)
 CONDITION_NAMES = ("condition", "conditions", "class_condition", "class_labels", "labels")
