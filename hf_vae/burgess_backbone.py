@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .conv_backbone import get_activation
+from .conv_backbone import CheckpointedSequential, get_activation
 
 
 def _he(layer: nn.Module) -> nn.Module:
@@ -35,13 +35,13 @@ def _he(layer: nn.Module) -> nn.Module:
     return layer
 
 
-def _dense(sizes: Sequence[int], act_fn: str, final_activation: bool) -> nn.Sequential:
+def _dense(sizes: Sequence[int], act_fn: str, final_activation: bool) -> CheckpointedSequential:
     layers = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(_he(nn.Linear(fan_in, fan_out)))
         if final_activation or i < len(sizes) - 2:
             layers.append(get_activation(act_fn))
-    return nn.Sequential(*layers)
+    return CheckpointedSequential(*layers)
 
 
 def _local_head(channels: int, out_channels: int, act_fn: str) -> nn.Sequential:
@@ -63,12 +63,16 @@ class BurgessEncoder(nn.Module):
         for out in block_out_channels:
             layers += [_he(nn.Conv2d(channels, out, kernel_size=4, stride=2, padding=1)), get_activation(act_fn)]
             channels = out
-        self.convs = nn.Sequential(*layers)
+        self.convs = CheckpointedSequential(*layers)
         side = image_size // 2 ** len(block_out_channels)
         self.dense = _dense([channels * side * side, *hidden_dims, out_features], act_fn, final_activation=False)
         self.local_latent_channels = local_latent_channels
         if local_latent_channels:
             self.local_head = _local_head(block_out_channels[-2], 2 * local_latent_channels, act_fn)
+
+    def hidden_stages(self):
+        """Each convolution's and dense layer's activation."""
+        return [*self.convs.hidden_stages(), *self.dense.hidden_stages()]
 
     def forward(self, x: torch.Tensor, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
         if condition is not None:
@@ -103,7 +107,7 @@ class BurgessDecoder(nn.Module):
             layers.append(_he(nn.ConvTranspose2d(fan_in, fan_out, kernel_size=4, stride=2, padding=1)))
             if i < len(widths) - 2:
                 layers.append(get_activation(act_fn))
-        self.deconvs = nn.Sequential(*layers)
+        self.deconvs = CheckpointedSequential(*layers)
         self.local_latent_channels = local_latent_channels
         if local_latent_channels:
             self.local_prior_head = _local_head(widths[1], 2 * local_latent_channels, act_fn)
@@ -125,6 +129,10 @@ class BurgessDecoder(nn.Module):
         mean, logvar = params.flatten(2).chunk(2, dim=1)
         # clamped like the posterior's (DiagonalGaussianDistribution), so that exp() stays finite in fp16
         return mean.reshape(*lead, -1), logvar.clamp(-30.0, 20.0).reshape(*lead, -1)
+
+    def hidden_stages(self):
+        """Each dense layer's and transposed convolution's activation."""
+        return [*self.dense.hidden_stages(), *self.deconvs.hidden_stages()]
 
     def forward(self, z: torch.Tensor, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
         lead = z.shape[:-1]  # a stack of samples (K, B, D) decodes as one batch

@@ -8,7 +8,8 @@ the same operation for operation (so outputs agree to float rounding).
 Two things differ from diffusers, both invisible in the results:
   * under `torch.no_grad()` activations and residual adds run in place, which saves a large temporary per
     layer (page faults are a measurable share of CPU time for this network);
-  * gradient checkpointing is per block, switched on through transformers' `activation_checkpointing_enable`.
+  * gradient checkpointing is per block (`GradientCheckpointingLayer`), switched on through transformers'
+    `gradient_checkpointing_enable`.
 
 `ConvEncoder`/`ConvDecoder` wrap the diffusers-shaped bodies for the other variants: they add an optional
 dense bottleneck (a vector latent, as in Burgess et al. 2018's β-VAE) and broadcast a condition vector as
@@ -20,6 +21,31 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+try:  # transformers >= 4.52: checkpointing switched on per layer by `gradient_checkpointing_enable()`
+    from transformers.modeling_layers import GradientCheckpointingLayer
+except ImportError:  # pragma: no cover - older transformers
+
+    class GradientCheckpointingLayer(nn.Module):
+        """transformers' `GradientCheckpointingLayer`, for releases that lack it: calls `forward` through
+        `_gradient_checkpointing_func` when `gradient_checkpointing` is on in a training pass with autograd."""
+
+        gradient_checkpointing = False
+
+        def __call__(self, *args, **kwargs):
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                return self._gradient_checkpointing_func(super().__call__, *args, **kwargs)
+            return super().__call__(*args, **kwargs)
+
+
+class CheckpointedSequential(GradientCheckpointingLayer, nn.Sequential):
+    """An `nn.Sequential` (same state-dict keys) that is one gradient-checkpointing unit: the fully connected
+    stacks of the MLP and Burgess backbones."""
+
+    def hidden_stages(self):
+        """The activations: each hidden layer's output."""
+        return [module for module in self if isinstance(module, tuple(ACTIVATIONS.values()))]
+
 
 ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "mish": nn.Mish}
 
@@ -184,22 +210,26 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(channels, channels)
         self.to_v = nn.Linear(channels, channels)
         self.to_out = nn.ModuleList([nn.Linear(channels, channels), nn.Dropout(0.0)])
+        #: "sdpa" (PyTorch's fused kernels) or "eager"; the model sets it from `config._attn_implementation`
+        self.implementation = "sdpa"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         # Normalise the (B, C, HW) view, as diffusers does: for an input in channels-last memory (the layout a 1x1
         # conv can return) GroupNorm on the 4-D tensor takes another kernel and rounds differently.
         tokens = self.group_norm(x.view(b, c, h * w)).transpose(1, 2)
-        q = self.to_q(tokens).unsqueeze(1)
-        k = self.to_k(tokens).unsqueeze(1)
-        v = self.to_v(tokens).unsqueeze(1)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False).squeeze(1)
+        q, k, v = self.to_q(tokens), self.to_k(tokens), self.to_v(tokens)
+        if self.implementation == "eager":  # softmax(q kᵀ / √C) v written out (Vaswani et al. 2017, eq. 1)
+            weights = torch.softmax(torch.baddbmm(q.new_zeros(()), q, k.transpose(1, 2), alpha=c ** -0.5), dim=-1)
+            out = torch.bmm(weights.to(v.dtype), v)
+        else:
+            out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
         out = self.to_out[1](self.to_out[0](out))
         out = out.transpose(1, 2).reshape(b, c, h, w)
         return _add_residual(out, x, scratch=out)
 
 
-class UNetMidBlock2D(nn.Module):
+class UNetMidBlock2D(GradientCheckpointingLayer):
     """resnet -> (attention) -> resnet at the lowest resolution."""
 
     def __init__(self, channels: int, groups: int, act_fn: str, add_attention: bool = True, dropout: float = 0.0):
@@ -216,7 +246,7 @@ class UNetMidBlock2D(nn.Module):
         return self.resnets[1](x)
 
 
-class DownEncoderBlock2D(nn.Module):
+class DownEncoderBlock2D(GradientCheckpointingLayer):
     def __init__(self, in_channels, out_channels, num_layers, groups, act_fn, add_downsample, dropout=0.0):
         super().__init__()
         self.resnets = nn.ModuleList([
@@ -233,7 +263,7 @@ class DownEncoderBlock2D(nn.Module):
         return x
 
 
-class UpDecoderBlock2D(nn.Module):
+class UpDecoderBlock2D(GradientCheckpointingLayer):
     def __init__(self, in_channels, out_channels, num_layers, groups, act_fn, add_upsample, dropout=0.0):
         super().__init__()
         self.resnets = nn.ModuleList([
@@ -250,18 +280,7 @@ class UpDecoderBlock2D(nn.Module):
         return x
 
 
-class _CheckpointedBlocks(nn.Module):
-    """Runs each block through `self._gradient_checkpointing_func` when transformers switches it on."""
-
-    gradient_checkpointing = False
-
-    def _run(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.gradient_checkpointing and torch.is_grad_enabled() and self.training:
-            return self._gradient_checkpointing_func(block.__call__, x)
-        return block(x)
-
-
-class Encoder(_CheckpointedBlocks):
+class Encoder(nn.Module):
     """(B, in_channels, H, W) -> (B, out_channels · (2 if double_z else 1), H/f, W/f), f = 2^(len(blocks)-1)."""
 
     def __init__(self, in_channels: int = 3, out_channels: int = 4, block_out_channels: Sequence[int] = (64,),
@@ -282,16 +301,20 @@ class Encoder(_CheckpointedBlocks):
         self.conv_act = get_activation(act_fn)
         self.conv_out = nn.Conv2d(block_out_channels[-1], 2 * out_channels if double_z else out_channels, 3, padding=1)
 
+    def hidden_stages(self):
+        """The modules whose outputs are the encoder's hidden states: each down block, then the mid block."""
+        return [*self.down_blocks, self.mid_block]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
         for block in self.down_blocks:
-            x = self._run(block, x)
-        x = self._run(self.mid_block, x)
+            x = block(x)
+        x = self.mid_block(x)
         x = self.conv_norm_out(x)  # (reassigned step by step so the pre-norm map is freed before conv_out)
         return self.conv_out(_activate(self.conv_act, x))
 
 
-class Decoder(_CheckpointedBlocks):
+class Decoder(nn.Module):
     """(B, in_channels, h, w) -> (B, out_channels, h·f, w·f); the encoder mirrored, layers_per_block + 1 resnets."""
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3, block_out_channels: Sequence[int] = (64,),
@@ -313,12 +336,16 @@ class Decoder(_CheckpointedBlocks):
         self.conv_act = get_activation(act_fn)
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
 
+    def hidden_stages(self):
+        """The modules whose outputs are the decoder's hidden states: the mid block, then each up block."""
+        return [self.mid_block, *self.up_blocks]
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(z)
         upscale_dtype = self.up_blocks[0].resnets[0].conv1.weight.dtype
-        x = self._run(self.mid_block, x).to(upscale_dtype)
+        x = self.mid_block(x).to(upscale_dtype)
         for block in self.up_blocks:
-            x = self._run(block, x)
+            x = block(x)
         x = self.conv_norm_out(x)  # (reassigned so the full-resolution pre-norm map is freed before conv_out)
         return self.conv_out(_activate(self.conv_act, x))
 
@@ -354,6 +381,9 @@ class ConvEncoder(nn.Module):
             side = image_size // 2 ** (len(block_out_channels) - 1)
             self.to_latent = nn.Linear(latent_channels * side * side, out_features)
 
+    def hidden_stages(self):
+        return self.body.hidden_stages()
+
     def forward(self, x: torch.Tensor, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.body(_broadcast_condition(x, condition))
         return self.to_latent(h.flatten(1)) if self.vector_latent else h
@@ -376,6 +406,9 @@ class ConvDecoder(nn.Module):
             body_in = latent_channels + condition_dim
         self.body = Decoder(body_in, out_channels, block_out_channels, layers_per_block, norm_num_groups, act_fn,
                             mid_block_add_attention=mid_block_add_attention, dropout=dropout)
+
+    def hidden_stages(self):
+        return self.body.hidden_stages()
 
     def forward(self, z: torch.Tensor, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.vector_latent:

@@ -171,6 +171,10 @@ class Likelihood(nn.Module):
     def nll(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """−log p(x|z): `nll`, called as a module so that hooks (accelerate's offload) run around it."""
+        return self.nll(x, params)
+
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return params
 
@@ -194,7 +198,7 @@ class BernoulliLikelihood(Likelihood):
         return torch.sigmoid(params)
 
 
-class _ScaledLikelihood(Likelihood):
+class ScaledLikelihood(Likelihood):
     """Shared handling of a fixed or learned per-channel scale (σ for Gaussian, b for Laplace, s for logistic)."""
 
     continuous = True
@@ -203,7 +207,8 @@ class _ScaledLikelihood(Likelihood):
         super().__init__()
         if scale <= 0:
             raise ValueError(f"Expected a positive likelihood scale, got {scale}.")
-        log_scale = torch.full((num_channels,), math.log(scale))
+        self.initial_log_scale = math.log(scale)
+        log_scale = torch.full((num_channels,), self.initial_log_scale)
         if learn_scale:
             self.log_scale = nn.Parameter(log_scale)
         else:
@@ -217,7 +222,7 @@ class _ScaledLikelihood(Likelihood):
         return self.log_scale.view(shape).to(params.dtype)
 
 
-class GaussianLikelihood(_ScaledLikelihood):
+class GaussianLikelihood(ScaledLikelihood):
     """x ∈ R (conventionally [-1, 1]); the decoder outputs the mean; σ is fixed or learned per channel.
 
     -log p(x|z) = Σ ½(x − μ)²/σ² + log σ + ½ log 2π.
@@ -229,7 +234,7 @@ class GaussianLikelihood(_ScaledLikelihood):
         return per_dim.flatten(per_dim.dim() - x.dim() + 1).sum(-1)
 
 
-class LaplaceLikelihood(_ScaledLikelihood):
+class LaplaceLikelihood(ScaledLikelihood):
     """x ∈ R (conventionally [-1, 1]); the decoder outputs the location; b is fixed or learned per channel.
 
     -log p(x|z) = Σ |x − μ|/b + log 2b. With b = 1 this is the L1 loss plus a constant.
@@ -241,7 +246,7 @@ class LaplaceLikelihood(_ScaledLikelihood):
         return per_dim.flatten(per_dim.dim() - x.dim() + 1).sum(-1)
 
 
-class DiscretizedLogisticLikelihood(_ScaledLikelihood):
+class DiscretizedLogisticLikelihood(ScaledLikelihood):
     """8-bit images in [-1, 1]: a logistic density integrated over each of the 256 intensity bins.
 
     The bins of x_k = −1 + 2k/255 (k = 0 … 255) are [x_k − 1/255, x_k + 1/255]; the first bin extends to −∞ and the

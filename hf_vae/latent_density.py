@@ -37,8 +37,15 @@ class GaussianMixtureDensity(nn.Module):
         self.covariance_type = covariance_type
         self.register_buffer("weights", torch.full((num_components,), 1.0 / num_components))
         self.register_buffer("means", torch.zeros(num_components, dim))
-        scale = torch.eye(dim).repeat(num_components, 1, 1) if covariance_type == "full" else torch.ones(num_components, dim)
-        self.register_buffer("scale", scale)
+        self.register_buffer("scale", self.standard_scale(num_components, dim))
+
+    def standard_scale(self, num_components: Optional[int] = None, dim: Optional[int] = None) -> torch.Tensor:
+        """The scale of N(0, I) in every component: identity Cholesky factors, or unit standard deviations."""
+        if num_components is None:
+            num_components, dim = self.num_components, self.dim
+        if self.covariance_type == "full":
+            return torch.eye(dim).repeat(num_components, 1, 1)
+        return torch.ones(num_components, dim)
 
     @property
     def num_components(self) -> int:

@@ -10,16 +10,16 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .conv_backbone import get_activation
+from .conv_backbone import CheckpointedSequential, get_activation
 
 
-def _mlp(sizes: Sequence[int], act_fn: str) -> nn.Sequential:
+def _mlp(sizes: Sequence[int], act_fn: str) -> CheckpointedSequential:
     layers = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(fan_in, fan_out))
         if i < len(sizes) - 2:
             layers.append(get_activation(act_fn))
-    return nn.Sequential(*layers)
+    return CheckpointedSequential(*layers)
 
 
 class MLPEncoder(nn.Module):
@@ -29,6 +29,9 @@ class MLPEncoder(nn.Module):
                  act_fn: str = "relu", condition_dim: int = 0):
         super().__init__()
         self.net = _mlp([math.prod(data_shape) + condition_dim, *hidden_dims, out_features], act_fn)
+
+    def hidden_stages(self):
+        return self.net.hidden_stages()
 
     def forward(self, x: torch.Tensor, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = x.flatten(1)
@@ -45,6 +48,9 @@ class MLPDecoder(nn.Module):
         super().__init__()
         self.data_shape = tuple(data_shape)
         self.net = _mlp([latent_dim + condition_dim, *reversed(hidden_dims), math.prod(data_shape)], act_fn)
+
+    def hidden_stages(self):
+        return self.net.hidden_stages()
 
     def forward(self, z: torch.Tensor, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
         if condition is not None:

@@ -20,7 +20,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .modeling_base import AutoencoderOutput
+from .input_checks import is_tracing
+from .modeling_outputs import AutoencoderOutput
 
 KERNELS = ("imq", "rbf")
 
@@ -52,6 +53,20 @@ def mmd_unbiased(x: torch.Tensor, y: torch.Tensor, kernel: str = "imq",
     within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (n * (n - 1))
     within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
     return within_x + within_y - 2.0 * k_xy.mean()
+
+
+def prior_mmd(model, latents: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """MMD²_u between a batch's latents (B, ...) and as many draws from `model.sample_prior`, with the model's
+    kernel settings (`kernel`, `kernel_scales`, `kernel_bandwidth` of its config); shape ().
+
+    The prior draws honour `generator`. Without one, an eval-mode pass draws them from a fixed seed, so that
+    `model.eval()(x)` is deterministic like every other family's; a training pass draws from the global stream.
+    """
+    if generator is None and not model.training and not is_tracing():
+        generator = torch.Generator(device=latents.device).manual_seed(0)
+    config = model.config
+    prior_samples = model.sample_prior(latents.shape[0], generator)
+    return mmd_unbiased(latents, prior_samples, config.kernel, config.kernel_scales, config.kernel_bandwidth)
 
 
 @dataclass

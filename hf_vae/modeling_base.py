@@ -25,136 +25,30 @@ the weights); `generate` then samples from it instead of p(z).
 """
 
 import contextlib
-import functools
 import json
 import math
 import os
-from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from transformers import PreTrainedModel
-from transformers.utils import ModelOutput
 
 from .burgess_backbone import BurgessDecoder, BurgessEncoder
-from .conv_backbone import ConvDecoder, ConvEncoder
-from .distributions import (DiagonalGaussianDistribution, Likelihood, build_likelihood, gaussian_kl,
+from .conv_backbone import Attention, ConvDecoder, ConvEncoder
+from .distributions import (DiagonalGaussianDistribution, Likelihood, ScaledLikelihood, build_likelihood, gaussian_kl,
                             gaussian_log_density, randn_tensor, standard_normal_log_prob)
 from .latent_density import GaussianMixtureDensity, encode_dataset
+from .input_checks import (MAX_IMPORTANCE_SAMPLES, available_memory, check_count, check_fits,  # noqa: F401
+                           check_latents, check_pixel_values, is_tracing)
 from .mlp_backbone import MLPDecoder, MLPEncoder
+from .modeling_outputs import (AutoencoderOutput, DecoderOutput, EncoderOutput, apply_forward_hook,  # noqa: F401
+                               onloaded)
 
 try:  # transformers >= 5 guards initialisers so that weights loaded from a checkpoint are never overwritten
     from transformers import initialization as init
 except ImportError:  # pragma: no cover - transformers 4.x
     init = nn.init
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Outputs
-# ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class AutoencoderOutput(ModelOutput):
-    """Output of `forward`.
-
-    Args:
-        loss (`torch.FloatTensor` of shape `()`): reconstruction_loss + regularisation_loss, averaged over the
-            batch. For the VAE this is the negative ELBO in nats per example. With K posterior samples per
-            example (IWAE, MIWAE) it is `combine_samples` of them, and the two terms are their sample averages.
-        reconstruction_loss (`()`): E_q[−log p(x|z)] (one sample), nats per example.
-        regularisation_loss (`()`): the weighted regulariser (KL, β·KL, VQ terms, ...), per example.
-        reconstruction (`(B, *data_shape)`): the decoder's mean in data space (probabilities for Bernoulli).
-        latents (`(B, *latent_shape)`): the z that was decoded.
-        kl (`()`, optional): the unweighted KL(q(z|x) || p(z)) per example, for Gaussian posteriors.
-        latent_dist: the posterior object q(z|x).
-    """
-
-    loss: Optional[torch.FloatTensor] = None
-    reconstruction_loss: Optional[torch.FloatTensor] = None
-    regularisation_loss: Optional[torch.FloatTensor] = None
-    reconstruction: Optional[torch.FloatTensor] = None
-    latents: Optional[torch.FloatTensor] = None
-    kl: Optional[torch.FloatTensor] = None
-    latent_dist: Any = None
-
-
-@dataclass
-class EncoderOutput(ModelOutput):
-    """`encode` output. `latent_dist` is the posterior q(z|x) (diffusers' name, so pipelines can use it)."""
-
-    latent_dist: Any = None
-
-
-@dataclass
-class DecoderOutput(ModelOutput):
-    """`decode` output. `sample` (B, *data_shape): the decoder mean in data space; `parameters`: raw decoder output
-    (logits for a Bernoulli likelihood)."""
-
-    sample: Optional[torch.FloatTensor] = None
-    parameters: Optional[torch.FloatTensor] = None
-
-
-def apply_forward_hook(method):
-    """Let accelerate's hooks (model CPU offload) run around `encode`/`decode`, as diffusers' decorator does.
-
-    Pipelines call `vae.encode`/`vae.decode`, not `forward`, so without this an offloaded model would stay on the
-    CPU while its inputs are on the accelerator.
-    """
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        hook = getattr(self, "_hf_hook", None)
-        if hook is not None and hasattr(hook, "pre_forward"):
-            hook.pre_forward(self)
-        output = method(self, *args, **kwargs)
-        if hook is not None and hasattr(hook, "post_forward"):
-            output = hook.post_forward(self, output)
-        return output
-
-    return wrapper
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Bounds on requests
-# ------------------------------------------------------------------------------------------------------------
-
-#: the most importance samples `log_likelihood` takes in one call (Burda et al. use 5000; run time is linear in K)
-MAX_IMPORTANCE_SAMPLES = 1_000_000
-
-
-def check_count(name: str, value, maximum: Optional[int] = None) -> None:
-    """`value` is a positive int (not a bool, a float or a string), at most `maximum` when given."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"Expected a positive int `{name}`, got {value!r}"
-                         f"{f' (a {type(value).__name__})' if not isinstance(value, int) else ''}.")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"Expected `{name}` <= {maximum:,} (the limit of one call), got {value:,}; split the request "
-                         f"into several calls.")
-
-
-def available_memory(device: torch.device) -> Optional[int]:
-    """Bytes that can still be allocated on `device` (free GPU memory, or the host's MemAvailable); None if unknown."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-    return None
-
-
-def check_fits(request: str, nbytes: int, device: torch.device) -> None:
-    """Refuse a request whose result alone needs more memory than `device` has available, naming both."""
-    available = available_memory(device)
-    if available is not None and nbytes > available:
-        raise ValueError(f"{request} needs {nbytes / 2**30:.1f} GiB for its result, more than the {available / 2**30:.1f} "
-                         f"GiB available on {device}: expected a request that fits; ask for fewer at a time.")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -168,6 +62,14 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    #: the loss is the model's own, per example and batch-averaged: transformers' Trainer passes no
+    #: `num_items_in_batch` to `forward`
+    accepts_loss_kwargs = False
+    #: modules whose parts must share a device under `device_map` (a residual adds tensors of two submodules; the
+    #: quantiser reads its codebook with each call; a dense stack runs as one checkpointing unit)
+    _no_split_modules = ["ResnetBlock2D", "Attention", "VectorQuantizer", "CheckpointedSequential",
+                         "BurgessEncoder", "BurgessDecoder"]
     output_class = AutoencoderOutput
     #: whether `forward`/`generate` need `labels` (the CVAE)
     is_conditional = False
@@ -190,6 +92,24 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
         if components:
             self.latent_density = GaussianMixtureDensity(components, math.prod(self.latent_shape),
                                                          getattr(config, "latent_density_covariance", "full"))
+
+    def post_init(self):
+        super().post_init()
+        self._apply_attn_implementation()
+
+    def set_attn_implementation(self, attn_implementation, *args, **kwargs):
+        """transformers' `set_attn_implementation`, applied to the mid-block attention ("sdpa" or "eager")."""
+        if attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(f"Expected attn_implementation 'sdpa' or 'eager' for {type(self).__name__}, got "
+                             f"{attn_implementation!r}.")
+        self.config._attn_implementation_internal = attn_implementation
+        self._apply_attn_implementation()
+
+    def _apply_attn_implementation(self) -> None:
+        implementation = "eager" if self.config._attn_implementation == "eager" else "sdpa"
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.implementation = implementation
 
     @classmethod
     def can_generate(cls) -> bool:
@@ -264,6 +184,12 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.GroupNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, ScaledLikelihood):  # the fixed or initial per-channel scale
+            init.constant_(module.log_scale, module.initial_log_scale)
+        elif isinstance(module, GaussianMixtureDensity):  # N(0, I) until `fit_latent_density` fits it
+            init.constant_(module.weights, 1.0 / module.num_components)
+            init.zeros_(module.means)
+            init.copy_(module.scale, module.standard_scale())
 
     # --------------------------------------------------------------------------------------------------------
     # The pluggable pieces (defaults: Gaussian posterior, standard normal prior, KL regulariser)
@@ -330,9 +256,11 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
         """(K, B) per-sample −log p(x|z_k) and regulariser -> (B,) objective: the Monte Carlo average by default."""
         return (reconstruction_loss + regularisation_loss).mean(0)
 
-    def batch_regularisation(self, posterior, latents: torch.Tensor,
-                             params: torch.Tensor) -> Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]:
-        """A scalar term of the whole batch added to the loss (MMD, decoder penalty), and extra output fields."""
+    def batch_regularisation(self, posterior, latents: torch.Tensor, params: torch.Tensor,
+                             generator: Optional[torch.Generator] = None
+                             ) -> Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]:
+        """A scalar term of the whole batch added to the loss (MMD, decoder penalty), and extra output fields;
+        `generator` seeds any draw it makes."""
         return None, {}
 
     def sample_prior(self, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -369,6 +297,8 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
             raise ValueError(f"Expected use_safetensors None or True: {cls.__name__} loads weights from safetensors "
                              f"only (pickled .bin files can run code), got use_safetensors=False.")
         kwargs["use_safetensors"] = True
+        if pretrained_model_name_or_path is None:  # from `config=` and `state_dict=` alone: no file to check
+            return super().from_pretrained(None, *model_args, **kwargs)
         path = os.fspath(pretrained_model_name_or_path)
         local = os.path.isdir(path)
         looks_local = path.startswith((".", "~", "/")) or path.count("/") > 1 or "\\" in path  # not 'user/name'
@@ -425,69 +355,13 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
             self._check_input_values = previous
 
     def check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Check the images (or flat data) where they enter the model; return them in the model's dtype.
-
-        Floating-point inputs of another dtype (float64, float16, bfloat16) are cast to the model's dtype; integer
-        inputs are refused (their scale is ambiguous). The range and finiteness are checked with one fused
-        reduction (`aminmax`) and one device synchronisation: NaN or ±inf show up in the minimum or maximum.
-        """
-        config = self.config
-        if not isinstance(pixel_values, torch.Tensor):
-            raise ValueError(f"Expected `pixel_values` to be a torch.Tensor, got {type(pixel_values).__name__}.")
-        if not pixel_values.is_floating_point():
-            raise ValueError(f"Expected floating-point `pixel_values`, got dtype {pixel_values.dtype} "
-                             f"(convert integer images with x.float() / 255).")
-        expected = config.data_shape
-        what = "(B, C, H, W)" if len(expected) == 3 else "(B, D)"
-        if pixel_values.dim() != len(expected) + 1:
-            raise ValueError(f"Expected `pixel_values` of shape {what} = (B, {', '.join(map(str, expected))}), "
-                             f"got shape {tuple(pixel_values.shape)}.")
-        if pixel_values.shape[0] == 0:
-            raise ValueError(f"Expected at least one example in `pixel_values`, got an empty batch of shape "
-                             f"{tuple(pixel_values.shape)}.")
-        if pixel_values.shape[1] != expected[0]:
-            raise ValueError(f"Expected {expected[0]} channels at dim 1 of `pixel_values`, got shape {tuple(pixel_values.shape)}.")
-        if len(expected) == 3:
-            height, width = pixel_values.shape[-2:]
-            if config.vector_latent:
-                if (height, width) != expected[1:]:
-                    raise ValueError(f"Expected images of size {expected[1]}x{expected[2]} (image_size, fixed by the "
-                                     f"{'MLP' if config.backbone == 'mlp' else 'dense bottleneck'}), got {height}x{width}.")
-            else:
-                factor = config.downsampling_factor
-                if height == 0 or width == 0 or height % factor or width % factor:
-                    raise ValueError(f"Expected image height and width positive and divisible by the down-sampling "
-                                     f"factor {factor}, got {height}x{width}.")
-        if not self._check_input_values:
-            return pixel_values.to(self.dtype)
-        low, high = torch.stack(torch.aminmax(pixel_values.detach())).tolist()  # the one sync
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise ValueError(f"Expected finite `pixel_values`, got NaN or infinite values (range [{low}, {high}]).")
-        data_range = self.likelihood.data_range
-        if data_range is not None and (low < data_range[0] or high > data_range[1]):
-            raise ValueError(f"Expected `pixel_values` in [{data_range[0]}, {data_range[1]}] for the "
-                             f"{config.likelihood} likelihood, got values in [{low:.4g}, {high:.4g}].")
-        if data_range is None and self.input_range is not None and self.check_input_range and (
-                low < self.input_range[0] or high > self.input_range[1]):
-            raise ValueError(f"Expected `pixel_values` in [{self.input_range[0]:g}, {self.input_range[1]:g}] for "
-                             f"{type(self).__name__}, got values in [{low:.4g}, {high:.4g}] (images in [0, 1] map "
-                             f"with 2 * x - 1, in [0, 255] with x / 127.5 - 1; set `model.check_input_range = False` "
-                             f"to pass other values on purpose).")
-        return pixel_values.to(self.dtype)
+        """Check the images (or flat data) where they enter the model (`input_checks.check_pixel_values`); return
+        them in the model's dtype. Value checks run eagerly, not inside `inputs_checked_by_caller()` or a trace."""
+        return check_pixel_values(self, pixel_values, check_values=self._check_input_values)
 
     def check_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Check latents where they enter `decode`; return them in the model's dtype (floats of another dtype are
-        cast, as for images)."""
-        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
-            raise ValueError(f"Expected floating-point latents, got {getattr(latents, 'dtype', type(latents))}.")
-        expected = self.latent_shape
-        if latents.dim() != len(expected) + 1 or latents.shape[1] != expected[0] or (
-            self.config.vector_latent and tuple(latents.shape[1:]) != expected
-        ):
-            raise ValueError(f"Expected latents of shape (B, {', '.join(map(str, expected))}), got {tuple(latents.shape)}.")
-        if latents.shape[0] == 0 or latents.numel() == 0:
-            raise ValueError(f"Expected at least one latent, got an empty tensor of shape {tuple(latents.shape)}.")
-        return latents.to(self.dtype)
+        """Check latents where they enter `decode`; return them in the model's dtype."""
+        return check_latents(self, latents)
 
     # --------------------------------------------------------------------------------------------------------
     # The universal step
@@ -531,47 +405,108 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor,
-        labels: Optional[torch.Tensor] = None,
+        condition: Optional[torch.Tensor] = None,
         return_dict: bool = True,
-        sample_posterior: bool = True,
+        sample_posterior: Optional[bool] = None,
         generator: Optional[torch.Generator] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_loss: bool = True,
+        **kwargs,
     ):
         """One pass of the objective.
 
         Args:
             pixel_values: (B, C, H, W) images (or (B, D) flat data) in the likelihood's range.
-            labels: (B,) class indices or (B, condition_dim) conditions; required by conditional models only.
-            sample_posterior: decode a posterior sample (the ELBO's Monte Carlo estimate) or its mode.
-            generator: seeds the posterior sample.
+            condition: (B,) class indices or (B, condition_dim) conditions; required by conditional models only.
+                `labels=` is accepted as an alias (it is not a parameter name, so transformers' `Trainer` does not
+                take the condition for a prediction target).
+            sample_posterior: decode a posterior sample (the ELBO's Monte Carlo estimate) or its mode. By default
+                the posterior is sampled in training mode or when a `generator` is given, so an eval-mode call
+                without one is deterministic.
+            generator: seeds every random draw of the pass (posterior samples, MMD prior samples).
+            output_hidden_states: also return each encoder and decoder stage's output.
+            return_loss: accepted for transformers' `Trainer` (which reads it to know the model computes its own
+                loss); the loss is always returned.
         """
+        condition = self._condition_argument(condition, kwargs)
+        if sample_posterior is None:
+            sample_posterior = self.training or generator is not None
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
         pixel_values = self.check_pixel_values(pixel_values)
-        condition = self.embed_condition(labels, pixel_values.shape[0])
-        posterior = self._encode(pixel_values, condition)
-        latents = self.sample_latent(posterior, generator, sample_posterior)  # (B, ...), or (K, B, ...) samples
-        params = self._decode_samples(latents, condition)
-        reconstruction_loss = self.likelihood.nll(pixel_values, params)  # (B,) or (K, B)
+        condition = self.embed_condition(condition, pixel_values.shape[0])
+        with self._hidden_states_recorded(output_hidden_states) as hidden_states:
+            posterior = self._encode(pixel_values, condition)
+            latents = self.sample_latent(posterior, generator, sample_posterior)  # (B, ...), or (K, B, ...)
+            params = self._decode_samples(latents, condition)
+        reconstruction_loss = self.likelihood(pixel_values, params)  # −log p(x|z): (B,) or (K, B)
         regularisation_loss, extras = self.regularisation_loss(posterior, latents)
         stacked = latents.dim() > len(self.latent_shape) + 1  # K samples per example
         # Per example: −log p(x|z) + regulariser; with K samples, their mean or an importance-weighted bound.
         objective = (self.combine_samples(reconstruction_loss, regularisation_loss) if stacked
                      else reconstruction_loss + regularisation_loss)
-        batch_term, batch_extras = self.batch_regularisation(posterior, latents, params)
+        batch_term, batch_extras = self.batch_regularisation(posterior, latents, params, generator)
         loss, regularisation = objective.mean(), regularisation_loss.mean()
         if batch_term is not None:
             loss, regularisation = loss + batch_term, regularisation + batch_term
         if stacked:
             params, latents = params[0], latents[0]  # report the first of the K samples
-        output = self.output_class(
+        output = self.build_output(return_loss, dict(
             loss=loss,
             reconstruction_loss=reconstruction_loss.mean(),
             regularisation_loss=regularisation,
             reconstruction=self.likelihood.mean(params),
             latents=latents,
-            latent_dist=posterior,
+            **self.posterior_outputs(posterior),
             **extras,
             **batch_extras,
-        )
+            **hidden_states,
+        ))
         return output if return_dict else output.to_tuple()
+
+    def build_output(self, return_loss: bool, fields: Dict[str, torch.Tensor]):
+        """The `forward` output from its fields: `output_class(**fields)` (the loss is always included; the KLAE
+        follows diffusers and leaves it out unless asked)."""
+        return self.output_class(**fields)
+
+    def _condition_argument(self, condition, kwargs: Dict):
+        """`condition`, or its alias `labels`; any other keyword is refused with its name."""
+        labels = kwargs.pop("labels", None)
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}.forward() got unexpected keyword arguments {sorted(kwargs)}; "
+                            f"expected pixel_values, condition (or labels), return_dict, sample_posterior, generator, "
+                            f"output_hidden_states, return_loss.")
+        if labels is not None and condition is not None:
+            raise ValueError("Expected either `condition` or its alias `labels`, got both.")
+        return condition if condition is not None else labels
+
+    @contextlib.contextmanager
+    def _hidden_states_recorded(self, enabled: bool):
+        """While the block runs, record the outputs of the encoder's and the decoder's stages (each network's
+        `hidden_stages()`); at its end the yielded dict holds `encoder_hidden_states` and `decoder_hidden_states`
+        (empty when not enabled)."""
+        states: Dict[str, Tuple[torch.Tensor, ...]] = {}
+        if not enabled:
+            yield states
+            return
+        recorded = {"encoder": [], "decoder": []}
+        handles = [stage.register_forward_hook(lambda module, args, out, part=part: recorded[part].append(out))
+                   for part, network in (("encoder", self.encoder), ("decoder", self.decoder))
+                   for stage in network.hidden_stages()]
+        try:
+            yield states
+        finally:
+            for handle in handles:
+                handle.remove()
+        states["encoder_hidden_states"] = tuple(recorded["encoder"])
+        states["decoder_hidden_states"] = tuple(recorded["decoder"])
+
+    def posterior_outputs(self, posterior) -> Dict[str, torch.Tensor]:
+        """The posterior's parameters as output tensors: its mean and log-variance (the code alone for a point
+        mass). The VQ-VAE reports its codes instead."""
+        if getattr(posterior, "deterministic", False):
+            return {"posterior_mean": posterior.mean}
+        return {"posterior_mean": posterior.mean, "posterior_logvar": posterior.logvar}
 
     def push_to_hub(self, repo_id: str, *, commit_message: Optional[str] = None, private: Optional[bool] = None,
                     token=None, revision: Optional[str] = None, **kwargs):
@@ -692,7 +627,7 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
                                dtype=posterior.mean.dtype)
             latents = posterior.mean + posterior.std * eps  # (k, B, *latent_shape)
             params = self._decode_samples(latents, condition)
-            log_px_given_z = -self.likelihood.nll(pixel_values, params)
+            log_px_given_z = -self.likelihood(pixel_values, params)
             log_weights = log_px_given_z + self.prior_log_prob(latents) - posterior.log_prob(latents)
             chunk_total = torch.logsumexp(log_weights, dim=0)
             total = chunk_total if total is None else torch.logaddexp(total, chunk_total)

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from .configuration_cvae import CVAEConfig
+from .input_checks import is_tracing
 from .modeling_base import AutoencoderPreTrainedModel
 
 
@@ -48,7 +49,7 @@ class CVAEModel(AutoencoderPreTrainedModel):
                 labels = labels.expand(batch_size)
             if labels.shape != (batch_size,):
                 raise ValueError(f"Expected labels of shape ({batch_size},), got {tuple(labels.shape)}.")
-            if labels.min() < 0 or labels.max() >= config.num_classes:
+            if not is_tracing() and (labels.min() < 0 or labels.max() >= config.num_classes):  # eager only: a sync
                 raise ValueError(f"Expected class labels in [0, {config.num_classes}), "
                                  f"got values in [{int(labels.min())}, {int(labels.max())}].")
             return self.class_embedding(labels.long())
@@ -56,6 +57,6 @@ class CVAEModel(AutoencoderPreTrainedModel):
         if not condition.is_floating_point() or condition.shape != (batch_size, config.condition_dim):
             raise ValueError(f"Expected float condition vectors of shape ({batch_size}, {config.condition_dim}), "
                              f"got {tuple(condition.shape)} of dtype {condition.dtype}.")
-        if not torch.isfinite(condition).all():
+        if not is_tracing() and not torch.isfinite(condition).all():
             raise ValueError("Expected finite condition vectors, got NaN or infinite values.")
         return condition.to(self.dtype)

@@ -14,7 +14,7 @@ from typing import Dict, Tuple
 import torch
 
 from .configuration_info_vae import InfoVAEConfig
-from .mmd import MMDAutoencoderOutput, mmd_unbiased
+from .mmd import MMDAutoencoderOutput, prior_mmd
 from .modeling_vae import VAEModel
 
 
@@ -31,8 +31,6 @@ class InfoVAEModel(VAEModel):
         kl = posterior.kl()
         return (1.0 - self.config.alpha) * kl, {"kl": kl.mean()}
 
-    def batch_regularisation(self, posterior, latents, params):
-        config = self.config
-        mmd = mmd_unbiased(latents, self.sample_prior(latents.shape[0]), config.kernel, config.kernel_scales,
-                           config.kernel_bandwidth)
-        return (config.alpha + config.mmd_lambda - 1.0) * mmd, {"mmd": mmd.detach()}
+    def batch_regularisation(self, posterior, latents, params, generator=None):
+        mmd = prior_mmd(self, latents, generator)
+        return (self.config.alpha + self.config.mmd_lambda - 1.0) * mmd, {"mmd": mmd.detach()}

@@ -19,11 +19,13 @@ Drop-in use with diffusers:
 """
 
 import os
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from transformers import PreTrainedModel  # noqa: F401  (diffusers finds the loader by this name in this module)
+from transformers.utils import ModelOutput
 
 from .configuration_klae import KLAEConfig
 from .conv_backbone import Decoder, Encoder
@@ -116,6 +118,42 @@ def tiled_apply(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], til
         rows.append(torch.cat([tile[:, :, :keep, :keep] for tile in row], dim=3))
         previous = row
     return torch.cat(rows, dim=2).contiguous(memory_format=layout)
+
+
+@dataclass
+class KLAEOutput(ModelOutput):
+    """Output of `KLAEModel.forward`, led by `sample` as diffusers' `AutoencoderKL.forward` output is.
+
+    Args:
+        sample (`(B, C, H, W)`): the reconstruction, decoded from the posterior mean (or from a posterior sample
+            with `sample_posterior=True`).
+        latents (`(B, latent_channels, H/f, W/f)`): the z that was decoded.
+        posterior_mean, posterior_logvar (`(B, latent_channels, H/f, W/f)`): q(z|x).
+        loss, reconstruction_loss, regularisation_loss, kl (`()`, with `return_loss=True`): the pixel loss +
+            kl_weight · KL, its two terms, and the unweighted KL, per example. Training uses the latent-diffusion
+            objective of `hf_vae.training` instead.
+        encoder_hidden_states, decoder_hidden_states: with `output_hidden_states=True`.
+    """
+
+    sample: Optional[torch.FloatTensor] = None
+    latents: Optional[torch.FloatTensor] = None
+    posterior_mean: Optional[torch.FloatTensor] = None
+    posterior_logvar: Optional[torch.FloatTensor] = None
+    loss: Optional[torch.FloatTensor] = None
+    reconstruction_loss: Optional[torch.FloatTensor] = None
+    regularisation_loss: Optional[torch.FloatTensor] = None
+    kl: Optional[torch.FloatTensor] = None
+    encoder_hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+    decoder_hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+
+    @property
+    def reconstruction(self) -> Optional[torch.FloatTensor]:
+        """`sample`, under the name the other families' outputs use."""
+        return self.sample
+
+
+#: fields of the objective, left out of `KLAEModel.forward`'s output unless `return_loss=True`
+_LOSS_FIELDS = ("loss", "reconstruction_loss", "regularisation_loss", "kl")
 
 
 class KLAEModel(AutoencoderPreTrainedModel):
@@ -235,6 +273,28 @@ class KLAEModel(AutoencoderPreTrainedModel):
         return self.config.kl_weight * kl, {"kl": kl.mean()}
 
     # -- diffusers' public signatures ------------------------------------------------------------------------
+    def forward(self, sample: Optional[torch.Tensor] = None, sample_posterior: bool = False, return_dict: bool = True,
+                generator: Optional[torch.Generator] = None, *, pixel_values: Optional[torch.Tensor] = None,
+                return_loss: bool = False, output_hidden_states: Optional[bool] = None, **kwargs):
+        """diffusers' `AutoencoderKL.forward`: encode, decode the posterior mean (a sample with
+        `sample_posterior=True`), and return `KLAEOutput(sample=reconstruction, ...)`, `(sample, ...)` with
+        `return_dict=False`. `pixel_values=` is the transformers name of `sample`; `return_loss=True` adds the
+        objective's terms."""
+        if (sample is None) == (pixel_values is None):
+            raise ValueError(f"Expected the images as `sample` or as `pixel_values` (one of them), got "
+                             f"{'both' if sample is not None else 'neither'}.")
+        return super().forward(sample if sample is not None else pixel_values, return_dict=return_dict,
+                               sample_posterior=sample_posterior, generator=generator,
+                               output_hidden_states=output_hidden_states, return_loss=return_loss, **kwargs)
+
+    def build_output(self, return_loss: bool, fields: Dict[str, torch.Tensor]) -> KLAEOutput:
+        fields = dict(fields)
+        reconstruction = fields.pop("reconstruction")
+        if not return_loss:
+            for name in _LOSS_FIELDS:
+                fields.pop(name, None)
+        return KLAEOutput(sample=reconstruction, **fields)
+
     @apply_forward_hook
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """(B, C, H, W) images in [-1, 1] -> EncoderOutput(latent_dist=DiagonalGaussianDistribution over

@@ -20,6 +20,7 @@ import torch
 
 from .configuration_rae import RAEConfig
 from .deterministic import DeterministicAutoencoderModel
+from .modeling_outputs import onloaded
 
 
 class RAEModel(DeterministicAutoencoderModel):
@@ -31,12 +32,13 @@ class RAEModel(DeterministicAutoencoderModel):
     def regularisation_loss(self, posterior, latents) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         return self.config.latent_weight * 0.5 * latents.flatten(1).pow(2).sum(1), {}
 
-    def batch_regularisation(self, posterior, latents, params):
+    def batch_regularisation(self, posterior, latents, params, generator=None):
         config = self.config
         if config.decoder_regulariser == "none" or config.decoder_weight == 0:
             return None, {}
         if config.decoder_regulariser == "l2":
-            penalty = sum(p.pow(2).sum() for p in self.decoder.parameters())
+            with onloaded(self.decoder):  # the weights are read, not the module called: bring in offloaded ones
+                penalty = sum(p.pow(2).sum() for p in self.decoder.parameters())
         else:
             if not (torch.is_grad_enabled() and latents.requires_grad):
                 return None, {}  # evaluation without a graph: the penalty is a training term only

@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedModel  # noqa: F401  (diffusers' pipeline loader finds the loader by this name here)
 
 from .configuration_vqvae import VQVAEConfig
-from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, apply_forward_hook
+from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, apply_forward_hook, init
 from .modeling_vq_prior import VQPriorModel
 from .quantizers import VectorQuantizedPosterior, VectorQuantizer
 
@@ -80,9 +80,17 @@ class VQVAEModel(AutoencoderPreTrainedModel):
     def _init_weights(self, module) -> None:
         super()._init_weights(module)
         if isinstance(module, VectorQuantizer):
+            # As the quantiser's constructor: codes uniform in ±1/K; the EMA statistics consistent with them (each
+            # code counted once, at itself); every code in use; k-means still to run when it is asked for. An EMA
+            # codebook drawn by the constructor is kept (drawing it again would shift every later random draw).
             k = module.num_embeddings
-            if not module.use_ema:
-                torch.nn.init.uniform_(module.embedding.weight, -1.0 / k, 1.0 / k)
+            if not (module.use_ema and module.codebook_drawn):
+                init.uniform_(module.embedding.weight, -1.0 / k, 1.0 / k)
+            if module.use_ema:
+                init.ones_(module.ema_cluster_size)
+                init.copy_(module.ema_embed_sum, module.embedding.weight)
+            init.ones_(module.code_usage)
+            init.constant_(module.initialized, not module.kmeans_init)
 
     # -- vector latents of the MLP backbone are read as (B, D, n): n codes of dimension D ---------------------
     def _to_code_layout(self, latents: torch.Tensor) -> torch.Tensor:
@@ -121,6 +129,9 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         output = self.quantizer(self._to_code_layout(self._code_space(encoder_output)))
         output.quantized = self._from_code_layout(output.quantized)
         return VectorQuantizedPosterior(output, self.config.num_embeddings)
+
+    def posterior_outputs(self, posterior: VectorQuantizedPosterior) -> Dict[str, torch.Tensor]:
+        return {}  # the codes go out as `indices`, and the quantised latents as `latents`
 
     def regularisation_loss(self, posterior: VectorQuantizedPosterior, latents) -> Tuple[torch.Tensor, Dict]:
         out = posterior.output
@@ -216,7 +227,7 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         """
         self.check_pixel_values(pixel_values)
         posterior = self._encode(pixel_values, None)
-        reconstruction_nll = self.likelihood.nll(pixel_values, self._decode(posterior.mode(), None))
+        reconstruction_nll = self.likelihood(pixel_values, self._decode(posterior.mode(), None))
         if self.prior is None:
             return reconstruction_nll, posterior.kl()
         return reconstruction_nll, self.prior(posterior.indices, labels=labels).nll.to(reconstruction_nll.dtype)

@@ -16,7 +16,7 @@ import torch
 
 from .configuration_wae import WAEConfig
 from .deterministic import DeterministicAutoencoderModel
-from .mmd import MMDAutoencoderOutput, mmd_unbiased
+from .mmd import MMDAutoencoderOutput, prior_mmd
 
 
 class WAEModel(DeterministicAutoencoderModel):
@@ -29,8 +29,6 @@ class WAEModel(DeterministicAutoencoderModel):
     def regularisation_loss(self, posterior, latents) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         return latents.new_zeros(latents.shape[0]), {}
 
-    def batch_regularisation(self, posterior, latents, params):
-        config = self.config
-        mmd = mmd_unbiased(latents, self.sample_prior(latents.shape[0]), config.kernel, config.kernel_scales,
-                           config.kernel_bandwidth)
-        return config.mmd_weight * mmd, {"mmd": mmd.detach()}
+    def batch_regularisation(self, posterior, latents, params, generator=None):
+        mmd = prior_mmd(self, latents, generator)
+        return self.config.mmd_weight * mmd, {"mmd": mmd.detach()}

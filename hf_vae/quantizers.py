@@ -49,6 +49,24 @@ class QuantizerOutput:
     codebook_usage: torch.Tensor
 
 
+class Codebook(nn.Module):
+    """The K code vectors e_k, a (K, D) `weight`; calling the module returns them.
+
+    The quantiser reads its codebook by calling this module, never by reading the weight directly, so accelerate's
+    offload hooks (which bring a module's weights in around its call) work for the VQ-VAE too.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
+        # The draw `nn.Embedding`'s constructor makes (the quantiser overwrites it), kept so that a model built from
+        # a seed has the same weights, and leaves the same random stream, as with an `nn.Embedding` codebook.
+        nn.init.normal_(self.weight)
+
+    def forward(self) -> torch.Tensor:
+        return self.weight
+
+
 class VectorQuantizer(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, commitment_cost: float = 0.25, use_ema: bool = False,
                  ema_decay: float = 0.99, ema_epsilon: float = 1e-5, kmeans_init: bool = False, kmeans_iters: int = 10,
@@ -66,8 +84,11 @@ class VectorQuantizer(nn.Module):
         self.use_cosine_sim = use_cosine_sim
         self.beta_on_codebook = beta_on_codebook
 
-        self.embedding = nn.Embedding(num_embeddings, embedding_dim)
+        self.embedding = Codebook(num_embeddings, embedding_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / num_embeddings, 1.0 / num_embeddings)
+        #: whether the codes above hold their values (not so when built on the meta device); see VQVAEModel's
+        #: `_init_weights`, which draws an EMA codebook only when they do not
+        self.codebook_drawn = not self.embedding.weight.is_meta
         if use_ema:
             self.embedding.weight.requires_grad_(False)
             # A consistent start: each code counts as assigned once to itself (N_k = 1, m_k = e_k), as after
@@ -81,7 +102,7 @@ class VectorQuantizer(nn.Module):
 
     # ----------------------------------------------------------------------------------------------------
     def codebook(self) -> torch.Tensor:
-        weight = self.embedding.weight
+        weight = self.embedding()
         return F.normalize(weight, dim=-1) if self.use_cosine_sim else weight
 
     def nearest_codes(self, flat: torch.Tensor) -> torch.Tensor:
@@ -108,7 +129,7 @@ class VectorQuantizer(nn.Module):
         # The codebook's own state (k-means, EMA, restarts) moves only in a training pass with autograd on, so
         # that `reconstruct`, evaluation and `torch.no_grad()` calls never change the model.
         updating = self.training and torch.is_grad_enabled()
-        if updating and not bool(self.initialized):
+        if updating and not bool(self.initialized):  # (a training pass only: eval and traced passes skip the sync)
             self._kmeans_initialise(flat.detach())
 
         indices_flat = self.nearest_codes(flat.detach())

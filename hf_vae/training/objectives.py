@@ -27,6 +27,8 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from ..distributions import DiagonalGaussianDistribution
+
 #: the loss terms worth showing in the progress bar, by output field
 _ELBO_LOG_FIELDS = ("reconstruction_loss", "regularisation_loss", "kl", "perplexity", "codebook_usage")
 _SHORT_NAMES = {"reconstruction_loss": "rec", "regularisation_loss": "reg", "codebook_usage": "usage",
@@ -41,6 +43,11 @@ def _inputs(batch: Dict[str, torch.Tensor], model_is_conditional: bool, name: st
         raise ValueError(f"The conditional model needs labels, but the batches of {name!r} have only "
                          f"{sorted(batch)}: expected a dataset with a label column (--label_column).")
     return batch["pixel_values"], labels if model_is_conditional else None
+
+
+def _posterior(output) -> DiagonalGaussianDistribution:
+    """q(z|x) from the posterior parameters a forward output carries."""
+    return DiagonalGaussianDistribution(mean=output.posterior_mean, logvar=output.posterior_logvar)
 
 
 class ElboObjective:
@@ -211,7 +218,9 @@ class AdversarialObjective:
     def generator_loss(self, model, batch, step: int):
         unwrapped = getattr(model, "module", model)
         pixel_values, labels = _inputs(batch, unwrapped.is_conditional, self.dataset_name)
-        output = model(pixel_values, labels=labels)
+        # The KLAE decodes its posterior mean unless asked otherwise (diffusers' default); the objective is the
+        # ELBO's one-sample estimate, so it asks for a sample.
+        output = model(pixel_values, labels=labels, sample_posterior=True)
         reconstruction = output.reconstruction
         # The generator step must not leave gradients in the discriminator: record no graph through its weights.
         discriminator = self.loss.discriminator
@@ -222,7 +231,7 @@ class AdversarialObjective:
                 loss, log = self.loss(pixel_values, reconstruction, codebook_loss=codebook_loss, optimizer_idx=0,
                                       global_step=step, last_layer=unwrapped.get_last_layer())
             else:
-                loss, log = self.loss(pixel_values, reconstruction, kl=output.latent_dist, optimizer_idx=0,
+                loss, log = self.loss(pixel_values, reconstruction, kl=_posterior(output), optimizer_idx=0,
                                       global_step=step, last_layer=unwrapped.get_last_layer())
         finally:
             discriminator.requires_grad_(True)
