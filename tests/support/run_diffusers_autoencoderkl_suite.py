@@ -1,7 +1,7 @@
 """Run diffusers' own AutoencoderKL model tests against hf_vae's KLAEModel.
 
     python tests/support/run_diffusers_autoencoderkl_suite.py [--diffusers-git-dir DIR] [--rev REV]
-        [--construct-from-keywords] [--keep] [-- PYTEST ARGS]
+        [--construct-from-keywords] [--no-input-range-check] [--keep] [-- PYTEST ARGS]
 
 diffusers' model tests live only in its repository (its sdist carries tests/testing_utils.py alone), so this
 script reads them from a git checkout or bare clone of huggingface/diffusers (`--diffusers-git-dir`, or
@@ -60,6 +60,10 @@ class KLAEBuiltFromKeywords(KLAEModel):
 
 
 MODEL_CLASS = KLAEBuiltFromKeywords if os.environ.get("HF_VAE_CONSTRUCT_FROM_KEYWORDS") == "1" else KLAEModel
+if os.environ.get("HF_VAE_NO_INPUT_RANGE_CHECK") == "1":
+    # diffusers' tests feed N(0, 1) noise as images; KLAEModel refuses values outside [-1, 1] unless told
+    MODEL_CLASS = type(MODEL_CLASS.__name__, (MODEL_CLASS,), {"check_input_range": False,
+                                                            "__module__": MODEL_CLASS.__module__})
 
 
 class KLAEInPlaceOfAutoencoderKL:
@@ -141,6 +145,9 @@ def main(argv=None):
     parser.add_argument("--construct-from-keywords", action="store_true",
                         help="test a KLAEModel subclass that also accepts diffusers' `model_class(**init_dict)`, to "
                              "see the failures behind that first difference")
+    parser.add_argument("--no-input-range-check", action="store_true",
+                        help="set check_input_range = False on the tested class: diffusers' tests feed N(0, 1) noise "
+                             "as images, which KLAEModel refuses outside [-1, 1]")
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments, after --")
     args = parser.parse_args(argv)
 
@@ -157,7 +164,8 @@ def main(argv=None):
                HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
                # tiny models: one thread is as fast and cannot stall on a shared machine (tests/conftest.py)
                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-               HF_VAE_CONSTRUCT_FROM_KEYWORDS="1" if args.construct_from_keywords else "0")
+               HF_VAE_CONSTRUCT_FROM_KEYWORDS="1" if args.construct_from_keywords else "0",
+               HF_VAE_NO_INPUT_RANGE_CHECK="1" if args.no_input_range_check else "0")
     command = [sys.executable, "-m", "pytest", "tests/models/autoencoders/test_klae_as_autoencoder_kl.py",
                "-p", "no:cacheprovider", "-q", "-rs", f"--junitxml={junit}", "--rootdir", str(work),
                *args.pytest_args]
