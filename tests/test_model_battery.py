@@ -197,6 +197,14 @@ def test_outputs_hold_tensors_only(name):
 
 
 @families
+def test_main_input_name_is_forwards_first_argument(name):
+    model_class = family_classes(name)[1]
+    first = list(inspect.signature(model_class.forward).parameters)[1]
+    # pipelines, the Trainer and transformers' tests feed the inputs under this name
+    assert model_class.main_input_name == first, (model_class.main_input_name, first)
+
+
+@families
 def test_tuple_and_dict_outputs_agree(name):
     model = build(name)
     inputs = example_inputs(model.config, BATCH)

@@ -138,13 +138,19 @@ class FamilyModelTester:
 
 
 class FamilyTestMixin(ModelTesterMixin):
-    """ModelTesterMixin with the flags of an image model that has no token embeddings and no attention outputs."""
+    """ModelTesterMixin with the flags of an image model that has no token embeddings (and, for an autoencoder, no
+    attention outputs)."""
 
     family = None
     test_resize_embeddings = False  # no token embeddings: images in, images out
     test_resize_position_embeddings = False
     test_mismatched_shapes = False  # no classification head whose num_labels could change
-    has_attentions = False  # the conv mid block's attention returns no attention weights (output_attentions)
+    @property
+    def has_attentions(self):
+        # An autoencoder's only attention is the conv mid block's, which returns no attention weights
+        # (output_attentions); the VQ prior is a GPT-2, whose attention outputs apply.
+        return is_prior(self.family)
+
     is_encoder_decoder = False  # transformers' meaning: a seq2seq text model with cross-attention
 
     def setUp(self):
