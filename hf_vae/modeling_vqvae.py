@@ -23,6 +23,7 @@ import torch
 from transformers import PreTrainedModel  # noqa: F401  (diffusers' pipeline loader finds the loader by this name here)
 
 from .configuration_vqvae import VQVAEConfig
+from .input_checks import is_tracing
 from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, apply_forward_hook, init
 from .modeling_vq_prior import VQPriorModel
 from .quantizers import VectorQuantizedPosterior, VectorQuantizer
@@ -111,10 +112,9 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         return self.latent_shape[1:]
 
     @property
-    def latent_shape(self) -> Tuple[int, ...]:
-        """The latents are in code space: (embedding_dim, h, w) also when quant convs map to other channels."""
-        shape = super().latent_shape
-        return (self.config.embedding_dim, *shape[1:]) if self.config.use_quant_conv else shape
+    def latent_map_channels(self) -> int:
+        """The latents are in code space: embedding_dim channels, also when quant convs map to other channels."""
+        return self.config.embedding_dim if self.config.use_quant_conv else self.config.latent_channels
 
     def _code_space(self, encoder_output: torch.Tensor) -> torch.Tensor:
         return self.quant_conv(encoder_output) if self.quant_conv is not None else encoder_output
@@ -150,7 +150,7 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         encoder and decoder are trained: a warning says that such samples are noise)."""
         if self.prior is not None:
             indices = self.prior.sample_codes(num_samples, labels=labels, generator=generator, **sampling)
-            return self.indices_to_latents(indices.to(self.device))
+            return self.indices_to_latents(indices.to(self.execution_device))
         if sampling:
             raise ValueError(f"{sorted(sampling)} apply to a learned prior, and this VQ-VAE has none: attach one "
                              f"with `attach_prior` (train it with scripts/train.py --model vq_prior --vqvae DIR).")
@@ -158,8 +158,8 @@ class VQVAEModel(AutoencoderPreTrainedModel):
                       "not images like the data. Train a prior (scripts/train.py --model vq_prior --vqvae DIR) and "
                       "load the result, or attach one with `attach_prior`.", UserWarning, stacklevel=4)
         indices = torch.randint(0, self.config.num_embeddings, (num_samples, *self.code_shape), generator=generator,
-                                device=generator.device if generator is not None else self.device)
-        return self.indices_to_latents(indices.to(self.device))
+                                device=generator.device if generator is not None else self.execution_device)
+        return self.indices_to_latents(indices.to(self.execution_device))
 
     def prior_log_prob(self, latents):
         raise NotImplementedError("The VQ-VAE's prior is over discrete codes: use `likelihood_bound(x)` for the "
@@ -284,7 +284,7 @@ class VQVAEModel(AutoencoderPreTrainedModel):
             raise ValueError(f"Expected integer code indices, got dtype {indices.dtype}.")
         if tuple(indices.shape[1:]) != self.code_shape and self.config.vector_latent:
             raise ValueError(f"Expected indices of shape (B, {self.code_shape[0]}), got {tuple(indices.shape)}.")
-        if indices.numel() and (indices.min() < 0 or indices.max() >= self.config.num_embeddings):
+        if not is_tracing() and indices.numel() and (indices.min() < 0 or indices.max() >= self.config.num_embeddings):
             raise ValueError(f"Expected code indices in [0, {self.config.num_embeddings}), "
                              f"got values in [{int(indices.min())}, {int(indices.max())}].")
         codes = self.quantizer.lookup(indices.long()).movedim(-1, 1)  # (B, D, ...)
