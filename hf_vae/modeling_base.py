@@ -547,23 +547,19 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     # --------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None,
-                 batch_size: int = 256) -> torch.Tensor:
+                 batch_size: int = 256, **sampling) -> torch.Tensor:
         """Draw z ~ p(z) and return the decoder mean, (num_samples, *data_shape).
 
         The latents are drawn at once (so the result does not depend on `batch_size`) and decoded `batch_size` at a
         time, so the decoder's activations stay those of one batch. A request whose result cannot fit in the
-        memory available is refused before anything is allocated.
+        memory available is refused before anything is allocated. `sampling` options go to a learned prior
+        (`draw_latents`).
         """
         check_count("num_samples", num_samples)
         check_count("batch_size", batch_size)
         per_example = math.prod(self.config.data_shape) + math.prod(self.latent_shape)
         check_fits(f"generate({num_samples})", num_samples * per_example * self.dtype.itemsize, self.execution_device)
-        if self.latent_density is not None:  # fitted ex post (fit_latent_density)
-            with onloaded(self.latent_density):  # its buffers are read by `sample`, not by a call
-                latents = self.latent_density.sample(num_samples, generator).view(num_samples, *self.latent_shape)
-        else:
-            latents = self.sample_prior(num_samples, generator)
-        latents = latents.to(self.dtype)
+        latents = self.draw_latents(num_samples, labels, generator, **sampling).to(self.dtype)
         condition = self.embed_condition(labels, num_samples)
         out = None
         for start in range(0, num_samples, batch_size):
@@ -574,6 +570,18 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
                 out = chunk.new_empty((num_samples, *chunk.shape[1:]))
             out[start:stop] = chunk
         return out
+
+    def draw_latents(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None,
+                     **sampling) -> torch.Tensor:
+        """The latents `generate` decodes: draws from the ex-post density when one was fitted, else from p(z).
+        Here `labels` condition the decoder, not p(z); a family with a learned prior (the VQ-VAE) overrides this."""
+        if sampling:
+            raise ValueError(f"Expected no sampling options for {type(self).__name__}.generate (they apply to a "
+                             f"learned prior), got {sorted(sampling)}.")
+        if self.latent_density is not None:  # fitted ex post (fit_latent_density)
+            with onloaded(self.latent_density):  # its buffers are read by `sample`, not by a call
+                return self.latent_density.sample(num_samples, generator).view(num_samples, *self.latent_shape)
+        return self.sample_prior(num_samples, generator)
 
     @torch.no_grad()
     def fit_latent_density(self, data, num_components: int = 10, covariance_type: str = "full",

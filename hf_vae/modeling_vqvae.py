@@ -156,7 +156,7 @@ class VQVAEModel(AutoencoderPreTrainedModel):
                              f"with `attach_prior` (train it with scripts/train.py --model vq_prior --vqvae DIR).")
         warnings.warn("This VQ-VAE has no learned prior: `generate` draws codes uniformly, and its samples are noise, "
                       "not images like the data. Train a prior (scripts/train.py --model vq_prior --vqvae DIR) and "
-                      "load the result, or attach one with `attach_prior`.", UserWarning, stacklevel=4)
+                      "load the result, or attach one with `attach_prior`.", UserWarning, stacklevel=5)
         indices = torch.randint(0, self.config.num_embeddings, (num_samples, *self.code_shape), generator=generator,
                                 device=generator.device if generator is not None else self.execution_device)
         return self.indices_to_latents(indices.to(self.execution_device))
@@ -200,20 +200,16 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         self.prior = prior
         return self
 
-    @torch.no_grad()
-    def generate(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None,
-                 **sampling) -> torch.Tensor:
-        """Sample code maps from the prior and decode them: (num_samples, *data_shape).
+    def draw_latents(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None,
+                     **sampling) -> torch.Tensor:
+        """Code maps from the prior, as latents: `generate(num_samples, labels, generator, **sampling)` decodes them.
 
         Args:
             labels: an int or (num_samples,) class indices, for a class-conditional prior.
-            generator: seeds the sample.
             sampling: temperature, top_k, top_p or generation_config, passed to transformers' `generate` of the
                 attached prior (`VQPriorModel.sample_codes`); the defaults sample the prior itself.
         """
-        if not isinstance(num_samples, int) or num_samples <= 0:
-            raise ValueError(f"Expected a positive int `num_samples`, got {num_samples!r}.")
-        return self.likelihood.mean(self._decode(self.sample_prior(num_samples, generator, labels, **sampling), None))
+        return self.sample_prior(num_samples, generator, labels, **sampling)
 
     @torch.no_grad()
     def likelihood_bound(self, pixel_values: torch.Tensor, labels=None) -> Tuple[torch.Tensor, torch.Tensor]:
