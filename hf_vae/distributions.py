@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -136,6 +137,22 @@ class DiagonalGaussianDistribution:
 
     def entropy(self) -> torch.Tensor:
         return 0.5 * _sum_except_batch(self.logvar + 1.0 + LOG_2PI)
+
+
+def _flatten_gaussian(distribution: DiagonalGaussianDistribution):
+    return [distribution.mean, distribution.logvar], distribution.deterministic
+
+
+def _unflatten_gaussian(children, deterministic: bool) -> DiagonalGaussianDistribution:
+    mean, logvar = children
+    return DiagonalGaussianDistribution(mean=mean, logvar=logvar, deterministic=deterministic)
+
+
+# A pytree node (its mean and log-variance), so that `encode`'s output can leave a `torch.export` graph and pass
+# through `torch.compile` and accelerate's device moves like any tensor container.
+pytree.register_pytree_node(
+    DiagonalGaussianDistribution, _flatten_gaussian, _unflatten_gaussian,
+    serialized_type_name="hf_vae.distributions.DiagonalGaussianDistribution")
 
 
 def point_mass(mean: torch.Tensor) -> DiagonalGaussianDistribution:

@@ -132,4 +132,9 @@ def check_latents(model, latents: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"Expected latents of shape (B, {', '.join(map(str, expected))}), got {tuple(latents.shape)}.")
     if latents.shape[0] == 0 or latents.numel() == 0:
         raise ValueError(f"Expected at least one latent, got an empty tensor of shape {tuple(latents.shape)}.")
+    if not is_tracing():  # one reduction and sync per decode; a NaN in would decode to a silently NaN image
+        bad = int((~torch.isfinite(latents)).sum())
+        if bad:
+            raise ValueError(f"Expected finite latents, got {bad} NaN or infinite values of {latents.numel()} "
+                             f"(shape {tuple(latents.shape)}).")
     return latents.to(model.dtype)

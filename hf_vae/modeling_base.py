@@ -201,7 +201,22 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
         if config.vector_latent:
             return (config.latent_dim + self.local_latent_size,)
         side = config.image_size // config.downsampling_factor
-        return (config.latent_channels, side, side)
+        return (self.latent_map_channels, side, side)
+
+    @property
+    def latent_map_channels(self) -> int:
+        """Channels of a spatial latent (the VQ-VAE's are its codes')."""
+        return self.config.latent_channels
+
+    @property
+    def execution_device(self) -> torch.device:
+        """Where the model computes: its parameters' device, or, when `device_map` offloads them (to the meta
+        device), the device accelerate's hooks run its modules on. New tensors (prior draws, labels) go there."""
+        for module in self.modules():
+            device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+            if device is not None:
+                return torch.device(device)
+        return self.device
 
     @property
     def local_latent_size(self) -> int:
@@ -265,7 +280,8 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
 
     def sample_prior(self, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """(num_samples, *latent_shape) from p(z); with a local latent, ancestrally: z_global, then z_local | z_global."""
-        noise = randn_tensor((num_samples, *self.latent_shape), generator=generator, device=self.device, dtype=self.dtype)
+        noise = randn_tensor((num_samples, *self.latent_shape), generator=generator, device=self.execution_device,
+                             dtype=self.dtype)
         if not self.local_latent_size:
             return noise
         d = self.config.latent_dim
@@ -531,22 +547,19 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     # --------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None,
-                 batch_size: int = 256) -> torch.Tensor:
+                 batch_size: int = 256, **sampling) -> torch.Tensor:
         """Draw z ~ p(z) and return the decoder mean, (num_samples, *data_shape).
 
         The latents are drawn at once (so the result does not depend on `batch_size`) and decoded `batch_size` at a
         time, so the decoder's activations stay those of one batch. A request whose result cannot fit in the
-        memory available is refused before anything is allocated.
+        memory available is refused before anything is allocated. `sampling` options go to a learned prior
+        (`draw_latents`).
         """
         check_count("num_samples", num_samples)
         check_count("batch_size", batch_size)
         per_example = math.prod(self.config.data_shape) + math.prod(self.latent_shape)
-        check_fits(f"generate({num_samples})", num_samples * per_example * self.dtype.itemsize, self.device)
-        if self.latent_density is not None:  # fitted ex post (fit_latent_density)
-            latents = self.latent_density.sample(num_samples, generator).view(num_samples, *self.latent_shape)
-        else:
-            latents = self.sample_prior(num_samples, generator)
-        latents = latents.to(self.dtype)
+        check_fits(f"generate({num_samples})", num_samples * per_example * self.dtype.itemsize, self.execution_device)
+        latents = self.draw_latents(num_samples, labels, generator, **sampling).to(self.dtype)
         condition = self.embed_condition(labels, num_samples)
         out = None
         for start in range(0, num_samples, batch_size):
@@ -557,6 +570,18 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
                 out = chunk.new_empty((num_samples, *chunk.shape[1:]))
             out[start:stop] = chunk
         return out
+
+    def draw_latents(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None,
+                     **sampling) -> torch.Tensor:
+        """The latents `generate` decodes: draws from the ex-post density when one was fitted, else from p(z).
+        Here `labels` condition the decoder, not p(z); a family with a learned prior (the VQ-VAE) overrides this."""
+        if sampling:
+            raise ValueError(f"Expected no sampling options for {type(self).__name__}.generate (they apply to a "
+                             f"learned prior), got {sorted(sampling)}.")
+        if self.latent_density is not None:  # fitted ex post (fit_latent_density)
+            with onloaded(self.latent_density):  # its buffers are read by `sample`, not by a call
+                return self.latent_density.sample(num_samples, generator).view(num_samples, *self.latent_shape)
+        return self.sample_prior(num_samples, generator)
 
     @torch.no_grad()
     def fit_latent_density(self, data, num_components: int = 10, covariance_type: str = "full",

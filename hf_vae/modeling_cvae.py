@@ -42,7 +42,7 @@ class CVAEModel(AutoencoderPreTrainedModel):
                 f"condition vectors of shape (B, {config.condition_dim})"
             raise ValueError(f"CVAEModel needs `labels`: expected {expected}, got None.")
         if config.num_classes is not None:
-            labels = torch.as_tensor(labels, device=self.device)
+            labels = torch.as_tensor(labels, device=self.execution_device)
             if labels.dtype not in (torch.int32, torch.int64, torch.uint8, torch.int16):
                 raise ValueError(f"Expected integer class labels, got dtype {labels.dtype}.")
             if labels.dim() == 0:
@@ -53,7 +53,7 @@ class CVAEModel(AutoencoderPreTrainedModel):
                 raise ValueError(f"Expected class labels in [0, {config.num_classes}), "
                                  f"got values in [{int(labels.min())}, {int(labels.max())}].")
             return self.class_embedding(labels.long())
-        condition = torch.as_tensor(labels, device=self.device)
+        condition = torch.as_tensor(labels, device=self.execution_device)
         if not condition.is_floating_point() or condition.shape != (batch_size, config.condition_dim):
             raise ValueError(f"Expected float condition vectors of shape ({batch_size}, {config.condition_dim}), "
                              f"got {tuple(condition.shape)} of dtype {condition.dtype}.")

@@ -73,10 +73,11 @@ class VampVAEModel(AutoencoderPreTrainedModel):
     def sample_prior(self, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Pick a pseudo-input uniformly, then sample its posterior: (num_samples, *latent_shape)."""
         components = self.pseudo_posterior()
-        device = generator.device if generator is not None else self.device
+        device = generator.device if generator is not None else self.execution_device
         index = torch.randint(self.config.num_pseudo_inputs, (num_samples,), generator=generator, device=device)
-        index = index.to(self.device)
-        eps = randn_tensor((num_samples, *self.latent_shape), generator=generator, device=self.device, dtype=self.dtype)
+        index = index.to(self.execution_device)
+        eps = randn_tensor((num_samples, *self.latent_shape), generator=generator, device=self.execution_device,
+                           dtype=self.dtype)
         return components.mean[index] + components.std[index] * eps
 
     def regularisation_loss(self, posterior, latents) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:

@@ -23,6 +23,7 @@ import torch
 from transformers import PreTrainedModel  # noqa: F401  (diffusers' pipeline loader finds the loader by this name here)
 
 from .configuration_vqvae import VQVAEConfig
+from .input_checks import is_tracing
 from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, apply_forward_hook, init
 from .modeling_vq_prior import VQPriorModel
 from .quantizers import VectorQuantizedPosterior, VectorQuantizer
@@ -111,10 +112,9 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         return self.latent_shape[1:]
 
     @property
-    def latent_shape(self) -> Tuple[int, ...]:
-        """The latents are in code space: (embedding_dim, h, w) also when quant convs map to other channels."""
-        shape = super().latent_shape
-        return (self.config.embedding_dim, *shape[1:]) if self.config.use_quant_conv else shape
+    def latent_map_channels(self) -> int:
+        """The latents are in code space: embedding_dim channels, also when quant convs map to other channels."""
+        return self.config.embedding_dim if self.config.use_quant_conv else self.config.latent_channels
 
     def _code_space(self, encoder_output: torch.Tensor) -> torch.Tensor:
         return self.quant_conv(encoder_output) if self.quant_conv is not None else encoder_output
@@ -150,16 +150,16 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         encoder and decoder are trained: a warning says that such samples are noise)."""
         if self.prior is not None:
             indices = self.prior.sample_codes(num_samples, labels=labels, generator=generator, **sampling)
-            return self.indices_to_latents(indices.to(self.device))
+            return self.indices_to_latents(indices.to(self.execution_device))
         if sampling:
             raise ValueError(f"{sorted(sampling)} apply to a learned prior, and this VQ-VAE has none: attach one "
                              f"with `attach_prior` (train it with scripts/train.py --model vq_prior --vqvae DIR).")
         warnings.warn("This VQ-VAE has no learned prior: `generate` draws codes uniformly, and its samples are noise, "
                       "not images like the data. Train a prior (scripts/train.py --model vq_prior --vqvae DIR) and "
-                      "load the result, or attach one with `attach_prior`.", UserWarning, stacklevel=4)
+                      "load the result, or attach one with `attach_prior`.", UserWarning, stacklevel=5)
         indices = torch.randint(0, self.config.num_embeddings, (num_samples, *self.code_shape), generator=generator,
-                                device=generator.device if generator is not None else self.device)
-        return self.indices_to_latents(indices.to(self.device))
+                                device=generator.device if generator is not None else self.execution_device)
+        return self.indices_to_latents(indices.to(self.execution_device))
 
     def prior_log_prob(self, latents):
         raise NotImplementedError("The VQ-VAE's prior is over discrete codes: use `likelihood_bound(x)` for the "
@@ -200,20 +200,16 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         self.prior = prior
         return self
 
-    @torch.no_grad()
-    def generate(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None,
-                 **sampling) -> torch.Tensor:
-        """Sample code maps from the prior and decode them: (num_samples, *data_shape).
+    def draw_latents(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None,
+                     **sampling) -> torch.Tensor:
+        """Code maps from the prior, as latents: `generate(num_samples, labels, generator, **sampling)` decodes them.
 
         Args:
             labels: an int or (num_samples,) class indices, for a class-conditional prior.
-            generator: seeds the sample.
             sampling: temperature, top_k, top_p or generation_config, passed to transformers' `generate` of the
                 attached prior (`VQPriorModel.sample_codes`); the defaults sample the prior itself.
         """
-        if not isinstance(num_samples, int) or num_samples <= 0:
-            raise ValueError(f"Expected a positive int `num_samples`, got {num_samples!r}.")
-        return self.likelihood.mean(self._decode(self.sample_prior(num_samples, generator, labels, **sampling), None))
+        return self.sample_prior(num_samples, generator, labels, **sampling)
 
     @torch.no_grad()
     def likelihood_bound(self, pixel_values: torch.Tensor, labels=None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -284,7 +280,7 @@ class VQVAEModel(AutoencoderPreTrainedModel):
             raise ValueError(f"Expected integer code indices, got dtype {indices.dtype}.")
         if tuple(indices.shape[1:]) != self.code_shape and self.config.vector_latent:
             raise ValueError(f"Expected indices of shape (B, {self.code_shape[0]}), got {tuple(indices.shape)}.")
-        if indices.numel() and (indices.min() < 0 or indices.max() >= self.config.num_embeddings):
+        if not is_tracing() and indices.numel() and (indices.min() < 0 or indices.max() >= self.config.num_embeddings):
             raise ValueError(f"Expected code indices in [0, {self.config.num_embeddings}), "
                              f"got values in [{int(indices.min())}, {int(indices.max())}].")
         codes = self.quantizer.lookup(indices.long()).movedim(-1, 1)  # (B, D, ...)

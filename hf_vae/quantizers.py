@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 
 
 def _distributed() -> bool:
@@ -147,7 +148,10 @@ class VectorQuantizer(nn.Module):
         else:
             loss = codebook_loss + self.commitment_cost * commitment_loss
 
-        counts = torch.bincount(indices_flat, minlength=self.num_embeddings).to(flat.dtype)
+        # Code counts by a scatter-add, whose output size does not depend on the data (bincount's does, which
+        # `torch.compile(fullgraph=True)` cannot trace); exact in float32 up to 2^24 assignments per code.
+        counts = torch.zeros(self.num_embeddings, device=flat.device).index_add_(
+            0, indices_flat, torch.ones_like(indices_flat, dtype=torch.float32)).to(flat.dtype)
         if updating:
             self._update_codebook(flat.detach(), indices_flat, counts)
 
@@ -271,3 +275,12 @@ class VectorQuantizedPosterior:
         positions = self.output.indices[0].numel()
         return torch.full((self.output.indices.shape[0],), positions * math.log(self.num_embeddings),
                           device=self.output.quantized.device)
+
+
+# Pytree nodes, so that `encode`'s output can leave a `torch.export` graph (see distributions.py).
+pytree.register_dataclass(QuantizerOutput, serialized_type_name="hf_vae.quantizers.QuantizerOutput")
+pytree.register_pytree_node(
+    VectorQuantizedPosterior,
+    lambda posterior: ([posterior.output], posterior.num_embeddings),
+    lambda children, num_embeddings: VectorQuantizedPosterior(children[0], num_embeddings),
+    serialized_type_name="hf_vae.quantizers.VectorQuantizedPosterior")

@@ -256,11 +256,38 @@ def test_log_likelihood_bounds(vae, kwargs, expected):
     (lambda m: m.decode(torch.zeros(0, 2)), "empty tensor of shape (0, 2)"),
     (lambda m: m.decode(torch.zeros(2, 2, dtype=torch.long)), "floating-point latents"),
     (lambda m: m.decode(torch.zeros(2, 3)), "latents of shape (B, 2), got (2, 3)"),
+    (lambda m: m.decode(torch.tensor([[0.0, float("nan")], [0.0, 0.0]])), "finite latents, got 1 NaN or infinite"),
+    (lambda m: m.decode(torch.full((2, 2), float("inf"))), "finite latents, got 4 NaN or infinite"),
+    (lambda m: m.generate(4, temperature=0.5), "no sampling options for VAEModel.generate"),
 ])
 def test_generation_requests_are_bounded(vae, call, expected):
     with pytest.raises(ValueError) as error:
         call(vae)
     assert expected in str(error.value)
+
+
+@pytest.mark.parametrize("call,expected", [
+    (lambda m: m.generate(0), "positive int `num_samples`, got 0"),
+    (lambda m: m.generate(4, batch_size=0), "positive int `batch_size`, got 0"),
+    (lambda m: m.generate(10 ** 12), "GiB available"),
+    (lambda m: m.generate(2, temperature=0.5), "attach one with `attach_prior`"),
+])
+def test_vq_vae_generation_goes_through_the_same_bounds(call, expected):
+    torch.manual_seed(0)
+    model = hf_vae.VQVAEModel(hf_vae.VQVAEConfig(**TINY, num_embeddings=8, embedding_dim=2)).eval()
+    with pytest.raises(ValueError) as error:
+        call(model)
+    assert expected in str(error.value)
+
+
+def test_value_checks_stay_out_of_exported_graphs_and_stay_on_for_eager_calls(vae):
+    """torch.export cannot trace a data-dependent check: the exported forward has no range check, and the eager
+    model keeps refusing the same input."""
+    exported = torch.export.export(vae, (_x(2, 1, 8, 8),))
+    out = exported.module()(torch.full((2, 1, 8, 8), 0.5))
+    assert torch.isfinite(out["loss"])
+    with pytest.raises(ValueError, match="finite `pixel_values`"):
+        vae(torch.full((2, 1, 8, 8), float("nan")))
 
 
 def test_generate_and_reconstruct_in_batches_give_the_unbatched_result(vae):

@@ -167,7 +167,7 @@ def test_gradients_match(mode):
     loss_ref.backward()
 
     # Our training objective (forward) is the same loss: Σ|x − x̂| + kl_weight · KL per example, batch mean.
-    output = model(x_ours, generator=torch.Generator().manual_seed(5))
+    output = model(x_ours, sample_posterior=True, generator=torch.Generator().manual_seed(5), return_loss=True)
     output.loss.backward()
     assert abs(output.loss.item() - loss_ref.item()) <= TOL * max(1.0, abs(loss_ref.item()))
 
