@@ -20,7 +20,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .input_checks import is_tracing
+import torch.nn as nn
+
 from .modeling_outputs import AutoencoderOutput
 
 KERNELS = ("imq", "rbf")
@@ -31,13 +32,15 @@ def kernel_matrix(x: torch.Tensor, y: torch.Tensor, kernel: str, scales: Sequenc
     """(n, d), (m, d) -> (n, m) kernel values, summed over the scales."""
     if kernel not in KERNELS:
         raise ValueError(f"Expected `kernel` in {KERNELS}, got {kernel!r}.")
-    squared = torch.cdist(x, y).pow(2)
+    # float32 distances whatever the model's dtype: CPU has no bfloat16 cdist, and half-precision squared
+    # distances lose the small ones the kernel is most sensitive to
+    squared = torch.cdist(x.float(), y.float()).pow(2)
     base = 2.0 * x.shape[1] * bandwidth ** 2
     total = torch.zeros_like(squared)
     for scale in scales:
         c = scale * base
         total = total + (c / (c + squared) if kernel == "imq" else torch.exp(-squared / c))
-    return total
+    return total.to(x.dtype)
 
 
 def mmd_unbiased(x: torch.Tensor, y: torch.Tensor, kernel: str = "imq",
@@ -55,17 +58,46 @@ def mmd_unbiased(x: torch.Tensor, y: torch.Tensor, kernel: str = "imq",
     return within_x + within_y - 2.0 * k_xy.mean()
 
 
-def prior_mmd(model, latents: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """MMD²_u between a batch's latents (B, ...) and as many draws from `model.sample_prior`, with the model's
-    kernel settings (`kernel`, `kernel_scales`, `kernel_bandwidth` of its config); shape ().
+#: how many fixed prior draws an eval-mode pass without a generator compares a batch with (batches up to this size)
+REFERENCE_DRAWS = 1024
+#: the seed of those draws
+REFERENCE_SEED = 0
 
-    The prior draws honour `generator`. Without one, an eval-mode pass draws them from a fixed seed, so that
-    `model.eval()(x)` is deterministic like every other family's; a training pass draws from the global stream.
+
+class PriorReferenceDraws(nn.Module):
+    """A fixed set of draws from p(z) = N(0, I), (REFERENCE_DRAWS, *latent_shape): the prior samples of the MMD in
+    an eval-mode pass without a generator. Fixed draws make that pass deterministic, and the same eagerly, compiled
+    and exported (a generator cannot be created inside a traced graph). Recomputed from the seed, never saved."""
+
+    def __init__(self, latent_shape):
+        super().__init__()
+        self.latent_shape = tuple(latent_shape)
+        self.register_buffer("draws", torch.empty(REFERENCE_DRAWS, *self.latent_shape), persistent=False)
+        if not self.draws.is_meta:
+            self.draws.copy_(self.standard_draws())
+
+    def standard_draws(self) -> torch.Tensor:
+        generator = torch.Generator(device="cpu").manual_seed(REFERENCE_SEED)
+        return torch.randn((REFERENCE_DRAWS, *self.latent_shape), generator=generator, device="cpu")
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        return self.draws[:batch_size]
+
+
+def prior_mmd(model, latents: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """MMD²_u between a batch's latents (B, ...) and as many draws from the prior N(0, I), with the model's kernel
+    settings (`kernel`, `kernel_scales`, `kernel_bandwidth` of its config); shape ().
+
+    The prior draws come from `model.sample_prior` with `generator` when one is given, or in a training pass (the
+    global stream). An eval-mode pass without one compares with `model.prior_reference` (fixed draws), so that
+    `model.eval()(x)` is deterministic like every other family's.
     """
-    if generator is None and not model.training and not is_tracing():
-        generator = torch.Generator(device=latents.device).manual_seed(0)
+    batch = latents.shape[0]
+    if generator is None and not model.training and batch <= REFERENCE_DRAWS:
+        prior_samples = model.prior_reference(batch).to(latents.dtype)
+    else:
+        prior_samples = model.sample_prior(batch, generator)
     config = model.config
-    prior_samples = model.sample_prior(latents.shape[0], generator)
     return mmd_unbiased(latents, prior_samples, config.kernel, config.kernel_scales, config.kernel_bandwidth)
 
 

@@ -100,8 +100,8 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     def set_attn_implementation(self, attn_implementation, *args, **kwargs):
         """transformers' `set_attn_implementation`, applied to the mid-block attention ("sdpa" or "eager")."""
         if attn_implementation not in ("sdpa", "eager"):
-            raise ValueError(f"Expected attn_implementation 'sdpa' or 'eager' for {type(self).__name__}, got "
-                             f"{attn_implementation!r}.")
+            raise ValueError(f'Specified `attn_implementation="{attn_implementation}"` is not supported by '
+                             f'{type(self).__name__}: expected "sdpa" or "eager".')
         self.config._attn_implementation_internal = attn_implementation
         self._apply_attn_implementation()
 

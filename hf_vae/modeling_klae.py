@@ -31,6 +31,7 @@ from .configuration_klae import KLAEConfig
 from .conv_backbone import Decoder, Encoder
 from .distributions import DiagonalGaussianDistribution, PixelLossLikelihood
 from .klae_conversion import (
+    DIFFUSERS_CONFIG_FIELDS,
     DIFFUSERS_CONFIG_NAME,
     DIFFUSERS_WEIGHTS_NAME,
     check_state_dict,
@@ -129,9 +130,9 @@ class KLAEOutput(ModelOutput):
             with `sample_posterior=True`).
         latents (`(B, latent_channels, H/f, W/f)`): the z that was decoded.
         posterior_mean, posterior_logvar (`(B, latent_channels, H/f, W/f)`): q(z|x).
-        loss, reconstruction_loss, regularisation_loss, kl (`()`, with `return_loss=True`): the pixel loss +
-            kl_weight · KL, its two terms, and the unweighted KL, per example. Training uses the latent-diffusion
-            objective of `hf_vae.training` instead.
+        loss, reconstruction_loss, regularisation_loss, kl (`()`, left out with `return_loss=False`): the pixel
+            loss + kl_weight · KL, its two terms, and the unweighted KL, per example (what transformers' `Trainer`
+            reports as the loss). Training with hf_vae uses the latent-diffusion objective of `hf_vae.training`.
         encoder_hidden_states, decoder_hidden_states: with `output_hidden_states=True`.
     """
 
@@ -152,18 +153,30 @@ class KLAEOutput(ModelOutput):
         return self.sample
 
 
-#: fields of the objective, left out of `KLAEModel.forward`'s output unless `return_loss=True`
+#: fields of the objective, left out of `KLAEModel.forward`'s output with `return_loss=False`
 _LOSS_FIELDS = ("loss", "reconstruction_loss", "regularisation_loss", "kl")
 
 
 class KLAEModel(AutoencoderPreTrainedModel):
     config_class = KLAEConfig
+    main_input_name = "sample"  # diffusers' name, forward's first argument
     _no_split_modules = ["ResnetBlock2D", "Attention"]
     # Images in [-1, 1], as diffusers' image processor gives them; [0, 255] input would otherwise train (or encode)
     # silently wrong. `model.check_input_range = False` lets other values through.
     input_range = (-1.0, 1.0)
 
-    def __init__(self, config: KLAEConfig):
+    def __init__(self, config: Optional[KLAEConfig] = None, **diffusers_kwargs):
+        """`KLAEModel(config)`, or `KLAEModel(in_channels=3, block_out_channels=(128, 256, 512, 512), ...)` with
+        `AutoencoderKL`'s own keyword arguments, as code written for diffusers constructs it."""
+        if config is None:
+            unknown = sorted(set(diffusers_kwargs) - set(DIFFUSERS_CONFIG_FIELDS))
+            if unknown:
+                raise TypeError(f"KLAEModel() got unexpected keyword arguments {unknown}; expected a KLAEConfig or "
+                                f"AutoencoderKL's keyword arguments ({', '.join(DIFFUSERS_CONFIG_FIELDS)}).")
+            config = config_from_diffusers(diffusers_kwargs)
+        elif diffusers_kwargs:
+            raise TypeError(f"KLAEModel() takes a config or keyword arguments, got both (config and "
+                            f"{sorted(diffusers_kwargs)}).")
         super().__init__(config)
         self.encoder = Encoder(
             config.in_channels, config.latent_channels, config.block_out_channels, config.layers_per_block,
@@ -275,11 +288,12 @@ class KLAEModel(AutoencoderPreTrainedModel):
     # -- diffusers' public signatures ------------------------------------------------------------------------
     def forward(self, sample: Optional[torch.Tensor] = None, sample_posterior: bool = False, return_dict: bool = True,
                 generator: Optional[torch.Generator] = None, *, pixel_values: Optional[torch.Tensor] = None,
-                return_loss: bool = False, output_hidden_states: Optional[bool] = None, **kwargs):
+                return_loss: bool = True, output_hidden_states: Optional[bool] = None, **kwargs):
         """diffusers' `AutoencoderKL.forward`: encode, decode the posterior mean (a sample with
         `sample_posterior=True`), and return `KLAEOutput(sample=reconstruction, ...)`, `(sample, ...)` with
-        `return_dict=False`. `pixel_values=` is the transformers name of `sample`; `return_loss=True` adds the
-        objective's terms."""
+        `return_dict=False`. `pixel_values=` is the transformers name of `sample`. The objective's terms follow
+        `sample` (transformers' `Trainer` reads `loss`, and finds it by `return_loss` defaulting to True);
+        `return_loss=False` leaves them out."""
         if (sample is None) == (pixel_values is None):
             raise ValueError(f"Expected the images as `sample` or as `pixel_values` (one of them), got "
                              f"{'both' if sample is not None else 'neither'}.")

@@ -11,7 +11,7 @@ code maps, and sampling goes through transformers' `generate` with those tokens 
 """
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from transformers import GenerationConfig, GPT2LMHeadModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_vq_prior import VQPriorConfig
+from .input_checks import is_tracing
 
 
 @dataclass
@@ -29,11 +30,14 @@ class VQPriorOutput(ModelOutput):
         loss (`()`): cross-entropy in nats per code, averaged over codes and batch (the training objective).
         nll (`(B,)`): −log p(z) of each code map in nats (summed over its codes).
         logits (`(B, n, K)`): unnormalised log-probabilities of each code given the codes before it.
+        hidden_states, attentions: the GPT-2's, with `output_hidden_states` / `output_attentions`.
     """
 
     loss: Optional[torch.FloatTensor] = None
     nll: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None
+    hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+    attentions: Optional[Tuple[torch.FloatTensor, ...]] = None
 
 
 class VQPriorModel(PreTrainedModel):
@@ -43,11 +47,31 @@ class VQPriorModel(PreTrainedModel):
     base_model_prefix = "prior"
     main_input_name = "codes"
     supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["GPT2Block"]
+    #: the loss is the model's own: transformers' Trainer passes no `num_items_in_batch`
+    accepts_loss_kwargs = False
 
     def __init__(self, config: VQPriorConfig):
         super().__init__(config)
-        self.gpt = GPT2LMHeadModel(config.gpt2_config())
+        gpt2_config = config.gpt2_config()
+        gpt2_config._attn_implementation = config._attn_implementation
+        self.gpt = GPT2LMHeadModel(gpt2_config)
+        # The head is untied by design (see `VQPriorConfig.gpt2_config`), so GPT-2's declaration that it is tied to
+        # the token embedding does not hold here.
+        self.gpt._tied_weights_keys = {}
         self.post_init()
+
+    def set_attn_implementation(self, attn_implementation, *args, **kwargs):
+        """transformers' `set_attn_implementation`, passed on to the GPT-2 (whose config is built, not nested)."""
+        super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        self.gpt.set_attn_implementation(self.config._attn_implementation)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.gpt.get_input_embeddings()
+
+    def set_input_embeddings(self, value: torch.nn.Module) -> None:
+        self.gpt.set_input_embeddings(value)
 
     def _init_weights(self, module) -> None:
         # The only weights are the GPT-2's, which transformers initialises with GPT-2's own scheme (N(0, 0.02),
@@ -69,7 +93,7 @@ class VQPriorModel(PreTrainedModel):
         if tuple(codes.shape[1:]) != tuple(config.code_shape):
             raise ValueError(f"Expected code maps of shape (B, {', '.join(map(str, config.code_shape))}) (the prior's "
                              f"code_shape), got {tuple(codes.shape)}.")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= config.num_embeddings):
+        if not is_tracing() and codes.numel() and (codes.min() < 0 or codes.max() >= config.num_embeddings):
             raise ValueError(f"Expected codes in [0, {config.num_embeddings}) (the prior's num_embeddings), got values "
                              f"in [{int(codes.min())}, {int(codes.max())}].")
 
@@ -91,27 +115,42 @@ class VQPriorModel(PreTrainedModel):
         if labels.shape != (batch_size,) or labels.is_floating_point():
             raise ValueError(f"Expected `labels` to be an int or ({batch_size},) integer class indices, got "
                              f"{labels.dtype} of shape {tuple(labels.shape)}.")
-        if labels.min() < 0 or labels.max() >= config.num_classes:
+        if not is_tracing() and (labels.min() < 0 or labels.max() >= config.num_classes):
             raise ValueError(f"Expected labels in [0, {config.num_classes}), got values in "
                              f"[{int(labels.min())}, {int(labels.max())}].")
         return (config.num_embeddings + 1 + labels.long()).view(batch_size, 1)
 
     # -- the likelihood --------------------------------------------------------------------------------------
-    def forward(self, codes: torch.Tensor, labels=None, return_dict: bool = True):
+    def forward(self, codes: torch.Tensor, condition=None, return_dict: bool = True,
+                output_hidden_states: Optional[bool] = None, output_attentions: Optional[bool] = None,
+                return_loss: bool = True, **kwargs):
         """Cross-entropy of code maps under the prior.
 
         Args:
             codes: (B, h, w) or (B, n) code indices, e.g. `VQVAEModel.encode_to_indices(x)`.
-            labels: (B,) class indices (or one int) for a class-conditional prior; None otherwise.
+            condition: (B,) class indices (or one int) for a class-conditional prior; None otherwise. `labels=`
+                is accepted as an alias (not a parameter name, so transformers' `Trainer` does not take the class
+                for a prediction target).
+            output_hidden_states, output_attentions: return the GPT-2's.
+            return_loss: accepted for transformers' `Trainer`; the loss is always returned.
         """
+        labels = kwargs.pop("labels", None)
+        if kwargs:
+            raise TypeError(f"VQPriorModel.forward() got unexpected keyword arguments {sorted(kwargs)}.")
+        if labels is not None and condition is not None:
+            raise ValueError("Expected either `condition` or its alias `labels`, got both.")
+        labels = condition if condition is not None else labels
         self.check_codes(codes)
         batch = codes.shape[0]
         targets = codes.reshape(batch, -1).long()
         tokens = torch.cat([self.first_tokens(batch, labels, codes.device), targets[:, :-1]], dim=1)
+        gpt = self.gpt(input_ids=tokens, use_cache=False, output_hidden_states=output_hidden_states,
+                       output_attentions=output_attentions)
         # Only codes are predicted: the start and class tokens' logits are not part of the distribution.
-        logits = self.gpt(input_ids=tokens, use_cache=False).logits[..., : self.config.num_embeddings]
+        logits = gpt.logits[..., : self.config.num_embeddings]
         nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none").sum(1)
-        output = VQPriorOutput(loss=nll.mean() / targets.shape[1], nll=nll, logits=logits)
+        output = VQPriorOutput(loss=nll.mean() / targets.shape[1], nll=nll, logits=logits,
+                               hidden_states=gpt.hidden_states, attentions=gpt.attentions)
         return output if return_dict else output.to_tuple()
 
     def log_prob(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
