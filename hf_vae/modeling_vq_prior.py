@@ -144,8 +144,11 @@ class VQPriorModel(PreTrainedModel):
         batch = codes.shape[0]
         targets = codes.reshape(batch, -1).long()
         tokens = torch.cat([self.first_tokens(batch, labels, codes.device), targets[:, :-1]], dim=1)
-        gpt = self.gpt(input_ids=tokens, use_cache=False, output_hidden_states=output_hidden_states,
-                       output_attentions=output_attentions)
+        config = self.config
+        gpt = self.gpt(input_ids=tokens, use_cache=False,
+                       output_hidden_states=(output_hidden_states if output_hidden_states is not None
+                                             else config.output_hidden_states),
+                       output_attentions=output_attentions if output_attentions is not None else config.output_attentions)
         # Only codes are predicted: the start and class tokens' logits are not part of the distribution.
         logits = gpt.logits[..., : self.config.num_embeddings]
         nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none").sum(1)
