@@ -229,6 +229,16 @@ class KLAEModel(AutoencoderPreTrainedModel):
     def disable_slicing(self):
         self.use_slicing = False
 
+    # -- diffusers' names for transformers' gradient checkpointing -------------------------------------------
+    _supports_gradient_checkpointing = True
+
+    def enable_gradient_checkpointing(self):
+        """diffusers' name of `gradient_checkpointing_enable()`: recompute each block's activations in backward."""
+        self.gradient_checkpointing_enable()
+
+    def disable_gradient_checkpointing(self):
+        self.gradient_checkpointing_disable()
+
     # -- speed options ---------------------------------------------------------------------------------------
     def enable_subpixel_upsampling(self):
         """Compute the decoder's "nearest 2x up-sample + 3x3 conv" as four 2x2 convs on the low-resolution input
