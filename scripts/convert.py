@@ -54,6 +54,29 @@ def parse_overrides(items: List[str]) -> Dict[str, object]:
     return overrides
 
 
+#: what a conversion writes into a folder; --overwrite replaces a folder holding only such files
+MODEL_FILE_PATTERNS = ("config.json", "*.safetensors", "*.safetensors.index.json", "*.py")
+
+
+def check_replaceable(destination: str) -> None:
+    """--overwrite replaces a whole folder: only one holding a converted model's files (never a training run's
+    checkpoints, logs, metrics or anything else), or a single .safetensors file."""
+    import fnmatch
+
+    if not os.path.isdir(destination) or os.path.islink(destination):
+        if os.path.lexists(destination) and not destination.endswith(".safetensors"):
+            raise FileExistsError(f"--overwrite {destination}: a file that is not .safetensors; expected a model "
+                                  f"folder or a .safetensors file to replace.")
+        return
+    foreign = sorted(name for name in os.listdir(destination)
+                     if not (os.path.isfile(os.path.join(destination, name))
+                             and any(fnmatch.fnmatch(name, pattern) for pattern in MODEL_FILE_PATTERNS)))
+    if foreign:
+        raise FileExistsError(f"--overwrite {destination}: the folder also holds {', '.join(foreign[:6])} (not files "
+                              f"of a converted model; a training run's?); expected a folder of model files only "
+                              f"({', '.join(MODEL_FILE_PATTERNS)}). Convert into a new path instead.")
+
+
 def load_source(source: str, subfolder: Optional[str], overrides: Dict[str, object], dtype) -> KLAEModel:
     kwargs = dict(overrides)
     if subfolder:
@@ -112,6 +135,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if os.path.lexists(destination) and not args.overwrite:
         raise FileExistsError(f"Destination {args.destination} exists; expected a new path (pass --overwrite to "
                               f"replace it).")
+    if args.overwrite:
+        check_replaceable(args.destination)
     if args.to == "ldm" and not destination.endswith(".safetensors"):
         raise ValueError(f"Expected a .safetensors destination for --to ldm, got {args.destination!r}.")
     dtype = DTYPES[args.dtype] if args.dtype else None

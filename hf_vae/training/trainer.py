@@ -43,11 +43,15 @@ from .arguments import DataArguments, TrainArguments, apply_recipe, check_model_
 from .checkpointing import (
     TrainingState,
     checkpoint_dir,
+    RUN_END_ENTRIES,
+    RUN_START_ENTRIES,
     claim_output_dir,
     clear_previous_run,
+    describe_cleared,
     latest_checkpoint,
     load_checkpoint,
     publish_pretrained,
+    record_run_entries,
     remove_publish_leftovers,
     remove_temporary,
     resolve_resume,
@@ -484,7 +488,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     is_main = accelerator.is_main_process
     # Every process looks before any writes (the barrier below): a folder of another run is refused everywhere.
     previous_files = claim_output_dir(output_dir, train_args.overwrite_output_dir,
-                                      train_args.resume_from_checkpoint is not None)
+                                      train_args.resume_from_checkpoint)
     accelerator.wait_for_everyone()
 
     # -- 2. the data's description and the model (bad arguments fail here, before anything is written) ------
@@ -521,10 +525,10 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     model.to(accelerator.device)
     objective.to(accelerator.device)
     if is_main:
-        if previous_files and train_args.overwrite_output_dir and train_args.resume_from_checkpoint is None:
-            cleared = clear_previous_run(output_dir)
-            accelerator.print(f"--overwrite_output_dir: replacing the run in {output_dir}"
-                              f"{' (its checkpoints deleted)' if cleared else ''}.")
+        if previous_files and train_args.overwrite_output_dir:
+            accelerator.print(describe_cleared(output_dir, *clear_previous_run(output_dir)))
+        # Listed before they are written: --overwrite_output_dir removes what this run wrote, and nothing else.
+        record_run_entries(output_dir, RUN_START_ENTRIES, kind="train", resumed_from=resume_path and os.path.abspath(resume_path))
         for name in remove_publish_leftovers(output_dir) + remove_temporary(checkpoint_dir(output_dir)):
             logger.warning("Removed %s, left unfinished by a killed run.", name)
         os.makedirs(checkpoint_dir(output_dir), exist_ok=True)
@@ -806,6 +810,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                 from .pretrained import restore_source_fields
 
                 restore_source_fields(final_model, source, model_config)
+            record_run_entries(output_dir, RUN_END_ENTRIES + (("vae",) if train_args.model == "klae" else ()))
             publish_pretrained(final_model, output_dir)
             if train_args.model == "klae":
                 _publish_diffusers_copy(final_model, output_dir)

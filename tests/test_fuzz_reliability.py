@@ -1,0 +1,194 @@
+"""Fuzz: "nothing lost, nothing hangs" (issue 24). One test per category of the hostile-input campaign, each asserting
+the exact outcome: refused with a named field or file, nothing changed on disk, a time bound met.
+
+    data loss       the output-folder guard (resume, overwrite, the FID classifier, convert, latent_stats --write)
+    hangs           Hub calls with timeouts and bounded retries; requests too large for the machine refused up front
+    silent accepts  config fields checked (finite, range, type), misspelt keys named
+    unclear errors  one line naming the file or field; flags with dashes or underscores; "did you mean"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+
+from hf_vae.training import DataArguments, TrainArguments, train
+from hf_vae.training.checkpointing import RUN_MANIFEST, list_checkpoints, read_run_manifest
+
+CONFIG = {"image_size": 16, "hidden_dims": [16], "latent_dim": 2}
+
+
+def _args(output_dir, **overrides):
+    kwargs = dict(output_dir=str(output_dir), max_steps=2, batch_size=8, eval_steps=0, report_to="none",
+                  eval_importance_samples=2, final_eval_max_examples=16, num_sample_images=4, checkpointing_steps=2,
+                  lr_scheduler="constant", warmup_steps=0)
+    kwargs.update(overrides)
+    return TrainArguments(**kwargs), DataArguments(num_train_examples=16)
+
+
+def _snapshot(folder) -> dict:
+    """Every file under `folder` with its sha256: equal snapshots mean nothing was written, moved or removed."""
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
+    return found
+
+
+def _reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One finished 2-step run (a checkpoint at step 2): its folder. Copy it before changing anything."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("reliability") / "run"
+    try:
+        train(*_args(folder), dict(CONFIG))
+    finally:
+        _reset_accelerate()
+        torch.set_num_threads(threads)
+    return folder
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path, fresh_accelerate_state):
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    return copy
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Data loss: one guard for the output folder
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_a_run_lists_what_it_wrote_in_its_manifest(finished_run):
+    manifest = read_run_manifest(str(finished_run))
+    assert manifest["kind"] == "train"
+    on_disk = set(os.listdir(finished_run))
+    assert on_disk <= set(manifest["entries"])  # everything there is listed...
+    assert {"checkpoints", "logs", "config.json", "model.safetensors", "metrics.json", RUN_MANIFEST} <= \
+        set(manifest["entries"]) | {"logs"}  # ...and what a run writes is (logs only with a tracker)
+
+
+def test_resume_latest_into_a_used_folder_without_a_checkpoint_is_refused(tmp_path, fresh_accelerate_state):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "model.safetensors").write_bytes(b"someone's weights")
+    (used / "notes.txt").write_text("keep me")
+    before = _snapshot(used)
+    with pytest.raises(FileExistsError, match=r"--resume_from_checkpoint latest: --output_dir .*used holds files "
+                                              r"\(model.safetensors, notes.txt\) but no complete checkpoint"):
+        train(*_args(used, resume_from_checkpoint="latest"), dict(CONFIG))
+    assert _snapshot(used) == before
+
+
+def test_resume_latest_after_a_kill_before_the_first_checkpoint_starts_anew(tmp_path, fresh_accelerate_state):
+    killed = tmp_path / "killed"
+    (killed / "checkpoints").mkdir(parents=True)
+    (killed / "training_args.json").write_text("{}")  # what a run writes before its first step
+    record = train(*_args(killed, resume_from_checkpoint="latest"), dict(CONFIG))
+    assert record["train"]["resumed_from"] is None and record["step"] == 2
+
+
+def test_another_folders_checkpoint_into_a_folder_of_a_different_run_is_refused(finished_run, run_copy, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.json").write_text('{"step": 7}')
+    before = _snapshot(other)
+    checkpoint = run_copy / "checkpoints" / "checkpoint-2"
+    with pytest.raises(FileExistsError, match=r"is a checkpoint of the run in .*run, and --output_dir .*other holds "
+                                              r"another run \(metrics.json\)"):
+        train(*_args(other, max_steps=3, resume_from_checkpoint=str(checkpoint)), dict(CONFIG))
+    assert _snapshot(other) == before
+    # into a new folder it resumes, and the source run is left as it was
+    source_before = _snapshot(run_copy)
+    _reset_accelerate()
+    record = train(*_args(tmp_path / "new", max_steps=3, resume_from_checkpoint=str(checkpoint)), dict(CONFIG))
+    assert record["train"]["resumed_from"] == str(checkpoint) and record["step"] == 3
+    assert _snapshot(run_copy) == source_before
+
+
+def test_overwrite_and_resume_together_are_refused(run_copy):
+    before = _snapshot(run_copy)
+    with pytest.raises(ValueError, match="--overwrite_output_dir and --resume_from_checkpoint latest contradict"):
+        train(*_args(run_copy, overwrite_output_dir=True, resume_from_checkpoint="latest"), dict(CONFIG))
+    assert _snapshot(run_copy) == before
+
+
+def test_overwrite_removes_everything_the_run_wrote_and_nothing_else(run_copy, capsys):
+    (run_copy / "notes.txt").write_text("mine")
+    (run_copy / "checkpoints" / "superseded").mkdir()  # inside a folder the run wrote: goes with it
+    old_entries = set(read_run_manifest(str(run_copy))["entries"])
+    record = train(*_args(run_copy, max_steps=1, checkpointing_steps=1, overwrite_output_dir=True), dict(CONFIG))
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("--overwrite_output_dir: removed"))
+    for name in old_entries & {"checkpoints", "metrics.json", "model.safetensors", "config.json"}:
+        assert name in line
+    assert "kept notes.txt (not written by that run)" in line
+    assert (run_copy / "notes.txt").read_text() == "mine"
+    assert [step for step, _ in list_checkpoints(str(run_copy / "checkpoints"))] == [1]
+    assert not (run_copy / "checkpoints" / "superseded").exists()
+    assert record["step"] == 1 and json.loads((run_copy / "metrics.json").read_text())["step"] == 1
+
+
+def test_overwrite_of_a_folder_without_manifest_removes_only_the_names_a_run_writes(run_copy, capsys):
+    (run_copy / RUN_MANIFEST).unlink()  # a folder written before run manifests existed
+    (run_copy / "my_model.safetensors").write_bytes(b"not the run's")
+    train(*_args(run_copy, max_steps=1, checkpointing_steps=1, overwrite_output_dir=True), dict(CONFIG))
+    assert (run_copy / "my_model.safetensors").read_bytes() == b"not the run's"
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("--overwrite_output_dir"))
+    assert "my_model.safetensors" in line.split("; kept ")[1]
+
+
+def test_the_fid_classifier_never_writes_into_a_folder_holding_a_trained_model(run_copy):
+    from hf_vae.evaluation.fid import train_feature_classifier
+
+    before = _snapshot(run_copy)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="already holds files|did not write"):
+            train_feature_classifier("shapes", str(run_copy), epochs=1, overwrite_output_dir=overwrite)
+    assert _snapshot(run_copy) == before
+
+
+def test_convert_overwrite_refuses_a_training_run_folder(run_copy, tmp_path):
+    try:
+        from tests.support.scripts import load_script
+    except ImportError:
+        from support.scripts import load_script
+    convert = load_script("convert")
+    before = _snapshot(run_copy)
+    with pytest.raises(FileExistsError, match=r"the folder also holds .*checkpoints.*metrics.json"):
+        convert.main([str(run_copy), str(run_copy), "--to", "hf_vae", "--overwrite"])
+    assert _snapshot(run_copy) == before
+
+
+def test_latent_stats_write_keeps_the_values_it_replaces_and_refuses_non_finite_ones(tmp_path):
+    from hf_vae.evaluation.latents import LATENT_STATS_FILE, write_latent_statistics
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "vqvae", "scaling_factor": 0.5}))
+    before = _snapshot(folder)
+    with pytest.raises(ValueError, match=r"\['scaling_factor'\] .* not finite"):
+        write_latent_statistics(str(folder), {"scaling_factor": float("inf")}, ["scaling_factor"])
+    assert _snapshot(folder) == before
+    write_latent_statistics(str(folder), {"scaling_factor": 2.0}, ["scaling_factor"])
+    write_latent_statistics(str(folder), {"scaling_factor": 3.0}, ["scaling_factor"])
+    writes = json.loads((folder / LATENT_STATS_FILE).read_text())["writes"]
+    assert [w["previous"]["scaling_factor"] for w in writes] == [0.5, 2.0]
+    assert json.loads((folder / "config.json").read_text())["scaling_factor"] == 3.0
