@@ -192,3 +192,89 @@ def test_latent_stats_write_keeps_the_values_it_replaces_and_refuses_non_finite_
     writes = json.loads((folder / LATENT_STATS_FILE).read_text())["writes"]
     assert [w["previous"]["scaling_factor"] for w in writes] == [0.5, 2.0]
     assert json.loads((folder / "config.json").read_text())["scaling_factor"] == 3.0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hangs: every Hub request is bounded (timeout, retries); a failed push leaves no repository it created
+# ------------------------------------------------------------------------------------------------------------
+
+ALICE = "token-alice"
+HUB_BOUND_S = 10.0  # far above 0.5 s x (1 + 1 retry) per held request, far below a hang
+
+
+def _tiny_vae():
+    import torch
+
+    from hf_vae import VAEConfig, VAEModel
+
+    torch.manual_seed(0)
+    return VAEModel(VAEConfig(in_channels=1, image_size=8, hidden_dims=(16,), latent_dim=4)).eval()
+
+
+@pytest.fixture
+def no_client_backoff(monkeypatch):
+    """huggingface_hub retries LFS uploads itself, with waits of seconds: the waits are skipped."""
+    import types
+
+    from huggingface_hub.utils import _http
+
+    monkeypatch.setattr(_http, "time", types.SimpleNamespace(sleep=lambda seconds: None, time=__import__("time").time,
+                                                             monotonic=__import__("time").monotonic))
+
+
+@pytest.mark.parametrize("method,path,stage", [
+    ("GET", r"/api/whoami-v2$", "authenticate"),
+    ("POST", r"/api/repos/create$", "create"),
+    ("POST", r"/preupload/", "upload"),
+    ("PUT", r"/__lfs__/", "upload"),
+    ("POST", r"/commit/", "commit"),
+])
+def test_a_hub_that_hangs_fails_the_push_in_bounded_time_and_leaves_no_repository(hub_server, no_client_backoff,
+                                                                                   method, path, stage):
+    import time
+
+    from huggingface_hub import HfApi
+
+    from hf_vae.integrations.hub import HubPushError, push_model
+
+    hub_server.hold_request(method, path, seconds=HUB_BOUND_S, times=20)
+    start = time.monotonic()
+    with pytest.raises(HubPushError) as error:
+        push_model(_tiny_vae(), "alice/hung", token=ALICE, timeout=0.5, retries=1)
+    elapsed = time.monotonic() - start
+    assert elapsed < HUB_BOUND_S, f"the push waited {elapsed:.1f} s for a hung Hub"
+    assert error.value.stage == stage and f"at the {stage} stage" in str(error.value)
+    assert error.value.repo_changed is False and "Nothing was pushed" in str(error.value)
+    assert not HfApi().repo_exists("alice/hung", token=ALICE)  # a repository created for the push is deleted
+
+
+def test_a_dropped_whoami_is_retried(hub_server):
+    from hf_vae.integrations.hub import push_model
+
+    hub_server.drop_connection("GET", r"/api/whoami-v2$", times=1)
+    push_model(_tiny_vae(), "alice/retried", token=ALICE, timeout=5, retries=1)
+    assert sum(1 for method, p in hub_server.requests if p.startswith("/api/whoami-v2")) == 2
+
+
+@pytest.mark.parametrize("variable,value,expected", [
+    ("HF_VAE_HUB_TIMEOUT", "soon", "HF_VAE_HUB_TIMEOUT or timeout=) to be a positive number of seconds, got nan"),
+    ("HF_VAE_HUB_TIMEOUT", "0", "positive number of seconds, got 0.0"),
+    ("HF_VAE_HUB_RETRIES", "1e9", "HF_VAE_HUB_RETRIES or retries=) to be a count from 0 to 10, got '1e9'"),
+])
+def test_hub_limits_from_the_environment_are_checked(monkeypatch, variable, value, expected):
+    from hf_vae.integrations.hub import HubPushError, hub_limits
+
+    assert hub_limits() == (30.0, 2)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(HubPushError) as error:
+        hub_limits()
+    assert expected in str(error.value)
+
+
+def test_push_to_hub_checks_the_token_before_the_first_step(hub_server, tmp_path, fresh_accelerate_state):
+    from hf_vae.integrations.hub import HubAuthError
+
+    out = tmp_path / "run"
+    with pytest.raises(HubAuthError, match="No Hugging Face token"):
+        train(*_args(out, push_to_hub=True, hub_model_id="alice/early"), dict(CONFIG))
+    assert not (out / "checkpoints").exists() and not (out / RUN_MANIFEST).exists()

@@ -489,6 +489,11 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     # Every process looks before any writes (the barrier below): a folder of another run is refused everywhere.
     previous_files = claim_output_dir(output_dir, train_args.overwrite_output_dir,
                                       train_args.resume_from_checkpoint)
+    hub_repo = train_args.hub_model_id
+    if train_args.push_to_hub and is_main:  # a bad token or repository is found before the first step, not after
+        from ..integrations.hub import check_push_target
+
+        hub_repo = check_push_target(train_args.hub_model_id, private=train_args.hub_private)
     accelerator.wait_for_everyone()
 
     # -- 2. the data's description and the model (bad arguments fail here, before anything is written) ------
@@ -834,7 +839,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         if train_args.push_to_hub and is_main:
             from ..integrations.hub import push_output_dir  # written separately; imported only when asked for
 
-            push_output_dir(output_dir, train_args.hub_model_id, token=None, private=train_args.hub_private)
+            push_output_dir(output_dir, hub_repo, token=None, private=train_args.hub_private)
         accelerator.wait_for_everyone()
     finally:
         progress.close()
@@ -849,13 +854,14 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """The command line: parse arguments (flags, --config file, model config fields) and train."""
+    from ..integrations.hub import HubPushError
     from .perceptual import PerceptualWeightsMissingError
 
     train_args, data_args, model_config = parse_command_line(argv)
     try:
         return train(train_args, data_args, model_config)
     except (ValueError, FileNotFoundError, FileExistsError, PerceptualWeightsMissingError,
-            NonFiniteLossError) as error:
+            NonFiniteLossError, HubPushError) as error:
         if os.environ.get("HF_VAE_TRACEBACK"):
             raise
         print(f"train.py: error: {error}", file=sys.stderr)
