@@ -62,7 +62,7 @@ def test_model_help_lists_that_models_fields_with_descriptions():
 
 def test_a_bad_flag_is_refused_before_torch_is_imported():
     code, _, err, heavy = run_train_script("--model", "vq_vae", "--num_embedings", "8")
-    assert code == 1 and heavy == ""
+    assert code == 2 and heavy == ""  # a usage error, as argparse's own
     assert err.startswith("train.py: error: Unknown argument(s) --num_embedings for --model vq_vae")
     code, _, err, heavy = run_train_script("--model", "gan")
     assert code == 2 and heavy == "" and "invalid choice: 'gan'" in err

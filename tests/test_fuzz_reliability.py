@@ -278,3 +278,84 @@ def test_push_to_hub_checks_the_token_before_the_first_step(hub_server, tmp_path
     with pytest.raises(HubAuthError, match="No Hugging Face token"):
         train(*_args(out, push_to_hub=True, hub_model_id="alice/early"), dict(CONFIG))
     assert not (out / "checkpoints").exists() and not (out / RUN_MANIFEST).exists()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Bounded requests: a size past its limit is refused while the command line is parsed, naming the flag
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag,value,limit", [
+    ("--batch_size", "1e9", 65536), ("--eval_batch_size", "1000000000", 65536), ("--num_sample_images", "1e8", 4096),
+    ("--eval_importance_samples", "1e7", 100_000),
+])
+def test_sizes_past_their_limit_are_refused_at_argument_time(capsys, flag, value, limit):
+    from hf_vae.training.arguments import parse_command_line
+
+    with pytest.raises(SystemExit) as exit_:
+        parse_command_line([flag, value, "--output_dir", "never-written"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"train.py: error: Expected `{flag}` <= {limit} (its limit), got " \
+                                      f"{int(float(value))}.\n"
+    assert not os.path.exists("never-written")
+
+
+def test_evaluate_refuses_max_examples_0(capsys):
+    from hf_vae.evaluation.evaluate import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["no-such-model", "--max_examples", "0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "evaluate.py: error: Expected --max_examples >= 1, got 0."
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Unclear errors: one line naming the flag, the file or the field; exit 2 for usage errors; --debug for a traceback
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_flags_take_dashes_or_underscores():
+    from hf_vae.training.arguments import parse_args
+
+    train_args, data_args, config = parse_args(["--max-steps", "7", "--batch-size=4", "--num-train-examples", "8",
+                                                "--latent-dim", "3"])
+    assert (train_args.max_steps, train_args.batch_size, data_args.num_train_examples) == (7, 4, 8)
+    assert config == {"latent_dim": 3}
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--max_step", "3"], "Unknown argument(s) --max_step for --model vae (did you mean --max_steps?)"),
+    (["--model", "vq_vae", "--num_embedings", "8"], "(did you mean --num_embeddings?)"),
+    (["--likelyhood", "bernoulli"], "(did you mean --likelihood?)"),
+    (["--dataset", "./no/such/folder"], "--dataset ./no/such/folder: no such folder or file"),
+])
+def test_usage_errors_are_one_line_with_exit_status_2(capsys, argv, expected):
+    from hf_vae.training.arguments import parse_command_line
+
+    with pytest.raises(SystemExit) as exit_:
+        parse_command_line(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("train.py: error: ") and expected in err
+    with pytest.raises(FileNotFoundError if "--dataset" in argv else ValueError):
+        parse_command_line([*argv, "--debug"])  # --debug: the exception itself, with its traceback
+
+
+@pytest.mark.parametrize("name,text,expected", [
+    ("run.yaml", "learning_rate: [1,\n", r"--config .*run.yaml: not valid YAML at line 2"),
+    ("run.json", '{"learning_rate": 1e-3,}', r"--config .*run.json: not valid JSON"),
+])
+def test_a_broken_config_file_is_named(tmp_path, name, text, expected):
+    from hf_vae.training.arguments import parse_args
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=expected):
+        parse_args(["--config", str(tmp_path / name)])
+
+
+def test_yaml_config_values_are_typed_like_the_command_line(tmp_path):
+    from hf_vae.training.arguments import parse_args
+
+    (tmp_path / "run.yaml").write_text("learning_rate: 1e-1\nmax_steps: 1e3\nlikelihood_scale: 5e-2\n")
+    train_args, _, config = parse_args(["--config", str(tmp_path / "run.yaml")])
+    assert train_args.learning_rate == 0.1 and train_args.max_steps == 1000 and config["likelihood_scale"] == 0.05

@@ -543,6 +543,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                              "(scripts/train_fid_classifier.py) or pytorch-fid's Inception weights as safetensors")
     parser.add_argument("--fid_samples", type=int, default=10000, help="model samples of the Fréchet distance")
     args = parser.parse_args(argv)
+    for name, low, high in (("max_examples", 1, None), ("batch_size", 1, 65536), ("fid_samples", 1, 10_000_000),
+                            ("num_importance_samples", 0, 100_000)):  # refused now, not after loading the model
+        value = getattr(args, name)
+        if value is not None and (value < low or (high is not None and value > high)):
+            parser.error(f"Expected --{name} >= {low}{f' and <= {high}' if high else ''}, got {value}.")
     kwargs = dict(batch_size=args.batch_size, num_importance_samples=args.num_importance_samples,
                   importance_chunk_size=args.importance_chunk_size, max_examples=args.max_examples, seed=args.seed,
                   progress=True, fid_features=args.fid_features, fid_samples=args.fid_samples)

@@ -39,7 +39,14 @@ from ..evaluation.evaluate import (
     metrics_record,
     write_json_atomic,
 )
-from .arguments import DataArguments, TrainArguments, apply_recipe, check_model_config, parse_command_line
+from .arguments import (
+    DataArguments,
+    TrainArguments,
+    apply_recipe,
+    check_model_config,
+    debug_requested,
+    parse_command_line,
+)
 from .checkpointing import (
     TrainingState,
     checkpoint_dir,
@@ -862,7 +869,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         return train(train_args, data_args, model_config)
     except (ValueError, FileNotFoundError, FileExistsError, PerceptualWeightsMissingError,
             NonFiniteLossError, HubPushError) as error:
-        if os.environ.get("HF_VAE_TRACEBACK"):
+        if debug_requested(argv):
             raise
         print(f"train.py: error: {error}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: one line saying how to continue, no traceback
+        if debug_requested(argv):
+            raise
+        output_dir = train_args.output_dir or default_output_dir(train_args.model or "vae", data_args.dataset)
+        print(f"train.py: interrupted. Continue from the last checkpoint in {output_dir}/checkpoints with the same "
+              f"command and --resume_from_checkpoint latest.", file=sys.stderr)
+        sys.exit(130)
