@@ -359,3 +359,68 @@ def test_yaml_config_values_are_typed_like_the_command_line(tmp_path):
     (tmp_path / "run.yaml").write_text("learning_rate: 1e-1\nmax_steps: 1e3\nlikelihood_scale: 5e-2\n")
     train_args, _, config = parse_args(["--config", str(tmp_path / "run.yaml")])
     assert train_args.learning_rate == 0.1 and train_args.max_steps == 1000 and config["likelihood_scale"] == 0.05
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Silent acceptances: every family's fields are checked, however the config is made
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _config(name, **fields):
+    import hf_vae
+
+    if name == "vq_prior":
+        from hf_vae.configuration_vq_prior import VQPriorConfig
+
+        return VQPriorConfig(**fields)
+    return hf_vae.MODELS[name][0](**fields)
+
+
+@pytest.mark.parametrize("name,fields,expected", [
+    ("beta_tcvae", {"beta": float("inf")}, "`beta` to be a finite number >= 0, got inf"),
+    ("beta_tcvae", {"gamma": float("nan")}, "`gamma` to be a finite number >= 0, got nan"),
+    ("beta_tcvae", {"alpha": True}, "`alpha` to be a finite number >= 0, got True (a bool)"),
+    ("factor_vae", {"gamma": float("-inf")}, "`gamma` to be a finite number >= 0, got -inf"),
+    ("factor_vae", {"discriminator_hidden_dims": [True]}, "`discriminator_hidden_dims` to be a non-empty list"),
+    ("vq_prior", {"layer_norm_epsilon": float("inf")}, "`layer_norm_epsilon` to be a finite number > 0"),
+    ("vq_prior", {"dropout": float("nan")}, "`dropout` to be a finite number >= 0 and < 1, got nan"),
+    ("vae", {"hidden_dims": [True]}, "`hidden_dims` to be a non-empty list of positive ints, got [True]"),
+    ("vae", {"likelihood_scale": 1e-300}, "`likelihood_scale` in [1e-06, 1e+06]"),
+    ("vae", {"likelyhood": "gaussian"}, "Unknown VAEConfig field 'likelyhood': likely a typo of 'likelihood'"),
+])
+def test_bad_family_fields_are_refused_naming_the_field(name, fields, expected):
+    with pytest.raises(ValueError) as error:
+        _config(name, **fields)
+    assert expected in str(error.value)
+
+
+def test_from_pretrained_overrides_and_misspelt_config_keys_are_checked(tmp_path):
+    from transformers import AutoModel
+
+    from hf_vae import VAEConfig, VAEModel
+
+    folder = tmp_path / "model"
+    VAEModel(VAEConfig(image_size=8, hidden_dims=[8], latent_dim=2)).save_pretrained(folder)
+    with pytest.raises(ValueError, match=r"`dropout` to be a finite number >= 0 and < 1, got 5.0"):
+        AutoModel.from_pretrained(folder, dropout=5.0)
+    assert AutoModel.from_pretrained(folder, dropout=0.5).config.dropout == 0.5
+    config = json.loads((folder / "config.json").read_text())
+    config["likelyhood"] = config.pop("likelihood")
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="'likelyhood': likely a typo of 'likelihood'"):
+        AutoModel.from_pretrained(folder)
+
+
+def test_convert_set_goes_through_the_config_checks(tmp_path):
+    try:
+        from tests.support.scripts import load_script
+    except ImportError:
+        from support.scripts import load_script
+    from hf_vae import KLAEConfig, KLAEModel
+
+    source = tmp_path / "klae"
+    KLAEModel(KLAEConfig(block_out_channels=[8, 8], norm_num_groups=4, sample_size=8, latent_channels=2,
+                         mid_block_add_attention=False)).save_pretrained(source)
+    with pytest.raises(ValueError, match=r"`scaling_factor` to be a finite number > 0, got -1"):
+        load_script("convert").main([str(source), str(tmp_path / "out"), "--to", "hf_vae", "--set", "scaling_factor=-1"])
+    assert not (tmp_path / "out").exists()
