@@ -194,6 +194,41 @@ def test_latent_stats_write_keeps_the_values_it_replaces_and_refuses_non_finite_
     assert json.loads((folder / "config.json").read_text())["scaling_factor"] == 3.0
 
 
+def test_resuming_with_a_new_learning_rate_and_max_steps_honours_both_and_says_so(run_copy, capsys):
+    from hf_vae.training.checkpointing import read_training_state
+
+    record = train(*_args(run_copy, max_steps=3, checkpointing_steps=3, learning_rate=1e-2,
+                          resume_from_checkpoint="latest"), dict(CONFIG))
+    out = capsys.readouterr().out
+    assert "at step 2, to --max_steps 3; --learning_rate 0.01 replaces the checkpoint's" in out
+    assert record["step"] == 3 and record["train"]["steps"] == 1
+    state = read_training_state(str(run_copy / "checkpoints" / "checkpoint-3"))
+    assert state["scheduler"]["base_lrs"] == [1e-2]
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-2)  # constant schedule
+
+
+def test_resuming_with_max_steps_below_the_checkpoint_is_refused(run_copy):
+    checkpoints = _snapshot(run_copy / "checkpoints")
+    weights = (run_copy / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=r"--max_steps 1 is below step 2 of the checkpoint resumed"):
+        train(*_args(run_copy, max_steps=1, resume_from_checkpoint="latest"), dict(CONFIG))
+    assert _snapshot(run_copy / "checkpoints") == checkpoints
+    assert (run_copy / "model.safetensors").read_bytes() == weights
+
+
+def test_a_checkpoint_with_a_negative_step_is_refused(run_copy):
+    from hf_vae.training.checkpointing import CheckpointError, write_manifest
+
+    checkpoint = run_copy / "checkpoints" / "checkpoint-2"
+    state = json.loads((checkpoint / "training_state.json").read_text())
+    state["training_state"]["step"] = -5
+    (checkpoint / "training_state.json").write_text(json.dumps(state))
+    write_manifest(str(checkpoint), 2)  # a consistent manifest: the value itself must be refused
+    with pytest.raises(CheckpointError, match=r"training_state.json: the training_state state does not fit this run "
+                                              r".*counts >= 0, got \{'step': -5\}"):
+        train(*_args(run_copy, max_steps=4, resume_from_checkpoint=str(checkpoint)), dict(CONFIG))
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Hangs: every Hub request is bounded (timeout, retries); a failed push leaves no repository it created
 # ------------------------------------------------------------------------------------------------------------
@@ -307,6 +342,25 @@ def test_evaluate_refuses_max_examples_0(capsys):
         main(["no-such-model", "--max_examples", "0"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == "evaluate.py: error: Expected --max_examples >= 1, got 0."
+
+
+@pytest.mark.parametrize("model,fields,named", [
+    ("vae", {"latent_dim": 10**8}, "`latent_dim`=100000000"),
+    ("iwae", {"num_importance_samples": 10**7}, "`num_importance_samples`=10000000"),
+    ("vae", {"backbone": "conv", "image_size": 4096, "block_out_channels": [32, 64]}, "`image_size`=4096"),
+])
+def test_a_config_too_large_for_the_machine_is_refused_before_allocation(tmp_path, fresh_accelerate_state, model,
+                                                                         fields, named):
+    import time
+
+    out = tmp_path / "run"
+    start = time.monotonic()
+    with pytest.raises(ValueError) as error:
+        train(*_args(out, model=model), {**CONFIG, **fields})
+    message = str(error.value)
+    assert named in message and "GiB available" in message and "before anything was allocated" in message
+    assert time.monotonic() - start < 30  # refused from the estimate, not after trying
+    assert not out.exists() or not os.listdir(out)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -94,6 +94,14 @@ class TrainingState:
                 "examples_seen": self.examples_seen, "skipped_images": list(self.skipped_images)}
 
     def load_state_dict(self, state: Dict) -> None:
+        counts = {"step": state["step"], "skipped_batches": state.get("skipped_batches", 0),
+                  "examples_seen": state.get("examples_seen", 0)}
+        lists = {name: list(state.get(name) or []) for name in ("data_epochs", "data_batches", "skipped_images")}
+        bad = {name: value for name, value in counts.items() if not isinstance(value, int) or value < 0}
+        bad.update({name: values for name, values in lists.items()
+                    if not all(isinstance(v, int) and v >= 0 for v in values)})
+        if bad:  # a crafted or damaged position would resume at a negative step or data position
+            raise ValueError(f"expected counts >= 0, got {bad}")
         self.step = int(state["step"])
         self.skipped_batches = int(state.get("skipped_batches", 0))
         self.examples_seen = int(state.get("examples_seen", 0))
@@ -390,6 +398,25 @@ def latest_checkpoint(checkpoints_dir: str) -> Optional[str]:
             continue
         return path
     return None
+
+
+def apply_resume_overrides(step: int, max_steps: int, learning_rate: float, scheduler) -> List[str]:
+    """After a resume, the command line's --max_steps and --learning_rate apply (the checkpoint's optimiser and
+    schedule would otherwise keep the old rate silently). Returns what changed, for the log; refuses a
+    --max_steps below the step resumed (a run cannot be shortened below where it is)."""
+    if max_steps < step:
+        raise ValueError(f"--max_steps {max_steps} is below step {step} of the checkpoint resumed: expected "
+                         f"--max_steps >= {step} (start a new run in another --output_dir for a shorter one).")
+    changes = []
+    saved = list(scheduler.base_lrs)
+    if any(not math.isclose(lr, learning_rate, rel_tol=1e-9) for lr in saved):
+        scheduler.base_lrs = [learning_rate] * len(saved)
+        for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
+            group["initial_lr"] = learning_rate
+            group["lr"] = learning_rate * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+        changes.append(f"--learning_rate {learning_rate:g} replaces the checkpoint's {saved[0]:g}")
+    return changes
 
 
 def resolve_resume(resume_from_checkpoint: Optional[str], output_dir: str) -> Optional[str]:

@@ -49,6 +49,7 @@ from .arguments import (
 )
 from .checkpointing import (
     TrainingState,
+    apply_resume_overrides,
     checkpoint_dir,
     RUN_END_ENTRIES,
     RUN_START_ENTRIES,
@@ -521,6 +522,10 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         config = run_config(source, model_config, image_size=dataset_info.get("image_size"),
                             pixel_loss=train_args.pixel_loss, dataset_num_classes=dataset_info.get("num_classes"),
                             dataset=data_args.dataset)
+    if autoencoder is None:  # a config that cannot fit is refused before anything is allocated, naming the field
+        from ..memory import check_fits_in_memory
+
+        check_fits_in_memory(hf_vae.MODELS[train_args.model][1], config, train_args.batch_size, accelerator.device)
     settings = data_settings(config if autoencoder is None else autoencoder.config, data_args.binarize)
     set_seed(train_args.seed)  # the same initial weights on every process
     if source is not None and resume_path is None:
@@ -616,7 +621,9 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         if getattr(state, "resharded_from", None):
             logger.warning("Checkpoint written by %d processes, resumed on %d: the data order differs from an "
                            "uninterrupted run.", state.resharded_from, accelerator.num_processes)
-        accelerator.print(f"Resumed from {resume_path} at step {state.step}.")
+        overrides = apply_resume_overrides(state.step, max_steps, train_args.learning_rate, scheduler)
+        accelerator.print(f"Resumed from {resume_path} at step {state.step}, to --max_steps {max_steps}"
+                          f"{'; ' + '; '.join(overrides) if overrides else ''}.")
     elif train_args.resume_from_checkpoint == "latest":
         accelerator.print(f"No checkpoint in {checkpoint_dir(output_dir)} yet: starting a new run.")
     if resume_path is None:
