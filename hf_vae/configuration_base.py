@@ -94,6 +94,9 @@ class ValidatedConfig(PretrainedConfig):
     `from_dict` with overrides (`from_pretrained(path, dropout=5.0)`), which transformers applies with setattr
     after construction."""
 
+    def __init__(self, **kwargs):  # no fields of its own (transformers would otherwise generate an __init__)
+        super().__init__(**kwargs)
+
     def validate_fields(self) -> None:  # each config checks its fields
         pass
 

@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from hf_vae.klae_conversion import to_hf_state_dict, to_ldm_state_dict  # noqa: E402
 from hf_vae.modeling_klae import KLAEModel  # noqa: E402
+from hf_vae.utils.cli import ScriptParser, run_main  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -118,7 +119,7 @@ def verify(model: KLAEModel, destination: str, target: str) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptParser(prog="convert.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="hf_vae folder, diffusers folder / Hub repo, or .safetensors file")
     parser.add_argument("destination", help="output folder (hf_vae, diffusers) or .safetensors file (ldm)")
     parser.add_argument("--to", choices=("hf_vae", "diffusers", "ldm"), required=True, help="output format")
@@ -170,10 +171,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileExistsError, FileNotFoundError, OSError) as error:
-        if os.environ.get("HF_VAE_TRACEBACK"):
-            raise
-        print(f"convert.py: error: {error}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run_main("convert.py", main))

@@ -20,8 +20,10 @@ from typing import Optional, Sequence
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from hf_vae.utils.cli import ScriptParser
+
+    parser = ScriptParser(prog="push_to_hub.py", description=__doc__.split("\n\n")[0],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir", help="the trainer's output directory (config.json, model.safetensors, "
                                            "metrics.json, training_args.json, reconstructions.png, samples.png)")
     parser.add_argument("repo_id", help="'namespace/name', or 'name' for the token owner's namespace")

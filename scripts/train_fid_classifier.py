@@ -10,10 +10,14 @@ holding a trained model or other files is never written into.
 """
 
 import argparse
+import sys
+
+from hf_vae.utils.cli import ScriptParser, run_main
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptParser(prog="train_fid_classifier.py", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--output_dir", default="fid_classifier")
     parser.add_argument("--epochs", type=int, default=3)
@@ -33,4 +37,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("train_fid_classifier.py", main))

@@ -478,3 +478,56 @@ def test_convert_set_goes_through_the_config_checks(tmp_path):
     with pytest.raises(ValueError, match=r"`scaling_factor` to be a finite number > 0, got -1"):
         load_script("convert").main([str(source), str(tmp_path / "out"), "--to", "hf_vae", "--set", "scaling_factor=-1"])
     assert not (tmp_path / "out").exists()
+
+
+def test_scripts_take_dashes_or_underscores_and_suggest_the_closest_flag(capsys):
+    from hf_vae.utils.cli import ScriptParser
+
+    parser = ScriptParser(prog="convert.py")
+    parser.add_argument("--no-verify", action="store_true")
+    parser.add_argument("--max_examples", type=int)
+    args = parser.parse_args(["--no_verify", "--max-examples=3", "--debug"])
+    assert args.no_verify and args.max_examples == 3
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--max_exampels", "3"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("convert.py: error: unrecognized arguments: --max_exampels 3 (did you mean "
+                                       "--max_examples?) (see --help)\n")
+
+
+@pytest.mark.parametrize("raised,code,expected", [
+    (FileNotFoundError("model_dir /nope: no such folder"), 1, "latent_stats.py: error: model_dir /nope: no such folder"),
+    (ValueError("two\nlines"), 1, "latent_stats.py: error: two lines"),
+    (KeyboardInterrupt(), 130, "latent_stats.py: interrupted."),
+])
+def test_script_errors_are_one_line_and_debug_shows_the_traceback(capsys, monkeypatch, raised, code, expected):
+    from hf_vae.utils.cli import run_main
+
+    def main(argv):
+        raise raised
+
+    monkeypatch.delenv("HF_VAE_DEBUG", raising=False)
+    monkeypatch.delenv("HF_VAE_TRACEBACK", raising=False)
+    assert run_main("latent_stats.py", main, []) == code
+    assert capsys.readouterr().err == expected + "\n"
+    with pytest.raises(type(raised)):
+        run_main("latent_stats.py", main, ["--debug"])
+    monkeypatch.setenv("HF_VAE_DEBUG", "1")
+    with pytest.raises(type(raised)):
+        run_main("latent_stats.py", main, [])
+
+
+def test_train_command_line_ctrl_c_says_how_to_resume(monkeypatch, capsys, tmp_path):
+    from hf_vae.training import trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    monkeypatch.delenv("HF_VAE_DEBUG", raising=False)
+    monkeypatch.delenv("HF_VAE_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        trainer.main(["--output_dir", str(tmp_path / "run")])
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--resume_from_checkpoint latest" in err and str(tmp_path / "run") in err

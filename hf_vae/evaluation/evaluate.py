@@ -524,7 +524,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     """`python scripts/evaluate.py DIR --dataset D --split test`: print a table and write JSON."""
     import argparse
 
-    parser = argparse.ArgumentParser(
+    from ..utils.cli import ScriptParser, debug_requested, quiet_progress_bars
+
+    parser = ScriptParser(  # dashes or underscores, "did you mean", usage errors in one line
         prog="evaluate.py", description="Evaluate a trained hf_vae model folder (config.json + model.safetensors).")
     parser.add_argument("model_dir", help="folder written by scripts/train.py (or any save_pretrained folder)")
     parser.add_argument("--dataset", default=None, help="dataset name or path (default: the training run's)")
@@ -543,6 +545,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                              "(scripts/train_fid_classifier.py) or pytorch-fid's Inception weights as safetensors")
     parser.add_argument("--fid_samples", type=int, default=10000, help="model samples of the Fréchet distance")
     args = parser.parse_args(argv)
+    quiet_progress_bars()
     for name, low, high in (("max_examples", 1, None), ("batch_size", 1, 65536), ("fid_samples", 1, 10_000_000),
                             ("num_importance_samples", 0, 100_000)):  # refused now, not after loading the model
         value = getattr(args, name)
@@ -557,7 +560,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         record = evaluate_output_dir(args.model_dir, args.dataset, args.split, output_file=args.output,
                                      device=args.device, **kwargs)
     except (ValueError, OSError) as error:  # bad input (a pickle-only folder too): one line naming it, as train.py
-        if os.environ.get("HF_VAE_TRACEBACK"):
+        if debug_requested(argv):
             raise
         print(f"evaluate.py: error: {error}", file=sys.stderr)
         sys.exit(1)

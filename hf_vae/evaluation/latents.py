@@ -149,8 +149,10 @@ def main(argv=None) -> Dict[str, Any]:
     """scripts/latent_stats.py: measure (and with --write store) the latent statistics of a model folder."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="latent_stats.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ..utils.cli import ScriptParser
+
+    parser = ScriptParser(prog="latent_stats.py", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", help="an hf_vae model folder (a training output)")
     parser.add_argument("--dataset", required=True, help="dataset name or path (as for train.py)")
     parser.add_argument("--split", default="train")
@@ -167,6 +169,9 @@ def main(argv=None) -> Dict[str, Any]:
     import hf_vae  # noqa: F401  (registers the model types)
     from transformers import AutoModel
 
+    if args.model_dir.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(args.model_dir)):
+        raise FileNotFoundError(f"model_dir {args.model_dir}: no such folder; expected a model folder (a training "
+                                f"output) or a Hub repo id such as 'user/model'.")
     model = AutoModel.from_pretrained(args.model_dir)
     stats = latent_statistics(model, args.dataset, args.split, max_examples=args.max_examples,
                               batch_size=args.batch_size, seed=args.seed, use_mode=args.use_mode)

@@ -898,6 +898,10 @@ class _Parser(argparse.ArgumentParser):
 
     help_model = "vae"
 
+    def error(self, message: str):
+        """One line, as every other error of train.py (argparse's default adds the whole usage)."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
     def format_help(self) -> str:
         return (super().format_help().rstrip("\n") + "\n\n" + _model_fields_help(self.help_model) + "\n"
                 + _recipe_help(self.help_model))

@@ -872,6 +872,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     from .perceptual import PerceptualWeightsMissingError
 
     train_args, data_args, model_config = parse_command_line(argv)
+    from ..utils.cli import quiet_progress_bars
+
+    quiet_progress_bars()  # transformers' shard-writing bars: noise in the run's output and its logs
     try:
         return train(train_args, data_args, model_config)
     except (ValueError, FileNotFoundError, FileExistsError, PerceptualWeightsMissingError,
