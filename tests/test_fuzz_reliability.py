@@ -341,7 +341,7 @@ def test_evaluate_refuses_max_examples_0(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["no-such-model", "--max_examples", "0"])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == "evaluate.py: error: Expected --max_examples >= 1, got 0."
+    assert capsys.readouterr().err == "evaluate.py: error: Expected --max_examples >= 1, got 0. (see --help)\n"
 
 
 @pytest.mark.parametrize("model,fields,named", [
