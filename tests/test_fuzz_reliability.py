@@ -531,3 +531,24 @@ def test_train_command_line_ctrl_c_says_how_to_resume(monkeypatch, capsys, tmp_p
     assert exit_.value.code == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--resume_from_checkpoint latest" in err and str(tmp_path / "run") in err
+
+
+@pytest.mark.slow  # a whole training run in a subprocess (~12 s)
+def test_a_run_logged_to_a_file_has_no_terminal_control_codes(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    log = tmp_path / "run.log"
+    with open(log, "w") as handle:  # stdout and stderr are a file, as with `> run.log 2>&1`
+        subprocess.run([sys.executable, os.path.join(repo, "scripts", "train.py"), "--output_dir",
+                        str(tmp_path / "run"), "--image_size", "16", "--hidden_dims", "16", "--latent_dim", "2",
+                        "--max_steps", "4", "--logging_steps", "2", "--batch_size", "8", "--num_train_examples", "16",
+                        "--eval_steps", "0", "--report_to", "none", "--final_eval_max_examples", "16",
+                        "--eval_importance_samples", "2", "--num_sample_images", "4", "--checkpointing_steps", "4"],
+                       stdout=handle, stderr=subprocess.STDOUT, check=True, cwd=tmp_path,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo, "HF_HUB_OFFLINE": "1"})
+    text = log.read_text()
+    assert not re.search(r"[\x1b\r]", text), repr(text[:400])
+    assert "step 2/4: " in text and "step 4/4: " in text  # a plain line per logging step instead of the bar

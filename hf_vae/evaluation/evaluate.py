@@ -275,7 +275,8 @@ def evaluate(
     was_training = model.training
     model.eval()
     bar = None
-    if progress and (accelerator is None or accelerator.is_local_main_process):
+    # A bar only on a terminal: in a log file its carriage returns and escape codes are garbage.
+    if progress and (accelerator is None or accelerator.is_local_main_process) and sys.stderr.isatty():
         from tqdm.auto import tqdm
 
         total = min(remaining, math.ceil(num_examples / num_processes) if num_examples else math.inf)

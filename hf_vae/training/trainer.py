@@ -705,7 +705,10 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     accum = train_args.gradient_accumulation_steps
     clip = train_args.max_grad_norm
     window = _Window()
-    progress = tqdm(total=max_steps, initial=state.step, disable=not accelerator.is_local_main_process,
+    # Only on a terminal: redirected to a file, its carriage returns and escape codes garble the log, which gets
+    # one plain line per logging step instead.
+    progress = tqdm(total=max_steps, initial=state.step,
+                    disable=not accelerator.is_local_main_process or not sys.stderr.isatty(),
                     desc=f"{train_args.model} on {data_args.dataset}", dynamic_ncols=True, mininterval=0.5)
     train_time, start_step, tick = 0.0, state.step, time.perf_counter()
     last_logs: Dict[str, float] = {}
@@ -786,6 +789,9 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                     last_logs["grad_norm"] = float(grad_norm)
                 accelerator.log({f"train/{k}": v for k, v in last_logs.items()}, step=state.step)
                 progress.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items() if k != "lr"}, refresh=False)
+                if progress.disable:
+                    accelerator.print(f"step {state.step}/{max_steps}: " + ", ".join(
+                        f"{k}={v:.4g}" for k, v in last_logs.items()))
             now = time.perf_counter()
             train_time += now - tick
             if train_args.eval_steps and state.step % train_args.eval_steps == 0 and state.step < max_steps:
