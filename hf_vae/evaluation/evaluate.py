@@ -523,8 +523,6 @@ def evaluate_output_dir(
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """`python scripts/evaluate.py DIR --dataset D --split test`: print a table and write JSON."""
-    import argparse
-
     from ..utils.cli import ScriptParser, debug_requested, quiet_progress_bars
 
     parser = ScriptParser(  # dashes or underscores, "did you mean", usage errors in one line

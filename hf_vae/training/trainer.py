@@ -48,11 +48,11 @@ from .arguments import (
     parse_command_line,
 )
 from .checkpointing import (
+    RUN_END_ENTRIES,
+    RUN_START_ENTRIES,
     TrainingState,
     apply_resume_overrides,
     checkpoint_dir,
-    RUN_END_ENTRIES,
-    RUN_START_ENTRIES,
     claim_output_dir,
     clear_previous_run,
     describe_cleared,
@@ -545,7 +545,8 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         if previous_files and train_args.overwrite_output_dir:
             accelerator.print(describe_cleared(output_dir, *clear_previous_run(output_dir)))
         # Listed before they are written: --overwrite_output_dir removes what this run wrote, and nothing else.
-        record_run_entries(output_dir, RUN_START_ENTRIES, kind="train", resumed_from=resume_path and os.path.abspath(resume_path))
+        record_run_entries(output_dir, RUN_START_ENTRIES, kind="train",
+                           resumed_from=resume_path and os.path.abspath(resume_path))
         for name in remove_publish_leftovers(output_dir) + remove_temporary(checkpoint_dir(output_dir)):
             logger.warning("Removed %s, left unfinished by a killed run.", name)
         os.makedirs(checkpoint_dir(output_dir), exist_ok=True)
@@ -875,11 +876,10 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """The command line: parse arguments (flags, --config file, model config fields) and train."""
     from ..integrations.hub import HubPushError
+    from ..utils.cli import quiet_progress_bars
     from .perceptual import PerceptualWeightsMissingError
 
     train_args, data_args, model_config = parse_command_line(argv)
-    from ..utils.cli import quiet_progress_bars
-
     quiet_progress_bars()  # transformers' shard-writing bars: noise in the run's output and its logs
     try:
         return train(train_args, data_args, model_config)
