@@ -283,6 +283,18 @@ def test_a_hub_that_hangs_fails_the_push_in_bounded_time_and_leaves_no_repositor
     assert not HfApi().repo_exists("alice/hung", token=ALICE)  # a repository created for the push is deleted
 
 
+def test_a_repository_whose_creation_answer_was_lost_is_deleted_again(hub_server):
+    from huggingface_hub import HfApi
+
+    from hf_vae.integrations.hub import HubPushError, push_model
+
+    hub_server.drop_connection("POST", r"/api/repos/create$", after_handling=True)  # created, the answer lost
+    with pytest.raises(HubPushError) as error:
+        push_model(_tiny_vae(), "alice/lost", token=ALICE, timeout=5, retries=1)
+    assert error.value.stage == "create" and "created for this push was deleted again" in str(error.value)
+    assert not HfApi().repo_exists("alice/lost", token=ALICE)
+
+
 def test_a_dropped_whoami_is_retried(hub_server):
     from hf_vae.integrations.hub import push_model
 
