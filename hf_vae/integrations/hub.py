@@ -475,16 +475,8 @@ def _commit_folder(api, folder: Path, files: Sequence[str], repo_id: str, *, tok
         if changed is False:
             note = "Nothing was pushed: the repository was not changed."
             if created:
-                try:
-                    if stage == "create" and not _retrying(lambda: api.repo_exists(repo_id, token=token), retries):
-                        raise LookupError  # the creation did not go through: nothing to delete
-                    _retrying(lambda: api.delete_repo(repo_id, token=token, missing_ok=True), retries)
-                    note += f" The repository {repo_id!r} created for this push was deleted again."
-                except LookupError:
-                    pass
-                except Exception as cleanup:  # the connection is down: say what is left behind
-                    note += (f" The empty repository {repo_id!r} created for this push could not be deleted "
-                             f"({type(cleanup).__name__}: {cleanup}); delete it on the Hub.")
+                # A creation that failed may still have happened (its answer lost): look before deleting.
+                note += _delete_created_repo(api, repo_id, token, retries, look_first=stage == "create")
         elif changed:
             note = (f"The commit reached {repo_id!r} (its branch {branch!r} moved) although its answer was lost: the "
                     f"repository was changed; check it before pushing again.")
@@ -534,6 +526,18 @@ def _commit_folder(api, folder: Path, files: Sequence[str], repo_id: str, *, tok
         raise fail(stage, f"{what} {repo_id!r}", e, created) from e
     logger.info("Pushed %d files to %s (%s).", len(files), repo_id, commit.commit_url)
     return commit
+
+
+def _delete_created_repo(api, repo_id: str, token: str, retries: int, look_first: bool) -> str:
+    """Delete the repository a failed push created; returns the sentence that says what became of it."""
+    try:
+        if look_first and not _retrying(lambda: api.repo_exists(repo_id, token=token), retries):
+            return ""  # the creation did not happen: nothing to delete
+        _retrying(lambda: api.delete_repo(repo_id, token=token, missing_ok=True), retries)
+        return f" The repository {repo_id!r} created for this push was deleted again."
+    except Exception as cleanup:  # the connection is down: say what is left behind
+        return (f" The empty repository {repo_id!r} created for this push could not be deleted "
+                f"({type(cleanup).__name__}: {cleanup}); delete it on the Hub.")
 
 
 def _check_existing_repo(api, repo_id: str, token: str, private: bool, retries: int) -> bool:
