@@ -106,7 +106,8 @@ def check_fits_in_memory(model_class, config, batch_size: int = 1, device: Optio
     name, value = _furthest_from_default(config)
     cause = f"`{name}`={value!r}" if name else "its sizes"
     params = "" if estimate["parameters"] is None else f"{estimate['parameters']:,} parameters, "
+    where = "this machine" if device is None or device.type == "cpu" else str(device)
     raise ValueError(f"{type(config).__name__} with {cause} would need about {needed / 2**30:,.1f} GiB to train "
-                     f"({params}activations of a batch of {batch_size}), and {device or 'this machine'} has "
+                     f"({params}activations of a batch of {batch_size}), and {where} has "
                      f"{available / 2**30:,.1f} GiB available: expected a smaller {name or 'model'} (checked "
                      f"before anything was allocated).")

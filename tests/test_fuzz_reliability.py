@@ -564,3 +564,14 @@ def test_a_run_logged_to_a_file_has_no_terminal_control_codes(tmp_path):
     text = log.read_text()
     assert not re.search(r"[\x1b\r]", text), repr(text[:400])
     assert "step 2/4: " in text and "step 4/4: " in text  # a plain line per logging step instead of the bar
+
+
+def test_the_memory_estimate_counts_parameters_without_allocating_them():
+    from hf_vae import VAEConfig, VAEModel
+    from hf_vae.memory import estimate_training_bytes
+
+    small = VAEConfig(image_size=8, hidden_dims=[16], latent_dim=2)
+    exact = sum(p.numel() for p in VAEModel(small).parameters())
+    assert estimate_training_bytes(VAEModel, small, 8)["parameters"] == exact
+    huge = estimate_training_bytes(VAEModel, VAEConfig(image_size=8, hidden_dims=[16], latent_dim=10**9), 8)
+    assert huge["parameters"] > 3 * 10**10  # counted on the meta device: nothing of that size was allocated
