@@ -28,6 +28,7 @@ def main(argv=None):
     parser.add_argument("--overwrite_output_dir", action="store_true",
                         help="replace the classifier an earlier run of this script wrote to --output_dir")
     args = parser.parse_args(argv)
+    parser.check_bounds(args, {"epochs": (1, 10_000), "batch_size": (1, 65536)})
     from hf_vae.evaluation.fid import train_feature_classifier
 
     extra = {"data_dir": args.data_dir} if args.data_dir else {}

@@ -545,11 +545,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--fid_samples", type=int, default=10000, help="model samples of the Fréchet distance")
     args = parser.parse_args(argv)
     quiet_progress_bars()
-    for name, low, high in (("max_examples", 1, None), ("batch_size", 1, 65536), ("fid_samples", 1, 10_000_000),
-                            ("num_importance_samples", 0, 100_000)):  # refused now, not after loading the model
-        value = getattr(args, name)
-        if value is not None and (value < low or (high is not None and value > high)):
-            parser.error(f"Expected --{name} >= {low}{f' and <= {high}' if high else ''}, got {value}.")
+    parser.check_bounds(args, {"max_examples": (1, None), "batch_size": (1, 65536), "fid_samples": (1, 10_000_000),
+                                "num_importance_samples": (0, 100_000), "importance_chunk_size": (1, 100_000)})
     kwargs = dict(batch_size=args.batch_size, num_importance_samples=args.num_importance_samples,
                   importance_chunk_size=args.importance_chunk_size, max_examples=args.max_examples, seed=args.seed,
                   progress=True, fid_features=args.fid_features, fid_samples=args.fid_samples)

@@ -165,6 +165,7 @@ def main(argv=None) -> Dict[str, Any]:
     parser.add_argument("--fields", nargs="+", default=list(LATENT_FIELDS), choices=LATENT_FIELDS,
                         help="which fields --write stores (default: all four; SD-1.x pipelines read scaling_factor)")
     args = parser.parse_args(argv)
+    parser.check_bounds(args, {"max_examples": (1, None), "batch_size": (1, 65536)})
 
     import hf_vae  # noqa: F401  (registers the model types)
     from transformers import AutoModel

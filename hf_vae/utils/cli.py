@@ -60,6 +60,15 @@ class ScriptParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+    def check_bounds(self, args: argparse.Namespace, bounds) -> None:
+        """A usage error (one line, exit 2) for a value of `args` outside its `bounds` {name: (low, high or None)}:
+        refused now, not after loading a model or reading a dataset."""
+        for name, (low, high) in bounds.items():
+            value = getattr(args, name)
+            if value is not None and (value < low or (high is not None and value > high)):
+                self.error(f"Expected --{name} >= {low}{f' and <= {high}' if high is not None else ''}, got {value}.")
+
+
 def quiet_progress_bars() -> None:
     """transformers' 'Writing model shards' / 'Loading weights' bars: noise in a script's output and its logs."""
     try:
