@@ -68,6 +68,12 @@ def check_replaceable(destination: str) -> None:
         if os.path.lexists(destination) and not destination.endswith(".safetensors"):
             raise FileExistsError(f"--overwrite {destination}: a file that is not .safetensors; expected a model "
                                   f"folder or a .safetensors file to replace.")
+        from hf_vae.training.checkpointing import read_run_manifest
+
+        parent, name = os.path.split(destination)
+        if name in ((read_run_manifest(parent) or {}).get("entries") or ()):
+            raise FileExistsError(f"--overwrite {destination}: the weights of the training run in {parent} (its "
+                                  f"run_manifest.json lists them); expected a path outside a run's folder.")
         return
     foreign = sorted(name for name in os.listdir(destination)
                      if not (os.path.isfile(os.path.join(destination, name))

@@ -174,6 +174,8 @@ def test_convert_overwrite_refuses_a_training_run_folder(run_copy, tmp_path):
     before = _snapshot(run_copy)
     with pytest.raises(FileExistsError, match=r"the folder also holds .*checkpoints.*metrics.json"):
         convert.main([str(run_copy), str(run_copy), "--to", "hf_vae", "--overwrite"])
+    with pytest.raises(FileExistsError, match=r"model.safetensors: the weights of the training run"):
+        convert.main([str(run_copy), str(run_copy / "model.safetensors"), "--to", "ldm", "--overwrite"])
     assert _snapshot(run_copy) == before
 
 
