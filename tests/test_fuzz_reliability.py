@@ -577,3 +577,16 @@ def test_the_memory_estimate_counts_parameters_without_allocating_them():
     assert estimate_training_bytes(VAEModel, small, 8)["parameters"] == exact
     huge = estimate_training_bytes(VAEModel, VAEConfig(image_size=8, hidden_dims=[16], latent_dim=10**9), 8)
     assert huge["parameters"] > 3 * 10**10  # counted on the meta device: nothing of that size was allocated
+
+
+def test_the_same_resume_killed_before_its_first_checkpoint_may_run_again(run_copy, tmp_path):
+    from hf_vae.training.checkpointing import claim_output_dir, record_run_entries
+
+    checkpoint = str(run_copy / "checkpoints" / "checkpoint-2")
+    target = tmp_path / "continued"
+    (target / "checkpoints").mkdir(parents=True)
+    record_run_entries(str(target), ["training_args.json", "checkpoints"], kind="train", resumed_from=checkpoint)
+    assert claim_output_dir(str(target), False, checkpoint) == ["checkpoints", RUN_MANIFEST]
+    other = str(tmp_path / "elsewhere" / "checkpoints" / "checkpoint-2")  # another run's checkpoint: refused
+    with pytest.raises(FileExistsError, match="holds another run"):
+        claim_output_dir(str(target), False, other)
