@@ -55,8 +55,3 @@ def fresh_accelerate_state():
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-
-
-def pytest_configure(config):
-    # Tests over ~5 s; `-m "not slow"` leaves them out of a quick run.
-    config.addinivalue_line("markers", "slow: a test that takes more than about 5 seconds")
