@@ -79,7 +79,7 @@ def quiet_progress_bars() -> None:
 
 
 def run_main(prog: str, main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Sequence[str]] = None,
-             errors=(ValueError, OSError)) -> int:
+             errors=(ValueError, OSError, RuntimeError)) -> int:
     """Run a script's `main(argv)`: `errors` become one line `prog: error: ...` and exit status 1 (usage errors
     already exited with 2 from `ScriptParser`); Ctrl-C prints one line; --debug / HF_VAE_DEBUG=1 re-raise."""
     argv = list(sys.argv[1:] if argv is None else argv)
