@@ -5,8 +5,10 @@ variant's config adds its own fields. Every field is checked on construction, wi
 the field, what was expected and what was given.
 """
 
+import difflib
+import inspect
 import math
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from transformers import PretrainedConfig
 
@@ -49,7 +51,64 @@ def check_bool(name: str, value) -> None:
     _check(isinstance(value, bool), f"Expected `{name}` to be True or False, got {value!r} (a {type(value).__name__}).")
 
 
-class AutoencoderConfig(PretrainedConfig):
+def check_positive_ints(name: str, values, allow_empty: bool = False) -> None:
+    """A list of positive ints (not bools: `[True]` is not a width), non-empty unless `allow_empty`."""
+    ok = isinstance(values, (list, tuple)) and (allow_empty or len(values) > 0) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+    _check(ok, f"Expected `{name}` to be a {'' if allow_empty else 'non-empty '}list of positive ints, got {values!r}.")
+
+
+#: a likelihood scale outside this range is a typo: its log underflows the loss (1e-300) or flattens it (1e300)
+LIKELIHOOD_SCALE_RANGE = (1e-6, 1e6)
+
+
+def _init_fields(config_class) -> set:
+    """The keyword arguments of `config_class.__init__` and of its bases' (the config's own fields)."""
+    names = set()
+    for klass in config_class.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names |= {n for n, p in inspect.signature(init).parameters.items()
+                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"}
+    return names
+
+
+def reject_likely_typos(config_class, kwargs: Dict[str, Any]) -> None:
+    """A key that is not a field but is close to one ("likelyhood") would be kept as an unused attribute and the
+    field silently defaulted: refuse it, naming the closest field. Keys far from every field (transformers'
+    own, such as `architectures`) pass."""
+    fields = _init_fields(config_class) - {"kwargs"}
+    known = fields | set(vars(PretrainedConfig())) | {"transformers_version", "architectures", "auto_map"}
+    for key in kwargs:
+        if key in known or key.startswith("_"):
+            continue
+        close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.8)
+        if close:
+            raise ValueError(f"Unknown {config_class.__name__} field {key!r}: likely a typo of {close[0]!r} "
+                             f"(expected one of the config's fields; {close[0]!r} would otherwise silently keep "
+                             f"its default).")
+
+
+class ValidatedConfig(PretrainedConfig):
+    """A config whose fields are checked however it is made: the constructor, and `from_pretrained` /
+    `from_dict` with overrides (`from_pretrained(path, dropout=5.0)`), which transformers applies with setattr
+    after construction."""
+
+    def __init__(self, **kwargs):  # no fields of its own (transformers would otherwise generate an __init__)
+        super().__init__(**kwargs)
+
+    def validate_fields(self) -> None:  # each config checks its fields
+        pass
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        result = super().from_dict(config_dict, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        config.validate_fields()
+        return result
+
+
+class AutoencoderConfig(ValidatedConfig):
     r"""Shared fields of the image/vector autoencoders.
 
     Args:
@@ -123,6 +182,7 @@ class AutoencoderConfig(PretrainedConfig):
         self.learn_likelihood_scale = learn_likelihood_scale
         self.dropout = dropout
         self.local_latent_channels = local_latent_channels
+        reject_likely_typos(type(self), kwargs)
         super().__init__(**kwargs)
         self.validate_fields()
 
@@ -159,6 +219,10 @@ class AutoencoderConfig(PretrainedConfig):
         _check(self.likelihood in LIKELIHOODS, f"Expected `likelihood` in {LIKELIHOODS}, got {self.likelihood!r}.")
         _check(self.act_fn in ACT_FNS, f"Expected `act_fn` in {ACT_FNS}, got {self.act_fn!r}.")
         check_real("likelihood_scale", self.likelihood_scale, low=0, low_open=True)
+        low, high = LIKELIHOOD_SCALE_RANGE
+        _check(low <= self.likelihood_scale <= high,
+               f"Expected `likelihood_scale` in [{low:g}, {high:g}] (beyond, its log underflows or flattens the "
+               f"likelihood), got {self.likelihood_scale!r}.")
         check_real("dropout", self.dropout, low=0, high=1, high_open=True)
         check_bool("learn_likelihood_scale", self.learn_likelihood_scale)
         check_bool("mid_block_add_attention", self.mid_block_add_attention)
@@ -174,18 +238,15 @@ class AutoencoderConfig(PretrainedConfig):
                f"(the local latent sits at the last-but-one one's resolution), got local_latent_channels={channels} "
                f"with backbone={self.backbone!r} and block_out_channels={self.block_out_channels!r}.")
         if self.backbone == "mlp":
-            _check(len(self.hidden_dims) > 0 and all(isinstance(h, int) and h > 0 for h in self.hidden_dims),
-                   f"Expected `hidden_dims` to be a non-empty list of positive ints, got {self.hidden_dims!r}.")
+            check_positive_ints("hidden_dims", self.hidden_dims)
             return
         # conv and burgess backbones
         _check(self.image_size is not None,
                f"The {self.backbone} backbone needs images: expected an int `image_size`, got None (flat data needs "
                f"backbone='mlp').")
-        _check(len(self.block_out_channels) > 0 and all(isinstance(c, int) and c > 0 for c in self.block_out_channels),
-               f"Expected `block_out_channels` to be a non-empty list of positive ints, got {self.block_out_channels!r}.")
+        check_positive_ints("block_out_channels", self.block_out_channels)
         if self.backbone == "burgess":
-            _check(all(isinstance(h, int) and h > 0 for h in self.hidden_dims),
-                   f"Expected `hidden_dims` to be a list of positive ints, got {self.hidden_dims!r}.")
+            check_positive_ints("hidden_dims", self.hidden_dims, allow_empty=True)
             factor = self.downsampling_factor
             _check(self.image_size % factor == 0,
                    f"Expected `image_size` divisible by 2^len(block_out_channels) = {factor} (one stride-2 "

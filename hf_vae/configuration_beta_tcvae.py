@@ -2,7 +2,7 @@
 
 from typing import Optional
 
-from .configuration_base import _check, check_positive_int
+from .configuration_base import _check, check_positive_int, check_real
 from .configuration_vae import VAEConfig
 
 ESTIMATORS = ("mws", "mss")
@@ -37,7 +37,7 @@ class BetaTCVAEConfig(VAEConfig):
     def validate_fields(self) -> None:
         super().validate_fields()
         for name in ("beta", "alpha", "gamma"):
-            _check(getattr(self, name) >= 0, f"Expected `{name}` >= 0, got {getattr(self, name)!r}.")
+            check_real(name, getattr(self, name), low=0)
         _check(self.estimator in ESTIMATORS, f"Expected `estimator` in {ESTIMATORS}, got {self.estimator!r}.")
         _check(self.vector_latent, "The β-TCVAE factorises a vector latent: expected an int `latent_dim` (with the "
                                    "conv backbone, a dense bottleneck), got a spatial latent.")

@@ -2,7 +2,7 @@
 
 from typing import Sequence
 
-from .configuration_base import _check
+from .configuration_base import _check, check_positive_ints, check_real
 from .configuration_vae import VAEConfig
 
 
@@ -26,9 +26,7 @@ class FactorVAEConfig(VAEConfig):
 
     def validate_fields(self) -> None:
         super().validate_fields()
-        _check(self.gamma >= 0, f"Expected `gamma` >= 0, got {self.gamma!r}.")
-        _check(all(isinstance(h, int) and h > 0 for h in self.discriminator_hidden_dims),
-               f"Expected `discriminator_hidden_dims` to be a list of positive ints, got "
-               f"{self.discriminator_hidden_dims!r}.")
+        check_real("gamma", self.gamma, low=0)
+        check_positive_ints("discriminator_hidden_dims", self.discriminator_hidden_dims)
         _check(self.vector_latent, "The FactorVAE's discriminator reads a vector latent: expected an int "
                                    "`latent_dim` (with the conv backbone, a dense bottleneck), got a spatial latent.")

@@ -5,12 +5,19 @@ Field names and defaults are those of diffusers' `AutoencoderKL`, so a diffusers
 
 from typing import Optional, Sequence
 
-from transformers import PretrainedConfig
 
-from .configuration_base import ACT_FNS, _check, check_bool, check_positive_int, check_real
+from .configuration_base import (
+    ACT_FNS,
+    ValidatedConfig,
+    _check,
+    check_bool,
+    check_positive_int,
+    check_real,
+    reject_likely_typos,
+)
 
 
-class KLAEConfig(PretrainedConfig):
+class KLAEConfig(ValidatedConfig):
     r"""
     Args:
         in_channels (`int`, defaults to 3), out_channels (`int`, defaults to 3): image channels.
@@ -86,6 +93,7 @@ class KLAEConfig(PretrainedConfig):
         self.mid_block_add_attention = mid_block_add_attention
         self.kl_weight = kl_weight
         self.pixel_loss = pixel_loss
+        reject_likely_typos(type(self), kwargs)
         super().__init__(**kwargs)
         self.validate_fields()
 

@@ -3,12 +3,12 @@
 import math
 from typing import Optional, Sequence
 
-from transformers import GPT2Config, PretrainedConfig
+from transformers import GPT2Config
 
-from .configuration_base import _check, check_positive_int
+from .configuration_base import ValidatedConfig, _check, check_positive_int, check_real, reject_likely_typos
 
 
-class VQPriorConfig(PretrainedConfig):
+class VQPriorConfig(ValidatedConfig):
     r"""An autoregressive prior p(z) = Π_i p(z_i | z_<i) over the code maps of a VQ-VAE (van den Oord et al. 2017
     fit a PixelCNN; taming-transformers a GPT): a transformers GPT-2 reads the codes in raster order.
 
@@ -47,6 +47,7 @@ class VQPriorConfig(PretrainedConfig):
         self.activation_function = activation_function
         self.layer_norm_epsilon = layer_norm_epsilon
         self.initializer_range = initializer_range
+        reject_likely_typos(type(self), kwargs)
         super().__init__(**kwargs)
         self.validate_fields()
 
@@ -91,4 +92,8 @@ class VQPriorConfig(PretrainedConfig):
             check_positive_int("n_inner", self.n_inner)
         _check(self.n_embd % self.n_head == 0,
                f"Expected `n_embd` divisible by `n_head` ({self.n_head}), got n_embd={self.n_embd}.")
-        _check(0.0 <= self.dropout < 1.0, f"Expected `dropout` in [0, 1), got {self.dropout!r}.")
+        check_real("dropout", self.dropout, low=0, high=1, high_open=True)
+        check_real("layer_norm_epsilon", self.layer_norm_epsilon, low=0, high=1, low_open=True)
+        check_real("initializer_range", self.initializer_range, low=0)
+        _check(isinstance(self.activation_function, str),
+               f"Expected `activation_function` to be a name, got {self.activation_function!r}.")

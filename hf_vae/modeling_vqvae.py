@@ -332,7 +332,8 @@ def _load_prior(source: str, kwargs: Dict) -> Optional[VQPriorModel]:
     if found is None:
         return None
     dtype = {k: kwargs[k] for k in ("dtype", "torch_dtype") if k in kwargs}
-    prior, info = VQPriorModel.from_pretrained(source, subfolder=subfolder, output_loading_info=True, **hub, **dtype)
+    prior, info = VQPriorModel.from_pretrained(source, subfolder=subfolder, output_loading_info=True,
+                                               use_safetensors=True, **hub, **dtype)  # never a pickle
     problems = {kind: list(info.get(kind) or ()) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     problems = {kind: keys for kind, keys in problems.items() if keys}
     if problems:

@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from hf_vae.klae_conversion import to_hf_state_dict, to_ldm_state_dict  # noqa: E402
 from hf_vae.modeling_klae import KLAEModel  # noqa: E402
+from hf_vae.utils.cli import ScriptParser, run_main  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -52,6 +53,35 @@ def parse_overrides(items: List[str]) -> Dict[str, object]:
         except (ValueError, SyntaxError):
             overrides[key] = value  # plain strings such as act_fn=silu
     return overrides
+
+
+#: what a conversion writes into a folder; --overwrite replaces a folder holding only such files
+MODEL_FILE_PATTERNS = ("config.json", "*.safetensors", "*.safetensors.index.json", "*.py")
+
+
+def check_replaceable(destination: str) -> None:
+    """--overwrite replaces a whole folder: only one holding a converted model's files (never a training run's
+    checkpoints, logs, metrics or anything else), or a single .safetensors file."""
+    import fnmatch
+
+    if not os.path.isdir(destination) or os.path.islink(destination):
+        if os.path.lexists(destination) and not destination.endswith(".safetensors"):
+            raise FileExistsError(f"--overwrite {destination}: a file that is not .safetensors; expected a model "
+                                  f"folder or a .safetensors file to replace.")
+        from hf_vae.training.checkpointing import read_run_manifest
+
+        parent, name = os.path.split(destination)
+        if name in ((read_run_manifest(parent) or {}).get("entries") or ()):
+            raise FileExistsError(f"--overwrite {destination}: the weights of the training run in {parent} (its "
+                                  f"run_manifest.json lists them); expected a path outside a run's folder.")
+        return
+    foreign = sorted(name for name in os.listdir(destination)
+                     if not (os.path.isfile(os.path.join(destination, name))
+                             and any(fnmatch.fnmatch(name, pattern) for pattern in MODEL_FILE_PATTERNS)))
+    if foreign:
+        raise FileExistsError(f"--overwrite {destination}: the folder also holds {', '.join(foreign[:6])} (not files "
+                              f"of a converted model; a training run's?); expected a folder of model files only "
+                              f"({', '.join(MODEL_FILE_PATTERNS)}). Convert into a new path instead.")
 
 
 def load_source(source: str, subfolder: Optional[str], overrides: Dict[str, object], dtype) -> KLAEModel:
@@ -95,7 +125,7 @@ def verify(model: KLAEModel, destination: str, target: str) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptParser(prog="convert.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="hf_vae folder, diffusers folder / Hub repo, or .safetensors file")
     parser.add_argument("destination", help="output folder (hf_vae, diffusers) or .safetensors file (ldm)")
     parser.add_argument("--to", choices=("hf_vae", "diffusers", "ldm"), required=True, help="output format")
@@ -112,6 +142,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if os.path.lexists(destination) and not args.overwrite:
         raise FileExistsError(f"Destination {args.destination} exists; expected a new path (pass --overwrite to "
                               f"replace it).")
+    if args.overwrite:
+        check_replaceable(args.destination)
     if args.to == "ldm" and not destination.endswith(".safetensors"):
         raise ValueError(f"Expected a .safetensors destination for --to ldm, got {args.destination!r}.")
     dtype = DTYPES[args.dtype] if args.dtype else None
@@ -145,10 +177,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileExistsError, FileNotFoundError, OSError) as error:
-        if os.environ.get("HF_VAE_TRACEBACK"):
-            raise
-        print(f"convert.py: error: {error}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run_main("convert.py", main))

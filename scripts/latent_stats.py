@@ -7,7 +7,10 @@ latents_mean/latents_std); --write stores them in config.json and in the diffuse
 The work is done by hf_vae.evaluation.latents.
 """
 
+import sys
+
 from hf_vae.evaluation.latents import main
+from hf_vae.utils.cli import run_main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("latent_stats.py", main))

@@ -20,8 +20,10 @@ from typing import Optional, Sequence
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from hf_vae.utils.cli import ScriptParser
+
+    parser = ScriptParser(prog="push_to_hub.py", description=__doc__.split("\n\n")[0],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir", help="the trainer's output directory (config.json, model.safetensors, "
                                            "metrics.json, training_args.json, reconstructions.png, samples.png)")
     parser.add_argument("repo_id", help="'namespace/name', or 'name' for the token owner's namespace")
@@ -32,6 +34,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--license", default=None, help="license id for the card's metadata (default: apache-2.0)")
     parser.add_argument("--no-diffusers", action="store_true", help="KLAE: do not add the diffusers copy under vae/")
     parser.add_argument("--template-dir", default=None, help="model card templates (default: model_cards/)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds each Hub request may take to connect and per read (default: HF_VAE_HUB_TIMEOUT, "
+                             "else 30)")
+    parser.add_argument("--retries", type=int, default=None,
+                        help="retries of a request after a dropped connection or a timeout (default: "
+                             "HF_VAE_HUB_RETRIES, else 2)")
     parser.add_argument("--dry-run", metavar="FOLDER", default=None,
                         help="build the files into FOLDER (new or empty) and push nothing")
     return parser.parse_args(argv)
@@ -58,7 +66,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"  {name}")
             return 0
         commit = push_output_dir(args.output_dir, args.repo_id, token=args.token, private=args.private,
-                                 revision=args.revision, commit_message=args.commit_message, **options)
+                                 revision=args.revision, commit_message=args.commit_message, timeout=args.timeout,
+                                 retries=args.retries, **options)
     except (OutputDirError, ModelCardTemplateError, HubPushError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -62,7 +62,7 @@ def test_model_help_lists_that_models_fields_with_descriptions():
 
 def test_a_bad_flag_is_refused_before_torch_is_imported():
     code, _, err, heavy = run_train_script("--model", "vq_vae", "--num_embedings", "8")
-    assert code == 1 and heavy == ""
+    assert code == 2 and heavy == ""  # a usage error, as argparse's own
     assert err.startswith("train.py: error: Unknown argument(s) --num_embedings for --model vq_vae")
     code, _, err, heavy = run_train_script("--model", "gan")
     assert code == 2 and heavy == "" and "invalid choice: 'gan'" in err
@@ -127,9 +127,10 @@ def test_docstring_entries_are_parsed_into_one_line_descriptions():
 
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
-def test_a_run_says_what_it_does_before_the_first_step_and_sums_up_in_one_line(tmp_path, capsys):
+def test_a_run_says_what_it_does_before_the_first_step_and_sums_up_in_one_line(tmp_path, capsys, monkeypatch):
     from hf_vae.training import DataArguments, TrainArguments, train
 
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # progress bars are drawn on a terminal only
     output_dir = str(tmp_path / "run")
     train(TrainArguments(output_dir=output_dir, max_steps=2, batch_size=8, eval_steps=0, checkpointing_steps=0,
                          report_to="jsonl", eval_importance_samples=2, final_eval_max_examples=16,

@@ -334,11 +334,14 @@ def test_push_to_hub_hands_the_output_folder_to_the_hub_integration(tmp_path, mo
     fake = types.ModuleType("hf_vae.integrations.hub")
     fake.push_output_dir = lambda output_dir, repo_id, token=None, private=False: calls.append(
         (output_dir, repo_id, token, private, sorted(os.listdir(output_dir))))
+    checked = []  # the token and the repository are checked before the first step (nothing written yet)
+    fake.check_push_target = lambda repo_id, token=None, private=False: checked.append(
+        os.path.exists(os.path.join(args.output_dir, "checkpoints"))) or repo_id
     monkeypatch.setitem(sys.modules, "hf_vae.integrations.hub", fake)
     args, data = tiny_run(tmp_path, push_to_hub=True, hub_model_id="alice/vae-shapes", max_steps=2,
                           checkpointing_steps=0)
     train(args, data, dict(TINY_MLP))
-    assert len(calls) == 1
+    assert len(calls) == 1 and checked == [False]
     output_dir, repo_id, token, private, files = calls[0]
     assert (output_dir, repo_id, token, private) == (args.output_dir, "alice/vae-shapes", None, False)
     assert {"config.json", "model.safetensors", "metrics.json"} <= set(files)  # pushed after everything is written

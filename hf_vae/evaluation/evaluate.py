@@ -275,7 +275,8 @@ def evaluate(
     was_training = model.training
     model.eval()
     bar = None
-    if progress and (accelerator is None or accelerator.is_local_main_process):
+    # A bar only on a terminal: in a log file its carriage returns and escape codes are garbage.
+    if progress and (accelerator is None or accelerator.is_local_main_process) and sys.stderr.isatty():
         from tqdm.auto import tqdm
 
         total = min(remaining, math.ceil(num_examples / num_processes) if num_examples else math.inf)
@@ -522,9 +523,9 @@ def evaluate_output_dir(
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """`python scripts/evaluate.py DIR --dataset D --split test`: print a table and write JSON."""
-    import argparse
+    from ..utils.cli import ScriptParser, debug_requested, quiet_progress_bars
 
-    parser = argparse.ArgumentParser(
+    parser = ScriptParser(  # dashes or underscores, "did you mean", usage errors in one line
         prog="evaluate.py", description="Evaluate a trained hf_vae model folder (config.json + model.safetensors).")
     parser.add_argument("model_dir", help="folder written by scripts/train.py (or any save_pretrained folder)")
     parser.add_argument("--dataset", default=None, help="dataset name or path (default: the training run's)")
@@ -543,6 +544,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                              "(scripts/train_fid_classifier.py) or pytorch-fid's Inception weights as safetensors")
     parser.add_argument("--fid_samples", type=int, default=10000, help="model samples of the Fréchet distance")
     args = parser.parse_args(argv)
+    quiet_progress_bars()
+    parser.check_bounds(args, {"max_examples": (1, None), "batch_size": (1, 65536), "fid_samples": (1, 10_000_000),
+                                "num_importance_samples": (0, 100_000), "importance_chunk_size": (1, 100_000)})
     kwargs = dict(batch_size=args.batch_size, num_importance_samples=args.num_importance_samples,
                   importance_chunk_size=args.importance_chunk_size, max_examples=args.max_examples, seed=args.seed,
                   progress=True, fid_features=args.fid_features, fid_samples=args.fid_samples)
@@ -552,7 +556,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         record = evaluate_output_dir(args.model_dir, args.dataset, args.split, output_file=args.output,
                                      device=args.device, **kwargs)
     except (ValueError, OSError) as error:  # bad input (a pickle-only folder too): one line naming it, as train.py
-        if os.environ.get("HF_VAE_TRACEBACK"):
+        if debug_requested(argv):
             raise
         print(f"evaluate.py: error: {error}", file=sys.stderr)
         sys.exit(1)

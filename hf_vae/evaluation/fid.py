@@ -196,14 +196,38 @@ def frechet_distance_of_samples(model, features: nn.Module, real: FeatureStatist
     return frechet_distance(real, sample_statistics(model, features, num_samples, seed=seed))
 
 
+#: the `kind` in the run manifest of a folder written by `train_feature_classifier`
+CLASSIFIER_RUN = "fid_classifier"
+
+
+def _claim_classifier_dir(output_dir: str, overwrite: bool) -> list:
+    """`claim_output_dir`, and with `overwrite` only a folder of an earlier classifier: a folder holding a trained
+    model (or anything else) is never replaced by a classifier."""
+    from ..training.checkpointing import claim_output_dir, read_run_manifest
+
+    found = claim_output_dir(output_dir, overwrite)
+    if found and (read_run_manifest(output_dir) or {}).get("kind") != CLASSIFIER_RUN:
+        raise FileExistsError(f"--output_dir {output_dir} holds files ({', '.join(found[:6])}) that "
+                              f"train_fid_classifier.py did not write (a trained model?); expected a new or empty "
+                              f"folder, or one of an earlier classifier run (--overwrite_output_dir replaces it).")
+    return found
+
+
 def train_feature_classifier(dataset: str = "fashion_mnist", output_dir: str = "fid_classifier", *,
                              epochs: int = 3, batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0,
                              image_size: Optional[int] = None, max_eval_examples: Optional[int] = None,
-                             log=print, **dataset_kwargs) -> dict:
+                             overwrite_output_dir: bool = False, log=print, **dataset_kwargs) -> dict:
     """Train the `FeatureClassifier` on the labelled training split (grey levels in [0, 1], augmented with
     nothing), save it to `output_dir` and return {"test_accuracy", "epochs", ...} (also written as
-    `training.json`)."""
+    `training.json`).
+
+    `output_dir` is claimed like a training run's (`claim_output_dir`): new or empty, or, with
+    `overwrite_output_dir`, the previous classifier run's files are removed first; a folder holding a trained
+    model or anything else is never written into."""
     from ..data import build_dataset, collate_batch, describe_dataset
+    from ..training.checkpointing import clear_previous_run, describe_cleared, publish_pretrained, record_run_entries
+
+    previous = _claim_classifier_dir(output_dir, overwrite_output_dir)  # before the first epoch, not after the last
 
     info = describe_dataset(dataset, image_size=image_size, **dataset_kwargs)
     if not info.get("num_classes"):
@@ -235,7 +259,11 @@ def train_feature_classifier(dataset: str = "fashion_mnist", output_dir: str = "
                 break
     record = {"dataset": dataset, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
               "seed": seed, "test_accuracy": correct / seen, "test_examples": seen}
-    model.save_pretrained(output_dir)
+    _claim_classifier_dir(output_dir, overwrite_output_dir)  # nothing else appeared there while training
+    if previous:
+        log(describe_cleared(output_dir, *clear_previous_run(output_dir)))
+    record_run_entries(output_dir, ["training.json"], kind=CLASSIFIER_RUN)
+    publish_pretrained(model, output_dir)
     with open(os.path.join(output_dir, "training.json"), "w") as f:
         json.dump(record, f, indent=2)
     log(f"test accuracy {record['test_accuracy']:.4f} on {seen} images; saved to {output_dir}")

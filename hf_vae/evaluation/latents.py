@@ -90,6 +90,10 @@ def latent_statistics(model, dataset, split: str = "train", *, max_examples: Opt
             "latents_std": channel_std.tolist()}
 
 
+#: written by --write beside config.json: every write's replaced and written values, oldest first
+LATENT_STATS_FILE = "latent_stats.json"
+
+
 def _write_json_fields(path: str, values: Dict[str, Any]) -> None:
     from .evaluate import write_json_atomic
 
@@ -116,6 +120,24 @@ def write_latent_statistics(model_dir: str, stats: Dict[str, Any], fields=LATENT
                          f"{missing}: expected a model whose config holds {list(fields)} (the KLAE; the VQ-VAE "
                          f"has scaling_factor only).")
     values = {f: stats[f] for f in fields}
+    bad = [f for f, v in values.items() if not all(math.isfinite(x) for x in (v if isinstance(v, list) else [v]))]
+    if bad:
+        raise ValueError(f"Latent statistics {bad} of {model_dir!r} are not finite ({ {f: values[f] for f in bad} }); "
+                         f"expected finite values: config.json was left as it was.")
+    # The values replaced are kept beside them (and listed in the run manifest, so that the guard of the output
+    # folder knows the file): --write never loses the previous scaling.
+    from ..training.checkpointing import RUN_MANIFEST, record_run_entries
+    from .evaluate import write_json_atomic
+
+    history = os.path.join(model_dir, LATENT_STATS_FILE)
+    if os.path.isfile(os.path.join(model_dir, RUN_MANIFEST)):
+        record_run_entries(model_dir, [LATENT_STATS_FILE])
+    writes = []
+    if os.path.isfile(history):
+        with open(history, encoding="utf-8") as handle:
+            writes = json.load(handle).get("writes", [])
+    writes.append({"previous": {f: config.get(f) for f in fields}, "written": values})
+    write_json_atomic({"writes": writes}, history)
     _write_json_fields(path, values)
     diffusers_config = os.path.join(model_dir, "vae", "config.json")
     if os.path.isfile(diffusers_config):
@@ -127,8 +149,10 @@ def main(argv=None) -> Dict[str, Any]:
     """scripts/latent_stats.py: measure (and with --write store) the latent statistics of a model folder."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="latent_stats.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ..utils.cli import ScriptParser
+
+    parser = ScriptParser(prog="latent_stats.py", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", help="an hf_vae model folder (a training output)")
     parser.add_argument("--dataset", required=True, help="dataset name or path (as for train.py)")
     parser.add_argument("--split", default="train")
@@ -141,10 +165,14 @@ def main(argv=None) -> Dict[str, Any]:
     parser.add_argument("--fields", nargs="+", default=list(LATENT_FIELDS), choices=LATENT_FIELDS,
                         help="which fields --write stores (default: all four; SD-1.x pipelines read scaling_factor)")
     args = parser.parse_args(argv)
+    parser.check_bounds(args, {"max_examples": (1, None), "batch_size": (1, 65536)})
 
     import hf_vae  # noqa: F401  (registers the model types)
     from transformers import AutoModel
 
+    if args.model_dir.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(args.model_dir)):
+        raise FileNotFoundError(f"model_dir {args.model_dir}: no such folder; expected a model folder (a training "
+                                f"output) or a Hub repo id such as 'user/model'.")
     model = AutoModel.from_pretrained(args.model_dir)
     stats = latent_statistics(model, args.dataset, args.split, max_examples=args.max_examples,
                               batch_size=args.batch_size, seed=args.seed, use_mode=args.use_mode)

@@ -29,6 +29,13 @@ every file is built in a temporary folder (the card renders and its metadata par
 the model's outputs). Only then is the repository created (if needed) and the one commit made; if that commit
 fails, a repository created for it is deleted again.
 
+Nothing hangs. Every request of a push (the token check, the repository's creation, the content upload, the
+commit, the clean-up) has a timeout, `HF_VAE_HUB_TIMEOUT` seconds (default 30) to connect and for each read or
+write, and the reads (token check, repository lookups, clean-up) are retried `HF_VAE_HUB_RETRIES` times (default
+2) after a dropped connection, a timeout or a 502/503/504 (the content upload is retried by huggingface_hub itself, 5
+times; the repository's creation and the commit are never repeated); `timeout=` / `retries=` arguments
+override both (docs/reliability.md).
+
 Loading needs nothing from this module:
 
     import hf_vae; AutoModel.from_pretrained(repo_id, revision=...)            # with hf_vae installed
@@ -41,14 +48,17 @@ Loading needs nothing from this module:
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import inspect
 import logging
+import math
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -66,12 +76,16 @@ from .model_card import (
 )
 
 __all__ = [
+    "DEFAULT_HUB_RETRIES",
+    "DEFAULT_HUB_TIMEOUT",
     "DEFAULT_LICENSE",
     "HubAuthError",
     "HubPushError",
     "ModelCardTemplateError",
     "OutputDirError",
+    "check_push_target",
     "diffusers_autoencoder",
+    "hub_limits",
     "prepare_model",
     "prepare_output_dir",
     "push_model",
@@ -89,6 +103,13 @@ PRIOR_SUBFOLDER = "prior"
 MANAGED_PATTERNS = ("*.py", "*.safetensors", "model.safetensors.index.json", "config.json", "README.md",
                     PREVIEW_FILE, f"{DIFFUSERS_SUBFOLDER}/*", f"{PRIOR_SUBFOLDER}/*")
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+#: seconds a Hub request may take to connect, and to send or receive each chunk (env HF_VAE_HUB_TIMEOUT)
+DEFAULT_HUB_TIMEOUT = 30.0
+#: retries of a repeatable request after a dropped connection or a timeout (env HF_VAE_HUB_RETRIES)
+DEFAULT_HUB_RETRIES = 2
+HUB_TIMEOUT_ENV, HUB_RETRIES_ENV = "HF_VAE_HUB_TIMEOUT", "HF_VAE_HUB_RETRIES"
+#: HTTP answers worth a retry: the Hub (or a proxy in front of it) is overloaded or restarting
+_TRANSIENT_STATUSES = (502, 503, 504)
 
 
 class HubPushError(RuntimeError):
@@ -304,6 +325,74 @@ def _status(error: Exception) -> Optional[int]:
     return getattr(response, "status_code", None)
 
 
+def hub_limits(timeout: Optional[float] = None, retries: Optional[int] = None) -> Tuple[float, int]:
+    """(timeout in seconds, retries) of Hub requests: the arguments, else HF_VAE_HUB_TIMEOUT / HF_VAE_HUB_RETRIES,
+    else the defaults (30 s, 2 retries). A value that is not a positive finite number / a count is refused."""
+    if timeout is None:
+        timeout = os.environ.get(HUB_TIMEOUT_ENV, DEFAULT_HUB_TIMEOUT)
+    if retries is None:
+        retries = os.environ.get(HUB_RETRIES_ENV, DEFAULT_HUB_RETRIES)
+    try:
+        timeout = float(timeout)
+    except (TypeError, ValueError):
+        timeout = float("nan")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise HubPushError(f"Expected the Hub timeout ({HUB_TIMEOUT_ENV} or timeout=) to be a positive number of "
+                           f"seconds, got {timeout!r}.")
+    try:
+        retries_count = int(str(retries))
+    except ValueError:
+        retries_count = -1
+    if not 0 <= retries_count <= 10:
+        raise HubPushError(f"Expected the Hub retries ({HUB_RETRIES_ENV} or retries=) to be a count from 0 to 10, "
+                           f"got {retries!r}.")
+    return timeout, retries_count
+
+
+@contextlib.contextmanager
+def bounded_requests(timeout: float):
+    """Every request of huggingface_hub's shared client made inside gets `timeout` seconds to connect, to send and
+    to receive each chunk, whatever timeout its caller passed (some pass none: they would wait forever)."""
+    from huggingface_hub.utils import get_session
+
+    client = get_session()
+    limits = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+
+    def set_timeout(request) -> None:
+        request.extensions["timeout"] = dict(limits)
+
+    hooks = client.event_hooks
+    client.event_hooks = {**hooks, "request": [*hooks.get("request", []), set_timeout]}
+    try:
+        yield
+    finally:
+        hooks = client.event_hooks
+        client.event_hooks = {**hooks, "request": [h for h in hooks.get("request", []) if h is not set_timeout]}
+
+
+def _transient(error: Exception) -> bool:
+    """A dropped connection, a timeout, or an overloaded Hub: the same request may succeed when repeated."""
+    try:
+        import httpx2 as httpx
+    except ImportError:  # huggingface_hub before its httpx2 client
+        import httpx
+    return isinstance(error, httpx.TransportError) or _status(error) in _TRANSIENT_STATUSES
+
+
+def _retrying(call: Callable[[], Any], retries: int):
+    """`call()`, repeated up to `retries` more times after a transient failure (waits 0.25 s, 0.5 s, ... up to 4 s).
+    Only for requests that can be repeated without changing the result (reads, uploads of content by hash)."""
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except Exception as error:
+            if attempt == retries or not _transient(error):
+                raise
+            logger.warning("Hub request failed (%s: %s); retrying (%d of %d).", type(error).__name__, error,
+                           attempt + 1, retries)
+            time.sleep(min(4.0, 0.25 * 2 ** attempt))
+
+
 def _check_repo_id(repo_id: str) -> None:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -321,7 +410,7 @@ def _check_revision(revision: Optional[str]) -> None:
                            f"be loaded from, not pushed to).")
 
 
-def _authenticate(api, repo_id: str, token) -> Tuple[str, str]:
+def _authenticate(api, repo_id: str, token, retries: int = 0) -> Tuple[str, str]:
     """Check the token can write to the repository's namespace; return (token, full repo id)."""
     from huggingface_hub import get_token
     from huggingface_hub.errors import HfHubHTTPError
@@ -331,7 +420,7 @@ def _authenticate(api, repo_id: str, token) -> Tuple[str, str]:
         raise HubAuthError(f"No Hugging Face token: pushing to {repo_id!r} needs a token with write access. Expected "
                            f"token=..., the HF_TOKEN environment variable or a login (`hf auth login`), found none.")
     try:
-        who = api.whoami(token=token)
+        who = _retrying(lambda: api.whoami(token=token), retries)
     except HfHubHTTPError as e:
         if _status(e) == 401:
             raise HubAuthError(f"The Hub at {api.endpoint} refused the token (401 Unauthorized): it is invalid or "
@@ -361,7 +450,8 @@ def _authenticate(api, repo_id: str, token) -> Tuple[str, str]:
 
 
 def _commit_folder(api, folder: Path, files: Sequence[str], repo_id: str, *, token: str, private: bool,
-                   revision: Optional[str], commit_message: str, commit_description: Optional[str]):
+                   revision: Optional[str], commit_message: str, commit_description: Optional[str],
+                   retries: int = 0):
     """Create the repo/branch if needed and push `files` of `folder` in one commit (`token` is authenticated)."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
     from huggingface_hub.errors import HfHubHTTPError
@@ -374,7 +464,7 @@ def _commit_folder(api, folder: Path, files: Sequence[str], repo_id: str, *, tok
         if head is None:
             return False
         try:
-            return api.repo_info(repo_id, revision=branch, token=token).sha != head
+            return _retrying(lambda: api.repo_info(repo_id, revision=branch, token=token), retries).sha != head
         except Exception:  # the Hub is unreachable: say so rather than guess
             return None
 
@@ -385,12 +475,8 @@ def _commit_folder(api, folder: Path, files: Sequence[str], repo_id: str, *, tok
         if changed is False:
             note = "Nothing was pushed: the repository was not changed."
             if created:
-                try:
-                    api.delete_repo(repo_id, token=token)
-                    note += f" The repository {repo_id!r} created for this push was deleted again."
-                except Exception as cleanup:  # the connection is down: say what is left behind
-                    note += (f" The empty repository {repo_id!r} created for this push could not be deleted "
-                             f"({type(cleanup).__name__}: {cleanup}); delete it on the Hub.")
+                # A creation that failed may still have happened (its answer lost): look before deleting.
+                note += _delete_created_repo(api, repo_id, token, retries, look_first=stage == "create")
         elif changed:
             note = (f"The commit reached {repo_id!r} (its branch {branch!r} moved) although its answer was lost: the "
                     f"repository was changed; check it before pushing again.")
@@ -402,30 +488,31 @@ def _commit_folder(api, folder: Path, files: Sequence[str], repo_id: str, *, tok
         return kind(f"Push failed at the {stage} stage: could not {action} on {api.endpoint} ({detail}). {note}",
                     stage=stage, repo_changed=changed)
 
+    exists = None
     try:
-        exists = api.repo_exists(repo_id, token=token)
-        if exists and private and not api.repo_info(repo_id, token=token).private:
-            raise HubPushError(f"{repo_id!r} exists and is public, but private=True was asked: refusing to push. "
-                               f"Make the repository private on the Hub first, or push with private=False.")
+        exists = _check_existing_repo(api, repo_id, token, private, retries)
         if not exists:
+            # Not retried: a creation whose answer was lost is found (and deleted) by `fail`.
             api.create_repo(repo_id, private=private, token=token)
     except HubPushError:
         raise
     except Exception as e:  # HTTP refusals and transport failures alike
-        raise fail("create", f"create the repository {repo_id!r}", e) from e
+        raise fail("create", f"create the repository {repo_id!r}", e, created=exists is False) from e
     created = not exists
     stage = "upload"
     try:
-        if revision is not None and branch not in {b.name for b in api.list_repo_refs(repo_id, token=token).branches}:
+        refs = _retrying(lambda: api.list_repo_refs(repo_id, token=token), retries) if revision is not None else None
+        if revision is not None and branch not in {b.name for b in refs.branches}:
             api.create_branch(repo_id, branch=branch, token=token)
         # The deletions are computed on the head commit, and the commit is made on top of that very commit (the
         # Hub refuses it if another push came in between).
-        head = api.repo_info(repo_id, revision=branch, token=token).sha
-        existing = api.list_repo_files(repo_id, revision=head, token=token)
+        head = _retrying(lambda: api.repo_info(repo_id, revision=branch, token=token), retries).sha
+        existing = _retrying(lambda: api.list_repo_files(repo_id, revision=head, token=token), retries)
         stale = [path for path in existing if path not in files
                  and any(fnmatch.fnmatch(path, pattern) for pattern in MANAGED_PATTERNS)]
         additions = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(folder / path)) for path in files]
         # Contents first (the "upload" stage: nothing in the repository changes), then the commit.
+        # Not retried here: huggingface_hub already retries the upload's requests (5 times, with back-off).
         api.preupload_lfs_files(repo_id, additions, token=token, revision=revision)
         stage = "commit"
         operations = additions + [CommitOperationDelete(path_in_repo=path) for path in stale]
@@ -441,6 +528,49 @@ def _commit_folder(api, folder: Path, files: Sequence[str], repo_id: str, *, tok
     return commit
 
 
+def _delete_created_repo(api, repo_id: str, token: str, retries: int, look_first: bool) -> str:
+    """Delete the repository a failed push created; returns the sentence that says what became of it."""
+    try:
+        if look_first and not _retrying(lambda: api.repo_exists(repo_id, token=token), retries):
+            return ""  # the creation did not happen: nothing to delete
+        _retrying(lambda: api.delete_repo(repo_id, token=token, missing_ok=True), retries)
+        return f" The repository {repo_id!r} created for this push was deleted again."
+    except Exception as cleanup:  # the connection is down: say what is left behind
+        return (f" The empty repository {repo_id!r} created for this push could not be deleted "
+                f"({type(cleanup).__name__}: {cleanup}); delete it on the Hub.")
+
+
+def _check_existing_repo(api, repo_id: str, token: str, private: bool, retries: int) -> bool:
+    """Whether `repo_id` exists; refuses a push with private=True to an existing public repository."""
+    exists = _retrying(lambda: api.repo_exists(repo_id, token=token), retries)
+    if exists and private and not _retrying(lambda: api.repo_info(repo_id, token=token), retries).private:
+        raise HubPushError(f"{repo_id!r} exists and is public, but private=True was asked: refusing to push. "
+                           f"Make the repository private on the Hub first, or push with private=False.")
+    return exists
+
+
+def check_push_target(repo_id: str, token: Union[str, bool, None] = None, private: bool = False, *,
+                      timeout: Optional[float] = None, retries: Optional[int] = None) -> str:
+    """What `push_output_dir` checks before it sends anything, for a run to check before its first step: the
+    repository id, the token (present, valid, allowed to write to the namespace) and, for private=True, that the
+    repository is not public. Returns the full repository id. Read-only; every request bounded (`hub_limits`)."""
+    from huggingface_hub import HfApi
+
+    _check_repo_id(repo_id)
+    timeout, retries = hub_limits(timeout, retries)
+    api = HfApi()
+    with bounded_requests(timeout):
+        token, repo_id = _authenticate(api, repo_id, token, retries)
+        try:
+            _check_existing_repo(api, repo_id, token, private, retries)
+        except HubPushError:
+            raise
+        except Exception as e:
+            raise HubPushError(f"Could not look up the repository {repo_id!r} on {api.endpoint} "
+                               f"({type(e).__name__}: {e}). Nothing was pushed.", stage="authenticate") from e
+    return repo_id
+
+
 def _commit_description(metrics: Optional[Mapping[str, Any]]) -> Optional[str]:
     if not metrics or not metrics.get("metrics"):
         return None
@@ -453,7 +583,8 @@ def _commit_description(metrics: Optional[Mapping[str, Any]]) -> Optional[str]:
 def push_output_dir(output_dir: Union[str, os.PathLike], repo_id: str, token: Union[str, bool, None] = None,
                     private: bool = False, revision: Optional[str] = None, commit_message: Optional[str] = None, *,
                     license: str = DEFAULT_LICENSE, template_dir: Union[str, os.PathLike, None] = None,
-                    diffusers_copy: Optional[bool] = None):
+                    diffusers_copy: Optional[bool] = None, timeout: Optional[float] = None,
+                    retries: Optional[int] = None):
     """Push a finished training run to the Hub in one commit; return the `huggingface_hub.CommitInfo`.
 
     Args:
@@ -467,6 +598,8 @@ def push_output_dir(output_dir: Union[str, os.PathLike], repo_id: str, token: Un
         commit_message: default "Upload <model type> trained on <dataset> (step N)".
         license, template_dir, diffusers_copy: see `render_model_card`; `diffusers_copy` defaults to True for the
             KLAE (the `vae/` folder).
+        timeout, retries: of each Hub request (`hub_limits`: default HF_VAE_HUB_TIMEOUT / HF_VAE_HUB_RETRIES,
+            else 30 s and 2 retries).
 
     Raises:
         OutputDirError: the directory is missing, incomplete or inconsistent.
@@ -479,19 +612,22 @@ def push_output_dir(output_dir: Union[str, os.PathLike], repo_id: str, token: Un
 
     _check_repo_id(repo_id)
     _check_revision(revision)
+    timeout, retries = hub_limits(timeout, retries)
     output = read_output_dir(output_dir)  # local checks first: a bad directory needs no network to be refused
     api = HfApi()
-    token, repo_id = _authenticate(api, repo_id, token)  # read-only: nothing is written before the commit
-    metrics = output.metrics
-    if commit_message is None:
-        commit_message = (f"Upload {output.model.config.model_type} trained on {metrics['dataset']} "
-                          f"(step {metrics['step']})")
-    with tempfile.TemporaryDirectory(prefix="hf_vae_push_") as tmp:
-        folder = Path(tmp) / "repo"
-        files = _prepare_output(output, folder, repo_id=repo_id, license=license, template_dir=template_dir,
-                                diffusers_copy=diffusers_copy)
-        return _commit_folder(api, folder, files, repo_id, token=token, private=private, revision=revision,
-                              commit_message=commit_message, commit_description=_commit_description(metrics))
+    with bounded_requests(timeout):
+        token, repo_id = _authenticate(api, repo_id, token, retries)  # read-only: nothing is written before the commit
+        metrics = output.metrics
+        if commit_message is None:
+            commit_message = (f"Upload {output.model.config.model_type} trained on {metrics['dataset']} "
+                              f"(step {metrics['step']})")
+        with tempfile.TemporaryDirectory(prefix="hf_vae_push_") as tmp:
+            folder = Path(tmp) / "repo"
+            files = _prepare_output(output, folder, repo_id=repo_id, license=license, template_dir=template_dir,
+                                    diffusers_copy=diffusers_copy)
+            return _commit_folder(api, folder, files, repo_id, token=token, private=private, revision=revision,
+                                  commit_message=commit_message, commit_description=_commit_description(metrics),
+                                  retries=retries)
 
 
 def push_model(model, repo_id: str, token: Union[str, bool, None] = None, private: bool = False,
@@ -499,7 +635,8 @@ def push_model(model, repo_id: str, token: Union[str, bool, None] = None, privat
                metrics: Optional[Mapping[str, Any]] = None, training_args: Optional[Mapping[str, Any]] = None,
                reconstructions=None, samples=None, pixel_values: Optional[torch.Tensor] = None, labels=None,
                license: str = DEFAULT_LICENSE, template_dir: Union[str, os.PathLike, None] = None,
-               diffusers_copy: Optional[bool] = None):
+               diffusers_copy: Optional[bool] = None, timeout: Optional[float] = None,
+               retries: Optional[int] = None):
     """Push an hf_vae model to the Hub in one commit, with its card and preview; return the `CommitInfo`.
 
     What `model.push_to_hub(repo_id)` does, plus the hf_vae model card, the preview image and (KLAE) the
@@ -510,14 +647,18 @@ def push_model(model, repo_id: str, token: Union[str, bool, None] = None, privat
     _check_repo_id(repo_id)
     _check_revision(revision)
     record = normalise_metrics(metrics, training_args=training_args)
+    timeout, retries = hub_limits(timeout, retries)
     api = HfApi()
-    token, repo_id = _authenticate(api, repo_id, token)  # read-only: nothing is written before the commit
-    if commit_message is None:
-        commit_message = f"Upload {type(model).__name__} with hf_vae"
-    with tempfile.TemporaryDirectory(prefix="hf_vae_push_") as tmp:
-        folder = Path(tmp) / "repo"
-        files = prepare_model(model, folder, repo_id=repo_id, metrics=metrics, training_args=training_args,
-                              reconstructions=reconstructions, samples=samples, pixel_values=pixel_values,
-                              labels=labels, license=license, template_dir=template_dir, diffusers_copy=diffusers_copy)
-        return _commit_folder(api, folder, files, repo_id, token=token, private=private, revision=revision,
-                              commit_message=commit_message, commit_description=_commit_description(record))
+    with bounded_requests(timeout):
+        token, repo_id = _authenticate(api, repo_id, token, retries)  # read-only: nothing is written before the commit
+        if commit_message is None:
+            commit_message = f"Upload {type(model).__name__} with hf_vae"
+        with tempfile.TemporaryDirectory(prefix="hf_vae_push_") as tmp:
+            folder = Path(tmp) / "repo"
+            files = prepare_model(model, folder, repo_id=repo_id, metrics=metrics, training_args=training_args,
+                                  reconstructions=reconstructions, samples=samples, pixel_values=pixel_values,
+                                  labels=labels, license=license, template_dir=template_dir,
+                                  diffusers_copy=diffusers_copy)
+            return _commit_folder(api, folder, files, repo_id, token=token, private=private, revision=revision,
+                                  commit_message=commit_message, commit_description=_commit_description(record),
+                                  retries=retries)

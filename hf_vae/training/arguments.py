@@ -235,6 +235,8 @@ class TrainArguments:
             value = getattr(self, name)
             if value is not None:
                 _non_negative_int(name, value)
+        for name, limit in UPPER_BOUNDS.items():  # a typo (1e9) is refused now, not by an out-of-memory kill
+            _at_most(name, getattr(self, name), limit)
         if self.checkpoints_total_limit == 0:
             raise ValueError("Expected `checkpoints_total_limit` >= 1 or None, got 0.")
         if self.num_epochs is not None and not self.num_epochs > 0:
@@ -288,6 +290,10 @@ class DataArguments:
         "metrics.json; without it the first such file stops the run with its path.", group=DATA))
 
     def __post_init__(self):
+        looks_like_path = str(self.dataset).startswith(("/", "./", "../", "~")) or os.sep + os.sep in str(self.dataset)
+        if looks_like_path and not os.path.exists(os.path.expanduser(self.dataset)):
+            raise FileNotFoundError(f"--dataset {self.dataset}: no such folder or file; expected an existing path, "
+                                    f"a datasets id (user/name) or one of shapes, fashion_mnist, photos.")
         _positive_int("shuffle_buffer", self.shuffle_buffer)
         if self.num_workers is not None:
             _non_negative_int("num_workers", self.num_workers)
@@ -303,6 +309,17 @@ def _choice(name: str, value, choices: Sequence) -> None:
 def _positive_int(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"Expected `{name}` to be a positive int, got {value!r}.")
+
+
+#: Upper bounds of the counts that size one allocation (a batch, a grid of samples, importance samples per image).
+#: Far above any useful value; a value past one is a typo that would otherwise exhaust memory mid-run.
+UPPER_BOUNDS: Dict[str, int] = {"batch_size": 65536, "eval_batch_size": 65536, "num_sample_images": 4096,
+                                "eval_importance_samples": 100_000, "gradient_accumulation_steps": 65536}
+
+
+def _at_most(name: str, value, limit: int) -> None:
+    if value is not None and value > limit:
+        raise ValueError(f"Expected `--{name}` <= {limit} (its limit), got {value}.")
 
 
 def _non_negative_int(name: str, value) -> None:
@@ -609,7 +626,8 @@ def check_model_config(model: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
     unknown = [k for k in overrides if k not in defaults]
     if unknown:
         raise ValueError(
-            f"Unknown argument(s) {', '.join('--' + k for k in unknown)} for --model {model}: expected a trainer "
+            f"Unknown argument(s) {', '.join('--' + k for k in unknown)} for --model {model}"
+            f"{_did_you_mean(unknown, list(defaults) + sorted(_train_data_field_names()))}: expected a trainer "
             f"flag (see --help) or a field of {_config_class_name(model)}: {', '.join(defaults)}.")
     checked = {}
     for key, value in overrides.items():
@@ -618,6 +636,15 @@ def check_model_config(model: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
             value = [value]
         checked[key] = value
     return checked
+
+
+def _did_you_mean(unknown: Sequence[str], known: Sequence[str]) -> str:
+    """' (did you mean --latent_dim?)' for the known names closest to the misspelt ones; '' when none is close."""
+    import difflib
+
+    guesses = [match[0] for name in unknown for match in [difflib.get_close_matches(name, known, n=1, cutoff=0.75)]
+               if match]
+    return f" (did you mean {', '.join('--' + g for g in guesses)}?)" if guesses else ""
 
 
 def _config_class_name(model: str) -> str:
@@ -681,18 +708,42 @@ def _is_number(token: str) -> bool:
         return False
 
 
+def _yaml_numbers(value: Any) -> Any:
+    """YAML 1.1 reads 1e-4 (no dot) as a string: such strings become floats, as on the command line."""
+    if isinstance(value, dict):
+        return {k: _yaml_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_yaml_numbers(v) for v in value]
+    if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
+        return float(value)
+    return value
+
+
 def load_config_file(path: str) -> Dict[str, Any]:
     """Read a JSON or YAML file of arguments into a dict."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--config file not found: {path}")
-    with open(path) as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--config {path}: cannot be read ({error}).") from None
     if path.endswith(".json"):
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise ValueError(f"--config {path}: not valid JSON ({error}).") from None
     else:
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            where = getattr(error, "problem_mark", None)
+            line = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            raise ValueError(f"--config {path}: not valid YAML{line} ({getattr(error, 'problem', None) or error})."
+                             ) from None
+        data = _yaml_numbers(data)
     if not isinstance(data, dict):
         raise ValueError(f"Expected --config {path} to hold a mapping of argument names to values, "
                          f"got {type(data).__name__}.")
@@ -729,6 +780,14 @@ def _converter(base: str, optional: bool):
     def convert(token: str):
         if optional and token.lower() in ("none", "null"):
             return None
+        if kind is int:  # 1e3 is the integer 1000, as in a YAML/JSON config; 1.5 is not an integer
+            try:
+                return int(token)
+            except ValueError:
+                number = float(token)
+                if not number.is_integer():
+                    raise
+                return int(number)
         return kind(token)
 
     convert.__name__ = base  # argparse names it in "invalid int value: 'x'"
@@ -776,6 +835,24 @@ def _add_field(group, f) -> None:
                        help=text, **meta)
 
 
+def _underscored_flags(argv: List[str]) -> List[str]:
+    """`--max-steps 10` -> `--max_steps 10`: every flag is accepted with dashes or underscores."""
+    out = []
+    for token in argv:
+        if token.startswith("--") and len(token) > 2 and not _is_number(token):
+            name, eq, value = token[2:].partition("=")
+            token = "--" + name.replace("-", "_") + eq + value
+        out.append(token)
+    return out
+
+
+def debug_requested(argv: Optional[Sequence[str]] = None) -> bool:
+    """--debug on the command line, or HF_VAE_DEBUG=1 (HF_VAE_TRACEBACK=1, its older name): show tracebacks."""
+    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or any(os.environ.get(name, "") not in ("", "0") for name in
+                                     ("HF_VAE_DEBUG", "HF_VAE_TRACEBACK"))
+
+
 def _switch_values(argv: List[str]) -> List[str]:
     """`--skip_nonfinite true`, `--binarize=false`, `--no_x yes` (the older spelling of the switches) ->
     `--skip_nonfinite`, `--no_binarize`, `--no_x`."""
@@ -821,6 +898,10 @@ class _Parser(argparse.ArgumentParser):
 
     help_model = "vae"
 
+    def error(self, message: str):
+        """One line, as every other error of train.py (argparse's default adds the whole usage)."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
     def format_help(self) -> str:
         return (super().format_help().rstrip("\n") + "\n\n" + _model_fields_help(self.help_model) + "\n"
                 + _recipe_help(self.help_model))
@@ -859,19 +940,29 @@ def _peek(argv: Sequence[str], name: str) -> Optional[str]:
     return value
 
 
+def _file_value(name: str, value: Any) -> Any:
+    """A trainer flag's value from a --config file, typed as on the command line (`max_steps: 1e3` is 1000)."""
+    kinds = {f.name: _field_type(f)[0] for f in fields(TrainArguments) + fields(DataArguments)}
+    if kinds.get(name) == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kinds.get(name) == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[TrainArguments, DataArguments, Dict[str, Any]]:
     """Parse the command line (and --config FILE) into (TrainArguments, DataArguments, model config overrides).
 
     Precedence: command line > --config file > defaults (dataset-derived model fields are filled in later by
     the trainer, only where neither gave a value).
     """
-    argv = _switch_values(list(sys.argv[1:] if argv is None else argv))
+    argv = _switch_values(_underscored_flags(list(sys.argv[1:] if argv is None else argv)))
     # The config file is read first so that its values become defaults the command line can override.
     config_path = _peek(argv, "config")
     file_values = load_config_file(config_path) if config_path else {}
     known = _train_data_field_names()
     parser = build_parser(_peek(argv, "model") or file_values.get("model"))
-    parser.set_defaults(**{k: v for k, v in file_values.items() if k in known})
+    parser.set_defaults(**{k: _file_value(k, v) for k, v in file_values.items() if k in known})
     namespace, remaining = parser.parse_known_args(argv)
     values = vars(namespace)
     train_args = TrainArguments(**{f.name: values[f.name] for f in fields(TrainArguments)})
@@ -884,12 +975,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[TrainArguments, Da
 
 
 def parse_command_line(argv: Optional[Sequence[str]] = None) -> Tuple[TrainArguments, DataArguments, Dict[str, Any]]:
-    """`parse_args` for a command: a bad argument prints `train.py: error: ...` and exits with status 1
-    (argparse's own errors exit with 2); --help prints and exits 0."""
+    """`parse_args` for a command: a bad argument prints one line `train.py: error: ...` and exits with status 2,
+    as argparse's own errors do (--debug or HF_VAE_DEBUG=1 shows the traceback); --help prints and exits 0."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
     try:
-        return parse_args(argv)
+        return parse_args([token for token in argv if token != "--debug"])
     except (ValueError, FileNotFoundError) as error:
-        if os.environ.get("HF_VAE_TRACEBACK"):
+        if debug:
             raise
         print(f"train.py: error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)

@@ -39,15 +39,27 @@ from ..evaluation.evaluate import (
     metrics_record,
     write_json_atomic,
 )
-from .arguments import DataArguments, TrainArguments, apply_recipe, check_model_config, parse_command_line
+from .arguments import (
+    DataArguments,
+    TrainArguments,
+    apply_recipe,
+    check_model_config,
+    debug_requested,
+    parse_command_line,
+)
 from .checkpointing import (
+    RUN_END_ENTRIES,
+    RUN_START_ENTRIES,
     TrainingState,
+    apply_resume_overrides,
     checkpoint_dir,
     claim_output_dir,
     clear_previous_run,
+    describe_cleared,
     latest_checkpoint,
     load_checkpoint,
     publish_pretrained,
+    record_run_entries,
     remove_publish_leftovers,
     remove_temporary,
     resolve_resume,
@@ -484,7 +496,12 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     is_main = accelerator.is_main_process
     # Every process looks before any writes (the barrier below): a folder of another run is refused everywhere.
     previous_files = claim_output_dir(output_dir, train_args.overwrite_output_dir,
-                                      train_args.resume_from_checkpoint is not None)
+                                      train_args.resume_from_checkpoint)
+    hub_repo = train_args.hub_model_id
+    if train_args.push_to_hub and is_main:  # a bad token or repository is found before the first step, not after
+        from ..integrations.hub import check_push_target
+
+        hub_repo = check_push_target(train_args.hub_model_id, private=train_args.hub_private)
     accelerator.wait_for_everyone()
 
     # -- 2. the data's description and the model (bad arguments fail here, before anything is written) ------
@@ -505,6 +522,10 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         config = run_config(source, model_config, image_size=dataset_info.get("image_size"),
                             pixel_loss=train_args.pixel_loss, dataset_num_classes=dataset_info.get("num_classes"),
                             dataset=data_args.dataset)
+    if autoencoder is None:  # a config that cannot fit is refused before anything is allocated, naming the field
+        from ..memory import check_fits_in_memory
+
+        check_fits_in_memory(hf_vae.MODELS[train_args.model][1], config, train_args.batch_size, accelerator.device)
     settings = data_settings(config if autoencoder is None else autoencoder.config, data_args.binarize)
     set_seed(train_args.seed)  # the same initial weights on every process
     if source is not None and resume_path is None:
@@ -521,10 +542,11 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     model.to(accelerator.device)
     objective.to(accelerator.device)
     if is_main:
-        if previous_files and train_args.overwrite_output_dir and train_args.resume_from_checkpoint is None:
-            cleared = clear_previous_run(output_dir)
-            accelerator.print(f"--overwrite_output_dir: replacing the run in {output_dir}"
-                              f"{' (its checkpoints deleted)' if cleared else ''}.")
+        if previous_files and train_args.overwrite_output_dir:
+            accelerator.print(describe_cleared(output_dir, *clear_previous_run(output_dir)))
+        # Listed before they are written: --overwrite_output_dir removes what this run wrote, and nothing else.
+        record_run_entries(output_dir, RUN_START_ENTRIES, kind="train",
+                           resumed_from=resume_path and os.path.abspath(resume_path))
         for name in remove_publish_leftovers(output_dir) + remove_temporary(checkpoint_dir(output_dir)):
             logger.warning("Removed %s, left unfinished by a killed run.", name)
         os.makedirs(checkpoint_dir(output_dir), exist_ok=True)
@@ -600,7 +622,9 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         if getattr(state, "resharded_from", None):
             logger.warning("Checkpoint written by %d processes, resumed on %d: the data order differs from an "
                            "uninterrupted run.", state.resharded_from, accelerator.num_processes)
-        accelerator.print(f"Resumed from {resume_path} at step {state.step}.")
+        overrides = apply_resume_overrides(state.step, max_steps, train_args.learning_rate, scheduler)
+        accelerator.print(f"Resumed from {resume_path} at step {state.step}, to --max_steps {max_steps}"
+                          f"{'; ' + '; '.join(overrides) if overrides else ''}.")
     elif train_args.resume_from_checkpoint == "latest":
         accelerator.print(f"No checkpoint in {checkpoint_dir(output_dir)} yet: starting a new run.")
     if resume_path is None:
@@ -682,7 +706,10 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     accum = train_args.gradient_accumulation_steps
     clip = train_args.max_grad_norm
     window = _Window()
-    progress = tqdm(total=max_steps, initial=state.step, disable=not accelerator.is_local_main_process,
+    # Only on a terminal: redirected to a file, its carriage returns and escape codes garble the log, which gets
+    # one plain line per logging step instead.
+    progress = tqdm(total=max_steps, initial=state.step,
+                    disable=not accelerator.is_local_main_process or not sys.stderr.isatty(),
                     desc=f"{train_args.model} on {data_args.dataset}", dynamic_ncols=True, mininterval=0.5)
     train_time, start_step, tick = 0.0, state.step, time.perf_counter()
     last_logs: Dict[str, float] = {}
@@ -763,6 +790,9 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                     last_logs["grad_norm"] = float(grad_norm)
                 accelerator.log({f"train/{k}": v for k, v in last_logs.items()}, step=state.step)
                 progress.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items() if k != "lr"}, refresh=False)
+                if progress.disable:
+                    accelerator.print(f"step {state.step}/{max_steps}: " + ", ".join(
+                        f"{k}={v:.4g}" for k, v in last_logs.items()))
             now = time.perf_counter()
             train_time += now - tick
             if train_args.eval_steps and state.step % train_args.eval_steps == 0 and state.step < max_steps:
@@ -806,6 +836,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
                 from .pretrained import restore_source_fields
 
                 restore_source_fields(final_model, source, model_config)
+            record_run_entries(output_dir, RUN_END_ENTRIES + (("vae",) if train_args.model == "klae" else ()))
             publish_pretrained(final_model, output_dir)
             if train_args.model == "klae":
                 _publish_diffusers_copy(final_model, output_dir)
@@ -829,7 +860,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         if train_args.push_to_hub and is_main:
             from ..integrations.hub import push_output_dir  # written separately; imported only when asked for
 
-            push_output_dir(output_dir, train_args.hub_model_id, token=None, private=train_args.hub_private)
+            push_output_dir(output_dir, hub_repo, token=None, private=train_args.hub_private)
         accelerator.wait_for_everyone()
     finally:
         progress.close()
@@ -844,14 +875,24 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """The command line: parse arguments (flags, --config file, model config fields) and train."""
+    from ..integrations.hub import HubPushError
+    from ..utils.cli import quiet_progress_bars
     from .perceptual import PerceptualWeightsMissingError
 
     train_args, data_args, model_config = parse_command_line(argv)
+    quiet_progress_bars()  # transformers' shard-writing bars: noise in the run's output and its logs
     try:
         return train(train_args, data_args, model_config)
     except (ValueError, FileNotFoundError, FileExistsError, PerceptualWeightsMissingError,
-            NonFiniteLossError) as error:
-        if os.environ.get("HF_VAE_TRACEBACK"):
+            NonFiniteLossError, HubPushError) as error:
+        if debug_requested(argv):
             raise
         print(f"train.py: error: {error}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: one line saying how to continue, no traceback
+        if debug_requested(argv):
+            raise
+        output_dir = train_args.output_dir or default_output_dir(train_args.model or "vae", data_args.dataset)
+        print(f"train.py: interrupted. Continue from the last checkpoint in {output_dir}/checkpoints with the same "
+              f"command and --resume_from_checkpoint latest.", file=sys.stderr)
+        sys.exit(130)

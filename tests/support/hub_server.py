@@ -35,6 +35,9 @@ Supported (model, dataset and space repos):
     without a token, 404 + RepoNotFound with a token lacking access (client: ``RepositoryNotFoundError``). Writes need
     a token whose user is the namespace or a member of the org: 401 without a token, 403 otherwise.
 
+Injected failures: ``drop_connection`` (no answer, the connection closed) and ``hold_request`` (no answer for a
+bounded time: a hung Hub, for the client's timeouts).
+
 Not supported: Xet storage, pull requests (``create_pr``), tags, discussions, multipart LFS, pagination (one page),
 gated repos, Space runtimes, cross-repo copies, ``expand``/last-commit info, search and listings, rate limits.
 
@@ -147,6 +150,7 @@ class FakeHub:
         self._counter = 0
         self._lock = threading.RLock()
         self._httpd: ThreadingHTTPServer | None = None
+        self._stopping = threading.Event()  # releases held requests (`hold_request`) when the server stops
 
     # ----- injected transport failures -----
     def drop_connection(self, method: str, path_pattern: str, *, after_handling: bool = False, times: int = 1) -> None:
@@ -155,6 +159,13 @@ class FakeHub:
         `after_handling`, the request takes effect first (a commit that went through but whose answer was lost)."""
         self.faults.append({"method": method, "pattern": re.compile(path_pattern), "after": after_handling,
                             "times": times})
+
+    def hold_request(self, method: str, path_pattern: str, *, seconds: float = 5.0, times: int = 1) -> None:
+        """Hold the next `times` matching requests without answering (a Hub that accepted the connection and hangs):
+        the server waits up to `seconds` (or until it stops), then closes the connection. The request is not
+        handled. For testing a client's timeouts; `seconds` bounds how long a test can be held."""
+        self.faults.append({"method": method, "pattern": re.compile(path_pattern), "after": False, "times": times,
+                            "hold": seconds})
 
     def _fault(self, method: str, path: str) -> dict | None:
         with self._lock:
@@ -173,6 +184,7 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -209,6 +221,8 @@ class FakeHub:
             self.requests.append((h.command, h.path))
         fault = self._fault(h.command, url.path)
         if fault is not None and not fault["after"]:
+            if fault.get("hold"):
+                self._stopping.wait(fault["hold"])  # a hung Hub: no answer until the client gives up (or we stop)
             h.close_connection = True  # no status line at all: the client's connection breaks
             return
         try:
