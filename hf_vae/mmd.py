@@ -32,9 +32,10 @@ def kernel_matrix(x: torch.Tensor, y: torch.Tensor, kernel: str, scales: Sequenc
     """(n, d), (m, d) -> (n, m) kernel values, summed over the scales."""
     if kernel not in KERNELS:
         raise ValueError(f"Expected `kernel` in {KERNELS}, got {kernel!r}.")
-    # float32 distances whatever the model's dtype: CPU has no bfloat16 cdist, and half-precision squared
-    # distances lose the small ones the kernel is most sensitive to
-    squared = torch.cdist(x.float(), y.float()).pow(2)
+    # at least float32 distances: CPU has no bfloat16 cdist, and half-precision squared distances lose the small
+    # ones the kernel is most sensitive to
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    squared = torch.cdist(x.to(dtype), y.to(dtype)).pow(2)
     base = 2.0 * x.shape[1] * bandwidth ** 2
     total = torch.zeros_like(squared)
     for scale in scales:
