@@ -43,6 +43,7 @@ from .distributions import (DiagonalGaussianDistribution, Likelihood, build_like
                             gaussian_log_density, randn_tensor, standard_normal_log_prob)
 from .latent_density import GaussianMixtureDensity, encode_dataset
 from .mlp_backbone import MLPDecoder, MLPEncoder
+from .thread_policy import threads_for_generation
 
 try:  # transformers >= 5 guards initialisers so that weights loaded from a checkpoint are never overwritten
     from transformers import initialization as init
@@ -594,6 +595,7 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     # --------------------------------------------------------------------------------------------------------
     # Sampling and evaluation
     # --------------------------------------------------------------------------------------------------------
+    @threads_for_generation  # on the CPU: the intra-op threads the decoding work calls for (thread_policy.py)
     @torch.no_grad()
     def generate(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None,
                  batch_size: int = 256) -> torch.Tensor:
