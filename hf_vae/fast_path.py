@@ -20,6 +20,7 @@ This module imports only torch (a sibling of the model files).
 
 from __future__ import annotations
 
+import types
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -124,5 +125,13 @@ def uses_cuda_graphs(mode: Optional[str]) -> bool:
 
 
 def compiled_tile(function: Callable, mode: Optional[str], backend: str, fullgraph: bool) -> Callable:
-    """torch.compile of an unbound tile function (model, x) -> y."""
-    return torch.compile(function, fullgraph=fullgraph, mode=mode, backend=backend)
+    """torch.compile of an unbound tile function (model, x) -> y, on a copy with a code object of its own.
+
+    torch.compile keeps its compiled graphs on the code object, with a limit of 8 per code object. Every model
+    that calls the same method shares them: a few models, dtypes and batch sizes in one process would reach the
+    limit, which with fullgraph=True is an error. A fresh code object per model keeps each model's own count.
+    """
+    own = types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
+                             function.__defaults__, function.__closure__)
+    own.__qualname__ = function.__qualname__
+    return torch.compile(own, fullgraph=fullgraph, mode=mode, backend=backend)
