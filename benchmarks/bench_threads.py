@@ -14,7 +14,7 @@ after it, bounded to --busy_seconds). Every round times each (workload, conditio
 settings in a rotating order; the result per cell is the median over rounds of steps/s. Target: policy >= 0.9x
 the best fixed count, idle and busy.
 
-    python benchmarks/bench_threads.py                 # ~4 minutes
+    python benchmarks/bench_threads.py                 # ~4 minutes idle; 15 under load 6 (2-thread blocks crawl)
     python benchmarks/bench_threads.py --rounds 1 --steps 5   # a smoke run
 
 Prints a table and writes benchmarks/results/threads.json.
@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="timed steps per block (default: 30 vae, 12 vq_vae)")
-    parser.add_argument("--busy_seconds", type=float, default=60.0, help="upper bound on one busy block's competitor")
+    parser.add_argument("--busy_seconds", type=float, default=600.0,
+                        help="upper bound on the competitor's life (it is killed when its blocks end)")
     parser.add_argument("--output", default=os.path.join(RESULTS_DIR, "threads.json"))
     args = parser.parse_args(argv)
     if os.environ.get("OMP_NUM_THREADS"):
@@ -146,6 +147,7 @@ def main(argv=None) -> int:
     print(table(rows, ["machine", "workload", "policy it/s (threads)", "1 thread", "2 threads", "policy/best",
                        ">= 0.9", "loadavg"]))
     result = {"machine": machine(), "cores": len(os.sched_getaffinity(0)), "rounds": args.rounds,
+              "steps": args.steps or default_steps, "busy_seconds": args.busy_seconds,
               "wall_s": round(time.perf_counter() - start, 1), "summary": summary, "blocks": blocks,
               "command": "python benchmarks/bench_threads.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "note": "the machine is shared with other engineers' jobs: 'idle' means no competitor started by the "

@@ -45,7 +45,9 @@ def group_norm_silu(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias
     if x.device.type != "cuda" or torch.compiler.is_compiling():
         return _group_norm_silu_eager(x, num_groups, weight, bias, eps)
     if _compiled_group_norm_silu is None:
-        _compiled_group_norm_silu = torch.compile(_group_norm_silu_eager, fullgraph=True, dynamic=False)
+        # dynamic: one kernel for the many shapes of a decoder (static shapes would compile one per shape, past
+        # torch.compile's limit of 8); not fullgraph, so that running out of graphs falls back to the eager ops.
+        _compiled_group_norm_silu = torch.compile(_group_norm_silu_eager, dynamic=True)
     return _compiled_group_norm_silu(x, num_groups, weight, bias, eps)
 
 

@@ -195,7 +195,10 @@ def check_num_threads(value, name: str = "--num_threads") -> int:
 
 def _pytorch_default_counts() -> set:
     """Thread counts PyTorch starts with here: one per core of the affinity, or one per physical core."""
-    cores = available_cores() if "LOCAL_WORLD_SIZE" not in os.environ else len(os.sched_getaffinity(0))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
     counts = {cores, os.cpu_count() or cores}
     try:
         with open("/proc/cpuinfo") as f:
