@@ -537,6 +537,9 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     objective.to(accelerator.device)
     if train_args.compile:
         model.enable_fast_path()
+        on = [name for name in ("compile", "channels_last", "fuse_norms") if model.fast_path_settings[name]]
+        accelerator.print(f"--compile: fast path on {accelerator.device.type}: "
+                          f"{', '.join(on) if on else 'the default path (none of its pieces is faster on a CPU)'}.")
     if is_main:
         if previous_files and train_args.overwrite_output_dir and train_args.resume_from_checkpoint is None:
             cleared = clear_previous_run(output_dir)
