@@ -92,6 +92,36 @@ def time_block(step, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def summarise(blocks):
+    """Per (condition, workload): median steps/s of each setting, the policy's ratio to the best fixed count, and
+    in how many rounds the policy ran the count that was fastest in that round (the ratio of two blocks that ran
+    the same count measures only how the other jobs' load moved between them). Returns (summary, table rows)."""
+    rows, summary = [], {}
+    for condition in CONDITIONS:
+        for name in WORKLOADS:
+            mine = [b for b in blocks if (b["condition"], b["workload"]) == (condition, name)]
+            cell = {}
+            for setting in SETTINGS:
+                runs = [b for b in mine if b["setting"] == setting]
+                cell[setting] = {"steps_per_s": statistics.median(b["steps_per_s"] for b in runs),
+                                 "threads_chosen": sorted({b["threads"] for b in runs})}
+            ratio = cell["policy"]["steps_per_s"] / max(cell["1"]["steps_per_s"], cell["2"]["steps_per_s"])
+            rounds = sorted({b["round"] for b in mine})
+            matches = 0
+            for r in rounds:
+                fixed = {b["setting"]: b for b in mine if b["round"] == r}
+                fastest = max(("1", "2"), key=lambda k: fixed[k]["steps_per_s"])
+                matches += fixed["policy"]["threads"] == int(fastest)
+            load = statistics.median(b["loadavg_before"][0] for b in mine)
+            summary[f"{condition}/{name}"] = dict(cell, policy_over_best=ratio, loadavg_1min_median=load,
+                                                  rounds_policy_ran_the_fastest_count=f"{matches}/{len(rounds)}")
+            chosen = ",".join(map(str, cell["policy"]["threads_chosen"]))
+            rows.append([condition, name, f"{cell['policy']['steps_per_s']:.2f} ({chosen})",
+                         f"{cell['1']['steps_per_s']:.2f}", f"{cell['2']['steps_per_s']:.2f}", f"{ratio:.2f}",
+                         "yes" if ratio >= 0.9 else "NO", f"{matches}/{len(rounds)}", f"{load:.2f}"])
+    return summary, rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -129,23 +159,9 @@ def main(argv=None) -> int:
                     if competitor is not None:
                         competitor.kill()
                         competitor.wait()
-    rows, summary = [], {}
-    for condition in CONDITIONS:
-        for name in WORKLOADS:
-            cell = {}
-            for setting in SETTINGS:
-                runs = [b for b in blocks if (b["condition"], b["workload"], b["setting"]) == (condition, name, setting)]
-                cell[setting] = {"steps_per_s": statistics.median(b["steps_per_s"] for b in runs),
-                                 "threads_chosen": sorted({b["threads"] for b in runs})}
-            best = max(cell["1"]["steps_per_s"], cell["2"]["steps_per_s"])
-            ratio = cell["policy"]["steps_per_s"] / best
-            loads = [b["loadavg_before"][0] for b in blocks if (b["condition"], b["workload"]) == (condition, name)]
-            summary[f"{condition}/{name}"] = dict(cell, policy_over_best=ratio, loadavg_1min_median=statistics.median(loads))
-            rows.append([condition, name, f"{cell['policy']['steps_per_s']:.2f} ({','.join(map(str, cell['policy']['threads_chosen']))})",
-                         f"{cell['1']['steps_per_s']:.2f}", f"{cell['2']['steps_per_s']:.2f}", f"{ratio:.2f}",
-                         "yes" if ratio >= 0.9 else "NO", f"{statistics.median(loads):.2f}"])
+    summary, rows = summarise(blocks)
     print(table(rows, ["machine", "workload", "policy it/s (threads)", "1 thread", "2 threads", "policy/best",
-                       ">= 0.9", "loadavg"]))
+                       ">= 0.9", "rounds policy = fastest count", "loadavg"]))
     result = {"machine": machine(), "cores": len(os.sched_getaffinity(0)), "rounds": args.rounds,
               "steps": args.steps or default_steps, "busy_seconds": args.busy_seconds,
               "wall_s": round(time.perf_counter() - start, 1), "summary": summary, "blocks": blocks,

@@ -203,7 +203,7 @@ class KLAEModel(AutoencoderPreTrainedModel):
         into one kernel, and `torch.compile(fullgraph=True)` of `_encode_tile` / `_decode_tile` (so tiled and
         sliced encode/decode, and training, all go through the compiled networks). Call it after `.to(device)`.
 
-        Each piece defaults to on for CUDA and off elsewhere: on a CPU none was faster (hf_vae/fast_path.py,
+        Each piece defaults to on for CUDA and off elsewhere: on a CPU none was reliably faster (hf_vae/fast_path.py,
         docs/performance.md), so there the fast path is the default path unless a piece is asked for. `mode` is
         torch.compile's: "reduce-overhead" adds CUDA graphs at fixed shapes (outputs are then copied out of the
         graph's memory). Outputs equal the default path's to float rounding, not bit for bit; the weights and the
