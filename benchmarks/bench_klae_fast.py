@@ -310,7 +310,8 @@ def part_cpu(device, args) -> dict:
         decode_flops = thread_policy.count_flops(lambda: model.decode(z))
         encode_flops = thread_policy.count_flops(lambda: model.encode(x))
     choice = thread_policy.apply_thread_policy(decode_flops, 1)
-    variants = {"default path": {}, "fast path": {"enable": {}}, "channels-last only": {"enable": {"channels_last": True}}}
+    variants = {"default path": {}, "fast path": {"enable": {}},
+                "channels-last only": {"enable": {"channels_last": True}}}
     times = {(v, op): [] for v in variants for op in ("encode", "decode")}
     loads = []
     peak_before = conv_peak_gflops(3, args.dry_run)

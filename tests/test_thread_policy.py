@@ -180,3 +180,21 @@ def test_the_test_session_and_its_child_processes_run_with_the_policys_count():
     child = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                            env=dict(os.environ), capture_output=True, text=True, timeout=120)
     assert int(child.stdout) == threads
+
+
+def test_evaluate_counts_k_forwards_per_example_and_passes_the_flag(monkeypatch):
+    import importlib
+
+    evaluation = importlib.import_module("hf_vae.evaluation.evaluate")  # the module (the package exports the function)
+    seen = []
+
+    def record(flops, batch, requested=None):
+        seen.append((flops, batch, requested))
+        return thread_policy.ThreadChoice(1, "policy", flops * batch, 2)
+
+    monkeypatch.setattr(thread_policy, "apply_thread_policy", record)
+    model = VAEModel(VAEConfig(image_size=16, hidden_dims=[16], latent_dim=2))
+    evaluation._apply_thread_policy(model, None, 64, 10)
+    evaluation._apply_thread_policy(model, 2, 64, None)
+    forward = thread_policy.forward_flops_per_example(model)
+    assert seen == [(10 * forward, 64, None), (forward, 64, 2)]
