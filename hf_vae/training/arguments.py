@@ -205,8 +205,8 @@ class TrainArguments:
         "Intra-op CPU threads (default: chosen from the model's FLOPs per step, the cores and the load on them; "
         "OMP_NUM_THREADS also sets it).", group=MODEL, metavar="N"))
     compile: bool = field(default=False, metadata=_help(
-        "KLAE: train through model.enable_fast_path() (channels-last, torch.compile of the encoder and decoder "
-        "on a GPU; on a CPU only what is faster there).", group=MODEL))
+        "KLAE: train through model.enable_fast_path() (on a GPU: channels-last, fused GroupNorm+SiLU, "
+        "torch.compile of the encoder and decoder; on a CPU it keeps the default path).", group=MODEL))
 
     def __post_init__(self):
         for f in fields(self):  # inf / NaN would train silently wrong (or not at all)
@@ -248,7 +248,8 @@ class TrainArguments:
         if self.num_threads is not None:
             _positive_int("num_threads", self.num_threads)
         if self.compile and self.model not in (None, "klae"):
-            raise ValueError(f"--compile applies to --model klae (KLAEModel.enable_fast_path), got --model {self.model}.")
+            raise ValueError(f"--compile applies to --model klae (KLAEModel.enable_fast_path), got --model "
+                             f"{self.model}.")
         for name in ("max_steps", "batch_size"):  # None: the recipe's
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
