@@ -44,6 +44,7 @@ from .input_checks import (MAX_IMPORTANCE_SAMPLES, available_memory, check_count
 from .mlp_backbone import MLPDecoder, MLPEncoder
 from .modeling_outputs import (AutoencoderOutput, DecoderOutput, EncoderOutput, apply_forward_hook,  # noqa: F401
                                onloaded)
+from .thread_policy import threads_for_generation
 
 try:  # transformers >= 5 guards initialisers so that weights loaded from a checkpoint are never overwritten
     from transformers import initialization as init
@@ -545,6 +546,7 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     # --------------------------------------------------------------------------------------------------------
     # Sampling and evaluation
     # --------------------------------------------------------------------------------------------------------
+    @threads_for_generation  # on the CPU: the intra-op threads the decoding work calls for (thread_policy.py)
     @torch.no_grad()
     def generate(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None,
                  batch_size: int = 256, **sampling) -> torch.Tensor:

@@ -257,6 +257,52 @@ class KLAEModel(AutoencoderPreTrainedModel):
                 if not enabled:  # drop the folded inference kernels (1.8x the up-sampling conv weights)
                     module.__dict__.pop("_subpixel_cache", None)
 
+    # -- fast path -------------------------------------------------------------------------------------------
+    def enable_fast_path(self, compile: Optional[bool] = None, channels_last: Optional[bool] = None,
+                         fuse_norms: Optional[bool] = None, mode: Optional[str] = None, backend: str = "inductor"):
+        """Faster encode, decode and training on a GPU: channels-last weights and activations, GroupNorm+SiLU fused
+        into one kernel, and `torch.compile(fullgraph=True)` of `_encode_tile` / `_decode_tile` (so tiled and
+        sliced encode/decode, and training, all go through the compiled networks). Call it after `.to(device)`.
+
+        Each piece defaults to on for CUDA and off elsewhere: on a CPU none was reliably faster (hf_vae/fast_path.py,
+        docs/performance.md), so there the fast path is the default path unless a piece is asked for. `mode` is
+        torch.compile's: "reduce-overhead" adds CUDA graphs at fixed shapes (outputs are then copied out of the
+        graph's memory). Outputs equal the default path's to float rounding, not bit for bit; the weights and the
+        state dict do not change. `disable_fast_path()` returns to the default, diffusers-identical path.
+        """
+        from . import fast_path
+
+        self.disable_fast_path()
+        on_cuda = next(self.parameters()).device.type == "cuda"
+        compile = on_cuda if compile is None else compile
+        channels_last = on_cuda if channels_last is None else channels_last
+        fuse_norms = on_cuda if fuse_norms is None else fuse_norms
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        self._fused_norms = fast_path.fuse_group_norm_silu(self) if fuse_norms else []
+        # Gradient checkpointing re-enters the blocks through torch.utils.checkpoint, which breaks the graph.
+        fullgraph = not any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+        cuda_graphs = compile and on_cuda and fast_path.uses_cuda_graphs(mode)
+        for name, function in (("_encode_tile", KLAEModel._encode_tile), ("_decode_tile", KLAEModel._decode_tile)):
+            compiled = fast_path.compiled_tile(function, mode, backend, fullgraph) if compile else None
+            if compiled is not None or channels_last:  # else the tile functions stay the default path's
+                setattr(self, name, fast_path.FastTile(self, function, compiled, channels_last, cuda_graphs))
+        self.fast_path_settings = {"compile": compile, "channels_last": channels_last, "fuse_norms": fuse_norms,
+                                   "mode": mode, "backend": backend if compile else None, "cuda_graphs": cuda_graphs}
+        return self
+
+    def disable_fast_path(self):
+        """Back to the default path: contiguous memory, separate GroupNorm and SiLU, eager tile functions."""
+        from . import fast_path
+
+        for name in ("_encode_tile", "_decode_tile"):
+            self.__dict__.pop(name, None)
+        fast_path.unfuse(self.__dict__.pop("_fused_norms", []))
+        if getattr(self, "fast_path_settings", None) and self.fast_path_settings["channels_last"]:
+            self.to(memory_format=torch.contiguous_format)
+        self.fast_path_settings = None
+        return self
+
     # -- the pluggable pieces --------------------------------------------------------------------------------
     def _encode_tile(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> moments (B, 2·latent_channels, H/f, W/f): encoder, then quant_conv."""

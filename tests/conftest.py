@@ -2,10 +2,44 @@
 Hub tests talk to a loopback fake that switches offline mode off only inside its fixture)."""
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+#: whether the user gave the tests' thread count (OMP_NUM_THREADS) rather than the policy
+THREADS_FROM_USER = bool(os.environ.get("OMP_NUM_THREADS"))
+#: the tests' models are tiny: a step of the largest is well under this many FLOPs per example x batch
+TEST_STEP_FLOPS = 1e8
+
+
+def _thread_policy_for_the_tests() -> None:
+    """Intra-op threads from hf_vae/thread_policy.py for the tests' work (one thread: a tiny model's parallel
+    regions are too short to share), not PyTorch's one per core. Set as OMP_NUM_THREADS, unless the user set it,
+    so that it binds this process (in-process training keeps it: a user's setting wins over the trainer's choice)
+    and every child process (scripts/train.py runs whose weights are compared bit for bit with another run's need
+    the same count). The module is loaded by path: importing the hf_vae package here would import transformers."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "hf_vae" / "thread_policy.py"
+    spec = importlib.util.spec_from_file_location("_hf_vae_thread_policy_for_tests", path)
+    policy = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = policy  # dataclasses look their module up
+    spec.loader.exec_module(policy)
+    cores = policy.available_cores()
+    load = policy.measure_load() if policy.needs_load(TEST_STEP_FLOPS, cores) else 0.0
+    threads = policy.choose_num_threads(TEST_STEP_FLOPS, 1, cores, load)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+_thread_policy_for_the_tests()
 
 import pytest
 

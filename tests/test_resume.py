@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # see tests/conf
 
 
 def _env():
-    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def _weights(output_dir):

@@ -487,8 +487,7 @@ def test_sigkill_then_resume_is_exact(tmp_path):
            "--max_steps", "90", "--checkpointing_steps", "15", "--eval_steps", "0", "--ema_decay", "0.9",
            "--report_to", "none", "--final_eval_max_examples", "16", "--num_sample_images", "4",
            "--resume_from_checkpoint", "latest"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
     subprocess.run([sys.executable, TRAIN, "--output_dir", reference, *run], env=env, check=True,
                    capture_output=True, cwd=tmp_path)

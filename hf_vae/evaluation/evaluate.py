@@ -472,6 +472,22 @@ def write_json_atomic(obj: Any, path: str) -> str:
     return path
 
 
+def _apply_thread_policy(model, num_threads: Optional[int], batch_size: int,
+                         num_importance_samples: Optional[int]) -> None:
+    """Set the intra-op threads for evaluating `model` on the CPU and print the choice. The importance-sampled NLL
+    decodes K latents per example, so the work per example is about K forwards."""
+    from .. import thread_policy
+
+    if not thread_policy.on_cpu(model):
+        if num_threads is not None:
+            torch.set_num_threads(thread_policy.check_num_threads(num_threads))
+        return
+    forwards = max(1, num_importance_samples or 1)
+    flops = forwards * thread_policy.forward_flops_per_example(model)
+    choice = thread_policy.apply_thread_policy(flops, batch_size, num_threads)
+    print(f"threads {choice.describe()}", file=sys.stderr)
+
+
 def evaluate_output_dir(
     output_dir: str,
     dataset: Optional[str] = None,
@@ -479,13 +495,15 @@ def evaluate_output_dir(
     *,
     output_file: Optional[str] = None,
     device: Optional[str] = None,
+    num_threads: Optional[int] = None,
     **kwargs,
 ) -> dict:
     """Load the model published in `output_dir` (as `train` leaves it), evaluate it and write a JSON record.
 
     The dataset and its settings (data_seed, binarisation, columns) default to those of the training run, read
     from `output_dir/training_args.json` when present. The record has the metrics.json structure and goes to
-    `output_file` (default `output_dir/eval_<split>.json`). Returns the record.
+    `output_file` (default `output_dir/eval_<split>.json`). Returns the record. On the CPU the intra-op threads
+    are `num_threads`, else the user's setting, else hf_vae.thread_policy's choice for this evaluation's work.
     """
     from transformers import AutoModel
 
@@ -504,6 +522,7 @@ def evaluate_output_dir(
                                 f"found {sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else 'no folder'}.")
     model = AutoModel.from_pretrained(output_dir)
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _apply_thread_policy(model, num_threads, kwargs.get("batch_size", 128), kwargs.get("num_importance_samples"))
     kwargs.setdefault("data_seed", run_args.get("data_seed", 0))
     kwargs.setdefault("binarize", run_args.get("binarize"))
     dataset_kwargs = dict(kwargs.pop("dataset_kwargs", None) or {})
@@ -543,10 +562,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         help="folder of the Fréchet-distance feature network: the dataset's classifier "
                              "(scripts/train_fid_classifier.py) or pytorch-fid's Inception weights as safetensors")
     parser.add_argument("--fid_samples", type=int, default=10000, help="model samples of the Fréchet distance")
+    parser.add_argument("--num_threads", type=int, default=None, metavar="N",
+                        help="intra-op CPU threads (default: chosen from the evaluation's FLOPs, the cores and the "
+                             "load on them; OMP_NUM_THREADS also sets it)")
     args = parser.parse_args(argv)
     quiet_progress_bars()
     parser.check_bounds(args, {"max_examples": (1, None), "batch_size": (1, 65536), "fid_samples": (1, 10_000_000),
-                                "num_importance_samples": (0, 100_000), "importance_chunk_size": (1, 100_000)})
+                                "num_importance_samples": (0, 100_000), "importance_chunk_size": (1, 100_000),
+                                "num_threads": (1, 4096)})
     kwargs = dict(batch_size=args.batch_size, num_importance_samples=args.num_importance_samples,
                   importance_chunk_size=args.importance_chunk_size, max_examples=args.max_examples, seed=args.seed,
                   progress=True, fid_features=args.fid_features, fid_samples=args.fid_samples)
@@ -554,7 +577,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         kwargs["data_seed"] = args.data_seed
     try:
         record = evaluate_output_dir(args.model_dir, args.dataset, args.split, output_file=args.output,
-                                     device=args.device, **kwargs)
+                                     device=args.device, num_threads=args.num_threads, **kwargs)
     except (ValueError, OSError) as error:  # bad input (a pickle-only folder too): one line naming it, as train.py
         if debug_requested(argv):
             raise

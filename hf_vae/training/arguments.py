@@ -201,6 +201,12 @@ class TrainArguments:
         "pretrained one (how sd-vae-ft-ema/mse were made).", group=PRETRAINED, choices=TRAIN_MODULES))
     gradient_checkpointing: bool = field(default=False, metadata=_help(
         "Recompute the conv blocks' activations in the backward pass: less memory for more compute.", group=OPTIM))
+    num_threads: Optional[int] = field(default=None, metadata=_help(
+        "Intra-op CPU threads (default: chosen from the model's FLOPs per step, the cores and the load on them; "
+        "OMP_NUM_THREADS also sets it).", group=MODEL, metavar="N"))
+    compile: bool = field(default=False, metadata=_help(
+        "KLAE: train through model.enable_fast_path() (on a GPU: channels-last, fused GroupNorm+SiLU, "
+        "torch.compile of the encoder and decoder; on a CPU it keeps the default path).", group=MODEL))
 
     def __post_init__(self):
         for f in fields(self):  # inf / NaN would train silently wrong (or not at all)
@@ -241,6 +247,11 @@ class TrainArguments:
             raise ValueError("Expected `checkpoints_total_limit` >= 1 or None, got 0.")
         if self.num_epochs is not None and not self.num_epochs > 0:
             raise ValueError(f"Expected `num_epochs` > 0, got {self.num_epochs!r}.")
+        if self.num_threads is not None:
+            _positive_int("num_threads", self.num_threads)
+        if self.compile and self.model not in (None, "klae"):
+            raise ValueError(f"--compile applies to --model klae (KLAEModel.enable_fast_path), got --model "
+                             f"{self.model}.")
         for name in ("max_steps", "batch_size"):  # None: the recipe's
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))

@@ -200,7 +200,8 @@ def _publish_diffusers_copy(model, output_dir: str) -> None:
 
 def _startup_banner(train_args: TrainArguments, data_args: DataArguments, model, dataset_info: Dict[str, Any],
                     output_dir: str, max_steps: int, warmup_steps: int, effective_batch: int,
-                    num_processes: int, autoencoder=None, recipe_applied: Optional[Dict[str, Any]] = None) -> str:
+                    num_processes: int, autoencoder=None, recipe_applied: Optional[Dict[str, Any]] = None,
+                    threads: Optional[str] = None) -> str:
     """What the run is about to do, printed before the first step: where, what model, what data, how long."""
     config = model.config
     num_params = sum(p.numel() for p in model.parameters())
@@ -240,7 +241,21 @@ def _startup_banner(train_args: TrainArguments, data_args: DataArguments, model,
         f"  data    {data_args.dataset}: {shape} images" + (f", {counts} examples" if counts else ""),
         f"  steps   {max_steps}{epochs}, {batch}, lr {train_args.learning_rate:g} ({train_args.lr_scheduler}, "
         f"{warmup_steps} warm-up), evaluation every {train_args.eval_steps or max_steps} steps",
-    ] + recipe_line)
+    ] + recipe_line + ([f"  threads {threads}"] if threads else []))
+
+
+def _apply_thread_policy(train_args: TrainArguments, model, device: torch.device) -> str:
+    """Set the intra-op threads from the training step's FLOPs (hf_vae.thread_policy), or as the user asked; the
+    banner's line. On an accelerator the model's work is not on the CPU, so only a user's choice is applied."""
+    from .. import thread_policy
+
+    if device.type != "cpu":
+        user = thread_policy.user_num_threads(train_args.num_threads)
+        if user is not None and user[1] == "--num_threads":
+            torch.set_num_threads(user[0])
+        return f"{torch.get_num_threads()} intra-op CPU threads (the model runs on {device.type})"
+    flops = thread_policy.TRAIN_STEP_FORWARDS * thread_policy.forward_flops_per_example(model)
+    return thread_policy.apply_thread_policy(flops, train_args.batch_size, train_args.num_threads).describe()
 
 
 def resolved_warmup_steps(train_args: TrainArguments, max_steps: int) -> int:
@@ -541,6 +556,11 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
     objective = build_objective(train_args, model, settings["value_range"], data_args.dataset, autoencoder)
     model.to(accelerator.device)
     objective.to(accelerator.device)
+    if train_args.compile:
+        model.enable_fast_path()
+        on = [name for name in ("compile", "channels_last", "fuse_norms") if model.fast_path_settings[name]]
+        accelerator.print(f"--compile: fast path on {accelerator.device.type}: "
+                          f"{', '.join(on) if on else 'the default path (none of its pieces is faster on a CPU)'}.")
     if is_main:
         if previous_files and train_args.overwrite_output_dir:
             accelerator.print(describe_cleared(output_dir, *clear_previous_run(output_dir)))
@@ -563,9 +583,10 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         batches_per_epoch = num_train // accelerator.num_processes // train_args.batch_size
         max_steps = max(1, int(train_args.num_epochs * batches_per_epoch / train_args.gradient_accumulation_steps))
     warmup_steps = resolved_warmup_steps(train_args, max_steps)
+    threads = _apply_thread_policy(train_args, model, accelerator.device)
     accelerator.print(_startup_banner(train_args, data_args, model, dataset_info, output_dir, max_steps,
                                       warmup_steps, effective_batch, accelerator.num_processes, autoencoder,
-                                      recipe_applied))
+                                      recipe_applied, threads))
 
     # -- 3. optimisers, schedules, EMA ---------------------------------------------------------------------
     discriminator_params = objective.discriminator_parameters()
