@@ -149,7 +149,7 @@ def test_num_threads_zero_is_refused_by_both_command_lines(capsys):
     assert "train.py: error: Expected `num_threads` to be a positive int, got 0." in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate_main(["some_dir", "--num_threads", "0"])
-    assert "--num_threads: expected a positive number of threads, got 0" in capsys.readouterr().err
+    assert "Expected --num_threads >= 1 and <= 4096, got 0." in capsys.readouterr().err
 
 
 def test_train_script_applies_the_policy_and_prints_it_in_the_banner(tmp_path):
