@@ -7,11 +7,12 @@ own pixels. Here the network is split at its global operations instead, so the t
   * between two global operations only local ones run (convolutions, nearest up-sampling, the stride-2 conv with
     its one-sided pad, activations, residual adds), tile by tile. Each tile reads its input with a halo exactly as
     wide as those operations need (found by walking the chain backwards: a 3x3 conv widens the window by 1, a 2x
-    nearest up-sampling halves it, the stride-2 conv doubles it), and zero padding is applied only where the
-    window meets the image border, so every output pixel sees exactly the inputs it sees untiled;
+    nearest up-sampling halves it, the stride-2 conv doubles it); a conv's outputs along window sides inside
+    the image (which saw its zero padding instead of real neighbours) are dropped, so every kept output pixel
+    sees exactly the inputs it sees untiled;
   * GroupNorm (Wu & He 2018) needs per-(example, group) mean and variance over the whole map: the pass that
-    writes a map accumulates the sum and sum of squares of every tile in float64, and the next pass applies the
-    norm as a per-channel affine (x − μ)·γ/√(σ² + ε) + β;
+    writes a map merges the mean and variance of every tile in float64, and the next pass applies the norm as
+    the per-channel affine x·γ/√(σ² + ε) + (β − μ·γ/√(σ² + ε)), as PyTorch's GroupNorm kernel does;
   * the mid-block self-attention runs over the whole latent-resolution sequence: keys and values for all
     positions, then queries tile by tile through `F.scaled_dot_product_attention`.
 
@@ -20,8 +21,8 @@ on the compute device, in host memory ("cpu"), or in an unlinked temporary file 
 whose pages are handed back to the kernel after every row of tiles. Peak memory on the compute device is then
 a few tiles' activations plus the attention's keys and values (2·h·w·C at latent resolution) and the result.
 
-Inference only (no autograd through the stores). Outputs equal the untiled network to float rounding (the
-convolutions see zero padding as explicit `F.pad` and the norm runs as an affine, ~1e-6 in float32).
+Inference only (no autograd through the stores). Outputs equal the untiled network to float rounding (tiles
+change the convolutions' and the attention's summation order; ~1e-6 relative in float32).
 """
 
 import math
@@ -49,41 +50,49 @@ def check_exact_tiling_options(tile_size, storage, factor: int) -> None:
 
 # -- GroupNorm statistics ------------------------------------------------------------------------------------
 class GroupStatistics:
-    """Per-(example, group) count, sum and sum of squares of a map, accumulated tile by tile in float64.
+    """Per-(example, group) count, mean and sum of squared deviations (M2) of a map, merged tile by tile.
 
-    float64 keeps E[x²] − E[x]² accurate for float32 activations (the cancellation costs ~|μ|²/σ² · 1e-16).
+    Each tile's mean and variance come from `torch.var_mean` in the map's precision (float32 at least, as
+    GroupNorm's own kernel); tiles are merged in float64 with Chan, Golub & LeVeque's pairwise update
+    (M2 = M2_a + M2_b + δ²·n_a·n_b / n), which needs no E[x²] − E[x]² cancellation.
     """
 
     def __init__(self, batch: int, groups: int, device):
         self.groups = groups
         self.count = 0
-        self.sum = torch.zeros(batch, groups, dtype=torch.float64, device=device)
-        self.sum_of_squares = torch.zeros(batch, groups, dtype=torch.float64, device=device)
+        self.mean = torch.zeros(batch, groups, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(batch, groups, dtype=torch.float64, device=device)
 
     def add(self, tile: torch.Tensor) -> None:
         """Add a (B, C, h, w) tile; its pixels must not overlap those of earlier tiles."""
-        b, c = tile.shape[:2]
-        values = tile.reshape(b, self.groups, -1).to(torch.float64)
-        self.count += values.shape[-1]
-        self.sum += values.sum(-1)
-        self.sum_of_squares += values.square().sum(-1)
+        values = tile.unflatten(1, (self.groups, -1))  # a view also of a cropped (non-contiguous) tile
+        if values.dtype not in (torch.float32, torch.float64):
+            values = values.float()
+        variance, mean = torch.var_mean(values, dim=(2, 3, 4), correction=0)
+        count = values[0, 0].numel()
+        mean, m2 = mean.to(torch.float64), variance.to(torch.float64) * count
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean += delta * (count / total)
+        self.m2 += m2 + delta.square() * (self.count * count / total)
+        self.count = total
 
-    def affine(self, norm: nn.GroupNorm) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """`norm` as mean, scale, shift of shape (B, C, 1, 1): norm(x) = (x − mean)·scale + shift (shift None
-        without affine parameters). Float64; the caller casts."""
+    def affine(self, norm: nn.GroupNorm) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`norm` as scale and shift of shape (B, C, 1, 1), in float64: norm(x) = x·scale + shift with
+        scale = γ/√(σ² + ε), shift = β − μ·scale (σ² biased, as GroupNorm's; PyTorch's GroupNorm kernel applies
+        the same per-channel scale and shift)."""
         if norm.num_groups != self.groups:
             raise ValueError(f"Expected a GroupNorm with {self.groups} groups, got {norm.num_groups}.")
-        mean = self.sum / self.count
-        variance = (self.sum_of_squares / self.count - mean.square()).clamp_min(0.0)  # biased, as GroupNorm's
-        inverse_std = torch.rsqrt(variance + norm.eps)
         per_group = norm.num_channels // self.groups
-        mean = mean.repeat_interleave(per_group, dim=1)
+        inverse_std = torch.rsqrt(self.m2 / self.count + norm.eps)
         scale = inverse_std.repeat_interleave(per_group, dim=1)
-        shift = None
+        mean = self.mean.repeat_interleave(per_group, dim=1)
         if norm.weight is not None:
             scale = scale * norm.weight.to(torch.float64)
-            shift = norm.bias.to(torch.float64).expand_as(scale)
-        return mean[..., None, None], scale[..., None, None], None if shift is None else shift[..., None, None]
+        shift = -mean * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias.to(torch.float64)
+        return scale[..., None, None], shift[..., None, None]
 
 
 # -- where maps live -----------------------------------------------------------------------------------------
@@ -151,14 +160,15 @@ class Conv:
         return size
 
     def __call__(self, patch: Patch) -> Patch:
+        # The conv zero-pads every side, as untiled; the outputs along sides inside the image read those zeros
+        # instead of their real neighbours (which the window does not hold), so they are dropped.
         p, (h, w) = self.pad, patch.data.shape[2:]
-        # Zeros only where the window meets the image border; inside the image the halo holds the real neighbours.
-        top, bottom = (p if patch.top == 0 else 0), (p if patch.top + h == patch.height else 0)
-        left, right = (p if patch.left == 0 else 0), (p if patch.left + w == patch.width else 0)
-        data = F.pad(patch.data, (left, right, top, bottom)) if p and (top or bottom or left or right) else patch.data
-        conv = self.conv
-        data = F.conv2d(data, conv.weight, conv.bias, 1, 0, conv.dilation, conv.groups)
-        return Patch(data, patch.top - top + p, patch.left - left + p, patch.height, patch.width, True)
+        data = self.conv(patch.data)
+        top, left = (p if patch.top > 0 else 0), (p if patch.left > 0 else 0)
+        bottom = h - (p if patch.top + h < patch.height else 0)
+        right = w - (p if patch.left + w < patch.width else 0)
+        data = data[:, :, top:bottom, left:right]
+        return Patch(data, patch.top + top, patch.left + left, patch.height, patch.width, True)
 
 
 class Downsample:
@@ -223,15 +233,12 @@ class Norm:
         self.norm = norm
 
     def resolve(self, statistics: GroupStatistics, dtype: torch.dtype) -> Pointwise:
-        mean, scale, shift = statistics.affine(self.norm)
         # GroupNorm computes in float32 at least (also for half-precision inputs); so does this affine.
         compute = torch.promote_types(dtype, torch.float32)
-        mean, scale = mean.to(compute), scale.to(compute)
-        shift = None if shift is None else shift.to(compute)
+        scale, shift = (value.to(compute) for value in statistics.affine(self.norm))
 
         def normalise(x: torch.Tensor, owned: bool) -> torch.Tensor:
-            y = x.to(compute).sub(mean).mul_(scale)  # a new tensor: the input may be a view into a store
-            return (y if shift is None else y.add_(shift)).to(dtype)
+            return torch.addcmul(shift, x.to(compute), scale).to(dtype)  # a new tensor: x may be a store's view
 
         return Pointwise(normalise)
 
@@ -298,8 +305,11 @@ class TiledRunner:
                 columns = (left, min(left + tile, out_width))
                 result = None
                 for (source, chain), (steps, _, _) in zip(branches, sizes):
-                    part = self.apply(source, chain, steps, rows, columns)
-                    result = part if result is None else part.add_(result)  # h + shortcut, commutative
+                    part, owned = self.apply(source, chain, steps, rows, columns)
+                    if result is None:
+                        result = part if owned else part.clone()
+                    else:
+                        result.add_(part)  # h + shortcut: one float addition, commutative
                 if out is None:
                     shape = (batch, result.shape[1], out_height, out_width)
                     out = self.store.empty(shape, result.dtype) if to_store else result.new_empty(shape)
@@ -309,8 +319,9 @@ class TiledRunner:
             self.store.release_pages()
         return Map(out, statistics)
 
-    def apply(self, source: Map, chain: list, steps, rows, columns) -> torch.Tensor:
-        """The output window rows x columns of chain(source), computed from the input window it depends on."""
+    def apply(self, source: Map, chain: list, steps, rows, columns) -> Tuple[torch.Tensor, bool]:
+        """The output window rows x columns of chain(source), computed from the input window it depends on, and
+        whether it may be overwritten (False: a view into the source)."""
         row_window, column_window = rows, columns
         for operation, (height, width) in zip(reversed(chain), reversed(steps)):
             row_window = operation.region(*row_window, height)
@@ -319,8 +330,7 @@ class TiledRunner:
         patch = self.load(source, row_window, column_window, height, width)
         for operation in chain:
             patch = operation(patch)
-        data = patch.crop(rows, columns)
-        return data if patch.owned else data.clone()
+        return patch.crop(rows, columns), patch.owned
 
     def attention(self, attention: Attention, source: Map, tile: int, groups: Optional[int]) -> Map:
         """x + Attention(x) over all h·w positions: keys and values for every position, then queries per tile
