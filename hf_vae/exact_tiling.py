@@ -29,7 +29,7 @@ import math
 import mmap
 import tempfile
 import weakref
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -109,18 +109,27 @@ class ActivationStore:
             raise ValueError(f"Expected `storage` one of {STORAGES}, got {storage!r}.")
         self.storage, self.device, self.directory = storage, device, directory
         self._mappings = weakref.WeakSet()
+        self.live_bytes = self.peak_bytes = 0  # what the maps alive at once take, for memory reports
 
     def empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-        if self.storage == "device":
-            return torch.empty(shape, dtype=dtype, device=self.device)
-        if self.storage == "cpu":
-            return torch.empty(shape, dtype=dtype)
         nbytes = math.prod(shape) * dtype.itemsize
-        with tempfile.TemporaryFile(dir=self.directory) as file:  # unlinked: the mapping keeps the data alive
-            file.truncate(nbytes)
-            mapping = mmap.mmap(file.fileno(), nbytes)
-        self._mappings.add(mapping)
-        return torch.frombuffer(mapping, dtype=dtype).view(shape)  # the tensor holds a reference to the mapping
+        if self.storage == "device":
+            tensor = torch.empty(shape, dtype=dtype, device=self.device)
+        elif self.storage == "cpu":
+            tensor = torch.empty(shape, dtype=dtype)
+        else:
+            with tempfile.TemporaryFile(dir=self.directory) as file:  # unlinked: the mapping keeps the data alive
+                file.truncate(nbytes)
+                mapping = mmap.mmap(file.fileno(), nbytes)
+            self._mappings.add(mapping)
+            tensor = torch.frombuffer(mapping, dtype=dtype).view(shape)  # holds a reference to the mapping
+        self.live_bytes += nbytes
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        weakref.finalize(tensor, self._freed, nbytes)
+        return tensor
+
+    def _freed(self, nbytes: int) -> None:
+        self.live_bytes -= nbytes
 
     def release_pages(self) -> None:
         for mapping in list(self._mappings):
@@ -437,12 +446,14 @@ def encoder_steps(encoder: Encoder, quant_conv: Optional[nn.Conv2d] = None) -> L
 
 
 @torch.no_grad()
-def run_steps(steps: List[Step], x: torch.Tensor, tile_size: int, storage: str = "device",
+def run_steps(steps: List[Step], x: torch.Tensor, tile_size: int, storage: Union[str, ActivationStore] = "device",
               storage_dir: Optional[str] = None) -> torch.Tensor:
     """Run `steps` on x (B, C, H, W), each in tiles covering `tile_size` image pixels a side; the result is on
-    x's device. Maps between steps live in `storage` ("device", "cpu" or "mmap", see ActivationStore)."""
+    x's device. Maps between steps live in `storage` ("device", "cpu" or "mmap", see ActivationStore, or a store
+    whose `peak_bytes` the caller reads afterwards)."""
     dtype = next(iter(_parameters(steps))).dtype
-    runner = TiledRunner(ActivationStore(storage, x.device, storage_dir), x.device, dtype)
+    store = storage if isinstance(storage, ActivationStore) else ActivationStore(storage, x.device, storage_dir)
+    runner = TiledRunner(store, x.device, dtype)
     current = Map(x)
     for index, step in enumerate(steps):
         following = steps[index + 1].norm if index + 1 < len(steps) else None
@@ -467,14 +478,16 @@ def _parameters(steps: List[Step]):
 
 
 def decode_exact(decoder: Decoder, z: torch.Tensor, post_quant_conv: Optional[nn.Conv2d] = None,
-                 tile_size: int = 256, storage: str = "device", storage_dir: Optional[str] = None) -> torch.Tensor:
+                 tile_size: int = 256, storage: Union[str, ActivationStore] = "device",
+                 storage_dir: Optional[str] = None) -> torch.Tensor:
     """post_quant_conv then `decoder` on latents z (B, c, h, w), in tiles of `tile_size` output pixels: the
     untiled result to float rounding."""
     return run_steps(decoder_steps(decoder, post_quant_conv), z, tile_size, storage, storage_dir)
 
 
 def encode_exact(encoder: Encoder, x: torch.Tensor, quant_conv: Optional[nn.Conv2d] = None, tile_size: int = 256,
-                 storage: str = "device", storage_dir: Optional[str] = None) -> torch.Tensor:
+                 storage: Union[str, ActivationStore] = "device",
+                 storage_dir: Optional[str] = None) -> torch.Tensor:
     """`encoder` then quant_conv on images x (B, C, H, W), in tiles of `tile_size` input pixels: the untiled
     result to float rounding."""
     return run_steps(encoder_steps(encoder, quant_conv), x, tile_size, storage, storage_dir)

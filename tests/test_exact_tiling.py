@@ -107,7 +107,7 @@ def test_group_statistics_merged_over_tiles_give_group_norm():
         assert max_difference((x.double() * scale + shift).to(dtype), expected) < tolerance, dtype
 
 
-def test_mmap_store_keeps_data_after_pages_are_released(tmp_path):
+def test_mmap_store_keeps_data_after_pages_are_released_and_counts_bytes(tmp_path):
     store = ActivationStore("mmap", torch.device("cpu"), directory=str(tmp_path))
     stored = store.empty((2, 3, 5, 7), torch.float32)
     values = torch.randn(2, 3, 5, 7)
@@ -115,6 +115,9 @@ def test_mmap_store_keeps_data_after_pages_are_released(tmp_path):
     store.release_pages()  # drops the pages from this process; they come back from the (unlinked) file
     assert torch.equal(stored, values)
     assert list(tmp_path.iterdir()) == []  # nothing left behind on disk
+    assert store.live_bytes == store.peak_bytes == 2 * 3 * 5 * 7 * 4
+    del stored
+    assert store.live_bytes == 0 and store.peak_bytes == 2 * 3 * 5 * 7 * 4
 
 
 # ------------------------------------------------------------------------------------------------------------
