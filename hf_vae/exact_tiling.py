@@ -18,7 +18,7 @@ own pixels. Here the network is split at its global operations instead, so the t
 
 Maps that must outlive a pass (the inputs of the next norm, the residual branch) live in an `ActivationStore`:
 on the compute device, in host memory ("cpu"), or in an unlinked temporary file mapped into memory ("mmap"),
-whose pages are handed back to the kernel after every tile. Peak memory on the compute device is then
+whose pages are handed back to the kernel after every row of tiles. Peak memory on the compute device is then
 a few tiles' activations plus the attention's keys and values (2·h·w·C at latent resolution) and the result.
 
 Inference only (no autograd through the stores). Outputs equal the untiled network to float rounding (tiles
@@ -101,7 +101,9 @@ class ActivationStore:
 
     "mmap" files are unlinked temporary files (in `directory`, default the system temp dir) mapped shared: the
     pages are the kernel's page cache, written back to disk and dropped under memory pressure; `release_pages`
-    (after every tile) also removes them from this process's resident set.
+    (after every row of tiles) also removes them from this process's resident set. Releasing after every tile
+    would not bound it better: the kernel maps whole page-cache folios (and faults around), which for a
+    row-major map span the full image width.
     """
 
     def __init__(self, storage: str, device: torch.device, directory: Optional[str] = None):
@@ -325,7 +327,7 @@ class TiledRunner:
                 out[:, :, rows[0]:rows[1], columns[0]:columns[1]].copy_(result)
                 if statistics is not None:
                     statistics.add(result)
-                self.store.release_pages()
+            self.store.release_pages()
         return Map(out, statistics)
 
     def apply(self, source: Map, chain: list, steps, rows, columns) -> Tuple[torch.Tensor, bool]:
