@@ -201,11 +201,30 @@ class KLAEModel(AutoencoderPreTrainedModel):
         self.post_init()
 
     # -- slicing and tiling ----------------------------------------------------------------------------------
-    def enable_tiling(self, tile_sample_min_size: Optional[int] = None, tile_overlap_factor: Optional[float] = None):
+    # Exact tiling (hf_vae.exact_tiling), switched on by `enable_tiling(exact=True)`.
+    use_exact_tiling = False
+    exact_tile_size: Optional[int] = None  # None: tile_sample_min_size
+    exact_tiling_storage = "device"
+    exact_tiling_dir: Optional[str] = None
+
+    def enable_tiling(self, tile_sample_min_size: Optional[int] = None, tile_overlap_factor: Optional[float] = None,
+                      exact: bool = False, tile_size: Optional[int] = None, storage: Optional[str] = None,
+                      storage_dir: Optional[str] = None):
         """Encode and decode large images in overlapping tiles of `tile_sample_min_size` pixels
         (`tile_sample_min_size / f` latents), blended linearly: memory stays that of one tile, whatever the image
         size. Results differ slightly from untiled ones (each tile sees only its own context), exactly as in
-        diffusers."""
+        diffusers.
+
+        `exact=True` tiles without seams instead (hf_vae.exact_tiling): GroupNorm statistics and the mid-block
+        attention span the whole image, so results equal untiled ones (to float rounding), in tiles of `tile_size`
+        image pixels (default `tile_sample_min_size`). The full-size maps kept between tiled passes live in
+        `storage`: "device" (default), "cpu" (host memory) or "mmap" (temporary files in `storage_dir`).
+        Inference only."""
+        if not isinstance(exact, bool):
+            raise ValueError(f"Expected `exact` True or False, got {exact!r}.")
+        if not exact and (tile_size, storage, storage_dir) != (None, None, None):
+            raise ValueError(f"Expected `tile_size`, `storage` and `storage_dir` only with exact=True, got "
+                             f"tile_size={tile_size!r}, storage={storage!r}, storage_dir={storage_dir!r}.")
         if tile_sample_min_size is not None:
             factor = self.config.downsampling_factor
             if not isinstance(tile_sample_min_size, int) or tile_sample_min_size < factor:
@@ -217,10 +236,32 @@ class KLAEModel(AutoencoderPreTrainedModel):
             if not 0.0 <= tile_overlap_factor < 1.0:
                 raise ValueError(f"Expected `tile_overlap_factor` in [0, 1), got {tile_overlap_factor!r}.")
             self.tile_overlap_factor = tile_overlap_factor
+        if exact:
+            from .exact_tiling import check_exact_tiling_options
+
+            size = self.tile_sample_min_size if tile_size is None else tile_size
+            check_exact_tiling_options(size, storage or "device", self.config.downsampling_factor)
+            self.exact_tile_size, self.exact_tiling_storage, self.exact_tiling_dir = size, storage or "device", storage_dir
+        self.use_exact_tiling = exact
         self.use_tiling = True
 
     def disable_tiling(self):
         self.use_tiling = False
+        self.use_exact_tiling = False
+
+    def _exact_tiled(self, x: torch.Tensor, encode: bool) -> torch.Tensor:
+        """Moments (encode) or images (decode) through hf_vae.exact_tiling; untiled when x fits in one tile."""
+        from .exact_tiling import decode_exact, encode_exact
+
+        factor = 1 if encode else self.config.downsampling_factor
+        if x.shape[-1] * factor <= self.exact_tile_size and x.shape[-2] * factor <= self.exact_tile_size:
+            return self._encode_tile(x) if encode else self._decode_tile(x)
+        if torch.is_grad_enabled():
+            raise RuntimeError("Expected exact tiling under torch.no_grad() (it is inference-only), got gradients "
+                               "enabled; call disable_tiling() or enable_tiling(exact=False) to train.")
+        run, network, conv = ((encode_exact, self.encoder, self.quant_conv) if encode
+                              else (decode_exact, self.decoder, self.post_quant_conv))
+        return run(network, x, conv, self.exact_tile_size, self.exact_tiling_storage, self.exact_tiling_dir)
 
     def enable_slicing(self):
         """Encode and decode a batch one example at a time (lower peak memory, same results)."""
@@ -319,6 +360,8 @@ class KLAEModel(AutoencoderPreTrainedModel):
         """Moments (B, 2·latent_channels, h, w), honouring slicing and tiling as diffusers' `encode` does."""
         if self.use_slicing and x.shape[0] > 1:
             return torch.cat([self._encode_moments(example) for example in x.split(1)])
+        if self.use_tiling and self.use_exact_tiling:
+            return self._exact_tiled(x, encode=True)
         if self.use_tiling and (x.shape[-1] > self.tile_sample_min_size or x.shape[-2] > self.tile_sample_min_size):
             return tiled_apply(x, self._encode_tile, self.tile_sample_min_size, self.tile_latent_min_size,
                                self.tile_overlap_factor)
@@ -331,6 +374,8 @@ class KLAEModel(AutoencoderPreTrainedModel):
         """(B, latent_channels, h, w) -> images (B, out_channels, h·f, w·f), honouring slicing and tiling."""
         if self.use_slicing and latents.shape[0] > 1:
             return torch.cat([self._decode(example) for example in latents.split(1)])
+        if self.use_tiling and self.use_exact_tiling:
+            return self._exact_tiled(latents, encode=False)
         if self.use_tiling and (latents.shape[-1] > self.tile_latent_min_size
                                 or latents.shape[-2] > self.tile_latent_min_size):
             return tiled_apply(latents, self._decode_tile, self.tile_latent_min_size, self.tile_sample_min_size,
