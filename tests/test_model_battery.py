@@ -518,6 +518,18 @@ def compiled_and_eager(function, *args, **kwargs):
         return compiled(*args, **kwargs), function(*args, **kwargs)
 
 
+def method_module(name, method):
+    """`encode` or `decode` of a fresh model of the family as a module of its own (eval mode), with its tensor
+    argument and the condition keywords the method takes."""
+    needs_autoencoder(name)
+    model = build(name)
+    inputs = example_inputs(model.config, BATCH)
+    module_class, argument = ((EncodeModule, images_of(inputs)) if method == "encode"
+                              else (DecodeModule, latents_for(model, inputs)))
+    condition = condition_kwargs(model, getattr(model, method), inputs)
+    return module_class(model, *condition.keys()).eval(), argument, condition
+
+
 @pytest.mark.slow
 @families
 def test_forward_compiles_without_graph_breaks(name):
@@ -531,13 +543,7 @@ def test_forward_compiles_without_graph_breaks(name):
 @families
 @pytest.mark.parametrize("method", ["encode", "decode"])
 def test_encode_and_decode_compile_without_graph_breaks(name, method):
-    needs_autoencoder(name)
-    model = build(name)
-    inputs = example_inputs(model.config, BATCH)
-    module_class, argument = ((EncodeModule, images_of(inputs)) if method == "encode"
-                              else (DecodeModule, latents_for(model, inputs)))
-    condition = condition_kwargs(model, getattr(model, method), inputs)
-    module = module_class(model, *condition.keys())
+    module, argument, condition = method_module(name, method)
     compiled, eager = compiled_and_eager(module, argument, *condition.values())
     torch.testing.assert_close(compiled, eager)
 
@@ -557,13 +563,7 @@ def test_forward_exports(name):
 @families
 @pytest.mark.parametrize("method", ["encode", "decode"])
 def test_encode_and_decode_export(name, method):
-    needs_autoencoder(name)
-    model = build(name)
-    inputs = example_inputs(model.config, BATCH)
-    module_class, argument = ((EncodeModule, images_of(inputs)) if method == "encode"
-                              else (DecodeModule, latents_for(model, inputs)))
-    condition = condition_kwargs(model, getattr(model, method), inputs)
-    module = module_class(model, *condition.keys()).eval()
+    module, argument, condition = method_module(name, method)
     program = torch.export.export(module, args=(argument, *condition.values()))
     with torch.no_grad():
         torch.testing.assert_close(program.module()(argument, *condition.values()), module(argument, *condition.values()))
