@@ -73,12 +73,19 @@ def _init_fields(config_class) -> set:
     return names
 
 
+#: other architectures' names of a norm's epsilon: transformers' own tools set them on any config (its test suite's
+#: `set_config_for_less_flaky_test`), so they are not typos of a field of ours
+OTHER_ARCHITECTURES_FIELDS = {"rms_norm_eps", "post_norm_eps", "layer_norm_eps", "norm_eps", "norm_epsilon",
+                              "batch_norm_eps"}
+
+
 def reject_likely_typos(config_class, kwargs: Dict[str, Any]) -> None:
     """A key that is not a field but is close to one ("likelyhood") would be kept as an unused attribute and the
     field silently defaulted: refuse it, naming the closest field. Keys far from every field (transformers'
     own, such as `architectures`) pass."""
     fields = _init_fields(config_class) - {"kwargs"}
-    known = fields | set(vars(PretrainedConfig())) | {"transformers_version", "architectures", "auto_map"}
+    known = (fields | set(vars(PretrainedConfig())) | {"transformers_version", "architectures", "auto_map"}
+             | OTHER_ARCHITECTURES_FIELDS)
     for key in kwargs:
         if key in known or key.startswith("_"):
             continue

@@ -36,6 +36,14 @@ class VQPriorConfig(ValidatedConfig):
                  num_classes: Optional[int] = None, n_embd: int = 256, n_layer: int = 4, n_head: int = 8,
                  n_inner: Optional[int] = None, dropout: float = 0.0, activation_function: str = "gelu_new",
                  layer_norm_epsilon: float = 1e-5, initializer_range: float = 0.02, **kwargs):
+        # `layer_norm_eps`, most transformers models' name for the field, is read as `layer_norm_epsilon` (GPT-2's),
+        # not kept as an attribute that nothing reads
+        alias = kwargs.pop("layer_norm_eps", None)
+        if alias is not None:
+            if layer_norm_epsilon not in (1e-5, alias):
+                raise ValueError(f"Expected one layer-norm epsilon, got layer_norm_epsilon={layer_norm_epsilon!r} "
+                                 f"and its alias layer_norm_eps={alias!r}.")
+            layer_norm_epsilon = alias
         self.num_embeddings = num_embeddings
         self.code_shape = [code_shape] if isinstance(code_shape, int) else list(code_shape)
         self.num_classes = num_classes

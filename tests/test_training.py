@@ -269,7 +269,7 @@ def _poison_forward(monkeypatch, at_calls):
 
     def forward(self, *args, **kwargs):
         output = original(self, *args, **kwargs)
-        if self.training:
+        if self.training and self.device.type != "meta":  # (the thread policy counts FLOPs on a meta copy)
             calls["n"] += 1
             if calls["n"] in at_calls:
                 output.loss = output.loss * float("nan")
