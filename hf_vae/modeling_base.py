@@ -39,8 +39,8 @@ from .conv_backbone import Attention, ConvDecoder, ConvEncoder
 from .distributions import (DiagonalGaussianDistribution, Likelihood, ScaledLikelihood, build_likelihood, gaussian_kl,
                             gaussian_log_density, randn_tensor, standard_normal_log_prob)
 from .latent_density import GaussianMixtureDensity, encode_dataset
-from .input_checks import (MAX_IMPORTANCE_SAMPLES, available_memory, check_count, check_fits,  # noqa: F401
-                           check_latents, check_pixel_values, is_tracing)
+from .input_checks import (MAX_IMPORTANCE_SAMPLES, check_count, check_fits, check_latents,  # noqa: F401
+                           check_pixel_values)
 from .mlp_backbone import MLPDecoder, MLPEncoder
 from .modeling_outputs import (AutoencoderOutput, DecoderOutput, EncoderOutput, apply_forward_hook,  # noqa: F401
                                onloaded)

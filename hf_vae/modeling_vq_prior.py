@@ -11,7 +11,7 @@ code maps, and sampling goes through transformers' `generate` with those tokens 
 """
 
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
