@@ -127,28 +127,19 @@ def encode_tensor(model, images, **condition):
     return posterior if isinstance(posterior, torch.Tensor) else posterior.mode()
 
 
-class EncodeModule(nn.Module):
-    """`model.encode` as a module returning tensors, for torch.export and torch.compile."""
+class MethodModule(nn.Module):
+    """`model.encode` (the posterior's mode) or `model.decode(...).sample` as a module returning a tensor, for
+    torch.export and torch.compile."""
 
-    def __init__(self, model, condition_name=None):
+    def __init__(self, model, method, condition_name=None):
         super().__init__()
-        self.model, self.condition_name = model, condition_name
+        self.model, self.method, self.condition_name = model, method, condition_name
 
-    def forward(self, images, condition=None):
+    def forward(self, tensor, condition=None):
         kwargs = {} if condition is None else {self.condition_name: condition}
-        return encode_tensor(self.model, images, **kwargs)
-
-
-class DecodeModule(nn.Module):
-    """`model.decode(...).sample` as a module, for torch.export and torch.compile."""
-
-    def __init__(self, model, condition_name=None):
-        super().__init__()
-        self.model, self.condition_name = model, condition_name
-
-    def forward(self, latents, condition=None):
-        kwargs = {} if condition is None else {self.condition_name: condition}
-        return self.model.decode(latents, **kwargs).sample
+        if self.method == "encode":
+            return encode_tensor(self.model, tensor, **kwargs)
+        return self.model.decode(tensor, **kwargs).sample
 
 
 def saved(model, path, **kwargs):
@@ -524,10 +515,9 @@ def method_module(name, method):
     needs_autoencoder(name)
     model = build(name)
     inputs = example_inputs(model.config, BATCH)
-    module_class, argument = ((EncodeModule, images_of(inputs)) if method == "encode"
-                              else (DecodeModule, latents_for(model, inputs)))
+    argument = images_of(inputs) if method == "encode" else latents_for(model, inputs)
     condition = condition_kwargs(model, getattr(model, method), inputs)
-    return module_class(model, *condition.keys()).eval(), argument, condition
+    return MethodModule(model, method, *condition.keys()).eval(), argument, condition
 
 
 @pytest.mark.slow
