@@ -43,27 +43,12 @@ from .quantizers import VectorQuantizer
 
 __version__ = "0.1.0"
 
-#: model name used by the trainer's --model flag -> (config class, model class)
-MODELS = {
-    "vae": (VAEConfig, VAEModel),
-    "beta_vae": (BetaVAEConfig, BetaVAEModel),
-    "vq_vae": (VQVAEConfig, VQVAEModel),
-    "cvae": (CVAEConfig, CVAEModel),
-    "klae": (KLAEConfig, KLAEModel),
-    "iwae": (IWAEConfig, IWAEModel),
-    "miwae": (MIWAEConfig, MIWAEModel),
-    "vamp_vae": (VampVAEConfig, VampVAEModel),
-    "info_vae": (InfoVAEConfig, InfoVAEModel),
-    "wae": (WAEConfig, WAEModel),
-    "rae": (RAEConfig, RAEModel),
-    "beta_tcvae": (BetaTCVAEConfig, BetaTCVAEModel),
-    "factor_vae": (FactorVAEConfig, FactorVAEModel),
-}
+from . import families
 
-#: priors fit to a trained autoencoder's latents (the trainer's --model flag too) -> (config class, model class)
-PRIORS = {
-    "vq_prior": (VQPriorConfig, VQPriorModel),
-}
+#: --model NAME -> (config class, model class), for the autoencoders and the code priors (hf_vae.families)
+MODELS = {family.name: (family.config_class, family.model_class) for family in families.autoencoders()}
+PRIORS = {family.name: (family.config_class, family.model_class) for family in families.FAMILIES.values()
+          if family.capabilities.code_prior}
 
 for _config_class, _model_class in (*MODELS.values(), *PRIORS.values()):
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
@@ -73,6 +58,7 @@ for _config_class, _model_class in (*MODELS.values(), *PRIORS.values()):
 
 __all__ = [
     "MODELS",
+    "families",
     "PRIORS",
     "AutoencoderConfig",
     "AutoencoderOutput",

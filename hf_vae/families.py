@@ -1,0 +1,198 @@
+"""The family table: every model hf_vae trains, declared once.
+
+A family is the skeleton of `modeling_base.py` with some pieces swapped. Everything outside a family's own files
+learns what the family is from its `Family` entry here, never from its name:
+
+- `config` / `model`: the classes, as "module:Class" paths inside hf_vae, imported on first use. This module
+  imports only the standard library, so the command line can list the families, show their recipes and answer
+  `--help` before torch is imported.
+- `objective`: the factory of the training objective ("module:function" inside hf_vae.training), called as
+  `factory(train_args, model, value_range, dataset_name, autoencoder=None)` (`autoencoder`: the quantized model
+  whose codes a code prior learns).
+- `recipe`: `configs/recipes/<name>.yaml`, the settings a run uses for what its command line leaves open.
+- `card`: what the model card says (title, tags, Hub task); its template is `model_cards/<name>.md.j2`. None for
+  a family that is published inside another's card.
+- `capabilities`: what the rest of the package may rely on (see `Capabilities`).
+
+Adding a family is its configuration file, its modeling file, its objective if the existing ones do not fit, one
+entry below, a recipe and a card template (docs/adding_a_family.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a family can do, declared rather than probed.
+
+    Attributes:
+        quantized: the latent is a map of codebook indices (`encode_to_indices`, `decode_indices`); its codes can
+            be modelled by a code prior, and evaluation reports codebook usage.
+        conditional: the model takes a class `condition`; sample grids get one row per class.
+        diffusers_twin: the model is diffusers' `AutoencoderKL` under another name: its image size field is
+            `sample_size`, a trained run also writes a diffusers copy (`vae/`), and published SD VAEs load into it.
+        code_prior: the model is a prior over another family's codes, trained on a quantized autoencoder
+            (`--vqvae DIR`); it is not an autoencoder itself.
+        compilable: the trainer's `--compile` applies (the fused fast path of the model).
+        imports_from: checkpoint formats `scripts/convert.py` and `--pretrained` turn into this family: "ldm"
+            (CompVis/SGM single files), "diffusers" (`AutoencoderKL`), "diffusers_vq" (`VQModel`).
+    """
+
+    quantized: bool = False
+    conditional: bool = False
+    diffusers_twin: bool = False
+    code_prior: bool = False
+    compilable: bool = False
+    imports_from: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CardSpec:
+    """What a model card says about a family."""
+
+    title: str
+    tags: Tuple[str, ...]
+    #: the Hub pipeline tag, where one fits (None: no Hub task describes the model)
+    pipeline_tag: Optional[str]
+    #: the task of the model-index entry (`type`, `name`)
+    task: Tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    config: str
+    model: str
+    objective: str
+    card: Optional[CardSpec]
+    capabilities: Capabilities = field(default_factory=Capabilities)
+
+    @property
+    def config_class(self):
+        return _load(self.config)
+
+    @property
+    def model_class(self):
+        return _load(self.model)
+
+    @property
+    def objective_factory(self) -> Callable[..., Any]:
+        return _load(self.objective, package="hf_vae.training")
+
+    @property
+    def config_module(self) -> str:
+        """The configuration module's name inside hf_vae (read as source by the command line, without importing)."""
+        return self.config.split(":")[0]
+
+    @property
+    def recipe(self) -> str:
+        return f"{self.name}.yaml"
+
+    @property
+    def card_template(self) -> str:
+        return f"{self.name}.md.j2"
+
+
+def _load(path: str, package: str = "hf_vae"):
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(f"{package}.{module}"), attribute)
+
+
+_GENERATION = ("unconditional-image-generation", "Density estimation")
+_DISENTANGLEMENT = ("unconditional-image-generation", "Density estimation and disentanglement")
+_RECONSTRUCTION = ("image-to-image", "Image reconstruction")
+_ELBO = "objectives:build_elbo_objective"
+
+FAMILIES: Dict[str, Family] = {family.name: family for family in (
+    Family("vae", "configuration_vae:VAEConfig", "modeling_vae:VAEModel", _ELBO,
+           CardSpec("VAE", ("vae", "variational-autoencoder", "generative-model"),
+                    "unconditional-image-generation", _GENERATION)),
+    Family("beta_vae", "configuration_beta_vae:BetaVAEConfig", "modeling_beta_vae:BetaVAEModel", _ELBO,
+           CardSpec("β-VAE", ("beta-vae", "vae", "disentanglement", "representation-learning"),
+                    "unconditional-image-generation", _DISENTANGLEMENT)),
+    Family("vq_vae", "configuration_vqvae:VQVAEConfig", "modeling_vqvae:VQVAEModel",
+           "objectives:build_vq_objective",
+           CardSpec("VQ-VAE", ("vq-vae", "vector-quantization", "autoencoder", "image-tokenizer"),
+                    "image-to-image", _RECONSTRUCTION),
+           Capabilities(quantized=True, imports_from=("diffusers_vq",))),
+    Family("cvae", "configuration_cvae:CVAEConfig", "modeling_cvae:CVAEModel", _ELBO,
+           CardSpec("Conditional VAE", ("cvae", "conditional-vae", "vae", "generative-model"), None,
+                    ("unconditional-image-generation", "Conditional density estimation")),
+           Capabilities(conditional=True)),
+    Family("klae", "configuration_klae:KLAEConfig", "modeling_klae:KLAEModel",
+           "objectives:build_adversarial_objective",
+           CardSpec("KL autoencoder (latent diffusion VAE)",
+                    ("autoencoder-kl", "latent-diffusion", "stable-diffusion", "vae"), "image-to-image",
+                    _RECONSTRUCTION),
+           Capabilities(diffusers_twin=True, compilable=True, imports_from=("ldm", "diffusers"))),
+    Family("iwae", "configuration_iwae:IWAEConfig", "modeling_iwae:IWAEModel", _ELBO,
+           CardSpec("IWAE", ("iwae", "vae", "generative-model"), "unconditional-image-generation", _GENERATION)),
+    Family("miwae", "configuration_miwae:MIWAEConfig", "modeling_miwae:MIWAEModel", _ELBO,
+           CardSpec("MIWAE", ("miwae", "iwae", "vae", "generative-model"), "unconditional-image-generation",
+                    _GENERATION)),
+    Family("vamp_vae", "configuration_vamp_vae:VampVAEConfig", "modeling_vamp_vae:VampVAEModel", _ELBO,
+           CardSpec("VAE with a VampPrior", ("vampprior", "vae", "generative-model"),
+                    "unconditional-image-generation", _GENERATION)),
+    Family("info_vae", "configuration_info_vae:InfoVAEConfig", "modeling_info_vae:InfoVAEModel", _ELBO,
+           CardSpec("InfoVAE", ("info-vae", "mmd-vae", "vae", "generative-model"),
+                    "unconditional-image-generation", _GENERATION)),
+    Family("wae", "configuration_wae:WAEConfig", "modeling_wae:WAEModel", _ELBO,
+           CardSpec("Wasserstein autoencoder (MMD)", ("wae", "autoencoder", "generative-model"),
+                    "unconditional-image-generation", ("unconditional-image-generation", "Image generation"))),
+    Family("rae", "configuration_rae:RAEConfig", "modeling_rae:RAEModel", _ELBO,
+           CardSpec("Regularised autoencoder", ("rae", "autoencoder", "generative-model"),
+                    "unconditional-image-generation", ("unconditional-image-generation", "Image generation"))),
+    Family("beta_tcvae", "configuration_beta_tcvae:BetaTCVAEConfig", "modeling_beta_tcvae:BetaTCVAEModel", _ELBO,
+           CardSpec("β-TCVAE", ("beta-tcvae", "vae", "disentanglement", "representation-learning"),
+                    "unconditional-image-generation", _DISENTANGLEMENT)),
+    Family("factor_vae", "configuration_factor_vae:FactorVAEConfig", "modeling_factor_vae:FactorVAEModel",
+           "factor_vae:build_factor_vae_objective",
+           CardSpec("FactorVAE", ("factor-vae", "vae", "disentanglement", "representation-learning"),
+                    "unconditional-image-generation", _DISENTANGLEMENT)),
+    Family("vq_prior", "configuration_vq_prior:VQPriorConfig", "modeling_vq_prior:VQPriorModel",
+           "objectives:build_prior_objective",
+           None,  # published inside its VQ-VAE's card (`prior/`), not on its own
+           Capabilities(code_prior=True)),
+)}
+
+
+class UnknownFamilyError(ValueError):
+    pass
+
+
+def get(name: str) -> Family:
+    """The family called `name` (its `model_type`), or one line naming the known ones."""
+    try:
+        return FAMILIES[name]
+    except (KeyError, TypeError):
+        raise UnknownFamilyError(f"Unknown model family {name!r}: expected one of {', '.join(FAMILIES)}.") from None
+
+
+def of(model_or_config) -> Family:
+    """The family of a model or config, from its `model_type`."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return get(config.model_type)
+
+
+def names(**capabilities: bool) -> Tuple[str, ...]:
+    """The families whose capabilities match every keyword given (all families without one)."""
+    return tuple(name for name, family in FAMILIES.items()
+                 if all(getattr(family.capabilities, key) == value for key, value in capabilities.items()))
+
+
+def autoencoders() -> Iterator[Family]:
+    """Every family that is an autoencoder (not a prior over another model's codes)."""
+    return (family for family in FAMILIES.values() if not family.capabilities.code_prior)
+
+
+def importing(source_format: str) -> Family:
+    """The family a checkpoint of `source_format` ("ldm", "diffusers", "diffusers_vq") converts into."""
+    found = [family for family in FAMILIES.values() if source_format in family.capabilities.imports_from]
+    if len(found) != 1:
+        raise UnknownFamilyError(f"Expected one family importing {source_format!r} checkpoints, found "
+                                 f"{[family.name for family in found]}.")
+    return found[0]
