@@ -41,6 +41,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .names import canonical_dataset
 from .batches import adapt_pixels, batch_to_tensors, build_batches, is_arrow_native
 from .fashion_mnist import (
     FASHION_MNIST_CLASSES,
@@ -89,22 +90,10 @@ __all__ = [
     "PHOTO_NAMES",
 ]
 
-_FASHION_ALIASES = {"fashion_mnist", "fashion-mnist", "fashionmnist", "zalando-datasets/fashion_mnist"}
 _SOURCE_COLUMNS = ["image", "label", "factors", "id", "photo"]  # dropped by the model-input map
 _SALT_BINARIZE = 0xB1AA_5E55
 _SALT_DEQUANTIZE = 0xDE0A_9715
 _SALT_SHUFFLE = 0x5A1F_F1E5
-
-
-def _canonical(name: str) -> str:
-    key = str(name).strip()
-    if key.lower() in _FASHION_ALIASES:
-        return "fashion_mnist"
-    if key.lower() in {"shapes", "dsprites"}:
-        return "shapes"
-    if key.lower() in {"photos", "photo_crops"}:
-        return "photos"
-    return key
 
 
 def source_dataset(
@@ -127,7 +116,7 @@ def source_dataset(
     split, photo crop positions); ``seed`` / ``epoch`` drive random crops of generic sources.
     Extra ``kwargs`` go to the source function.
     """
-    kind = _canonical(name)
+    kind = canonical_dataset(name)
     skip_bad_images = kwargs.pop("skip_bad_images", False)  # only files can be bad; procedural sources cannot
     if kind == "shapes":
         ds = shapes_dataset(split, image_size=image_size or 64, seed=data_seed, **kwargs)
@@ -365,7 +354,7 @@ def describe_dataset(name: str, *, image_size: Optional[int] = None, **kwargs) -
     Generic datasets: ``image_size`` as given (None = native), 3 channels, and the number
     of classes of a ``ClassLabel`` label column when the stream's features tell it.
     """
-    kind = _canonical(name)
+    kind = canonical_dataset(name)
     if kind == "shapes":
         n = kwargs.get("num_examples")
         return {"image_size": image_size or 64, "in_channels": 1, "num_classes": len(SHAPE_NAMES),

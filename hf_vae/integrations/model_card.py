@@ -39,6 +39,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..data.names import canonical_dataset
+
 __all__ = [
     "DEFAULT_LICENSE",
     "METRICS",
@@ -191,8 +193,6 @@ DATASETS: Dict[str, DatasetSpec] = {
         "Photo crops", None,
         "random crops of the RGB photographs bundled with scikit-image (astronaut, chelsea, coffee, rocket, ...)."),
 }
-_DATASET_ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist",
-                    "zalando-datasets/fashion_mnist": "fashion_mnist", "dsprites": "shapes", "photo_crops": "photos"}
 
 #: training arguments that are not hyper-parameters (paths, Hub settings) and never appear in a card
 _NOT_HYPERPARAMETERS = {"output_dir", "logging_dir", "cache_dir", "data_dir", "resume_from_checkpoint",
@@ -265,13 +265,6 @@ def load_model(path: Union[str, os.PathLike]):
         raise OutputDirError(f"The checkpoint in {path} does not match its config ({model_class.__name__}): "
                              f"{details or info.get('error_msgs')}. Expected every weight of the model in the checkpoint.")
     return model.eval()
-
-
-def canonical_dataset(name: Optional[str]) -> Optional[str]:
-    if name is None:
-        return None
-    key = str(name).strip()
-    return _DATASET_ALIASES.get(key.lower(), key.lower() if key.lower() in DATASETS else key)
 
 
 def normalise_metrics(metrics: Optional[Mapping[str, Any]], *, training_args: Optional[Mapping[str, Any]] = None,
