@@ -75,7 +75,7 @@ def _fashion_folder(data_dir: Optional[str]) -> Optional[str]:
 
 def is_arrow_native(name: str, data_dir: Optional[str] = None) -> bool:
     """Whether ``name`` streams from an Arrow cache (shapes, photos, Fashion-MNIST from local IDX files)."""
-    from . import _canonical
+    from .names import canonical_dataset as _canonical
 
     kind = _canonical(name)
     return kind in ("shapes", "photos") or (kind == "fashion_mnist" and _fashion_folder(data_dir) is not None)
@@ -148,7 +148,7 @@ def arrow_source(name: str, split: str = "train", *, image_size: Optional[int] =
 
     Raises ``ValueError`` for a source that is not Arrow-native (see :func:`is_arrow_native`).
     """
-    from . import _canonical
+    from .names import canonical_dataset as _canonical
 
     kind = _canonical(name)
     if kind == "shapes":
@@ -262,7 +262,8 @@ def build_batches(
     """
     from datasets.distributed import split_dataset_by_node
 
-    from . import _canonical, _check_fixed_schema, _check_stream_args, shuffle_seed
+    from . import _check_fixed_schema, _check_stream_args, shuffle_seed
+    from .names import canonical_dataset as _canonical
 
     _check_stream_args(process_index, num_processes, in_channels, value_range)
     if int(batch_size) < 1:
