@@ -102,6 +102,10 @@ def _load(path: str, package: str = "hf_vae"):
     return getattr(importlib.import_module(f"{package}.{module}"), attribute)
 
 
+#: diffusers' name for a pipeline's autoencoder component, and the folder of a diffusers twin's copy in a run or
+#: repository (diffusers' convention; not the `vae` family)
+DIFFUSERS_COMPONENT = "vae"
+
 _GENERATION = ("unconditional-image-generation", "Density estimation")
 _DISENTANGLEMENT = ("unconditional-image-generation", "Density estimation and disentanglement")
 _RECONSTRUCTION = ("image-to-image", "Image reconstruction")

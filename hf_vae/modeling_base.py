@@ -74,6 +74,8 @@ class AutoencoderPreTrainedModel(PreTrainedModel):
     output_class = AutoencoderOutput
     #: whether `forward`/`generate` need `labels` (the CVAE)
     is_conditional = False
+    #: whether the posterior is a point mass (no ELBO or importance-sampled likelihood: WAE, RAE)
+    deterministic_encoder = False
     #: latents drawn per example in `forward`: K > 1 gives (K, B, *latent_shape) latents (IWAE, MIWAE)
     num_posterior_samples = 1
     #: whether the family's objective works with the two-level prior of `config.local_latent_channels` (its KL

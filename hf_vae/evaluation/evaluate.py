@@ -59,6 +59,7 @@ import torch
 
 logger = logging.getLogger("hf_vae.evaluation")
 
+from .. import families
 from .metrics import codebook_stats, mutual_information_gap, psnr, ssim
 
 #: every metric name this module can report, in table order (the contract of metrics.json)
@@ -101,7 +102,7 @@ def data_settings(config, binarize: Optional[bool] = None) -> Dict[str, Any]:
         "in_channels": int(config.in_channels),
         "value_range": (0.0, 1.0) if bernoulli else (-1.0, 1.0),
         "binarize": bernoulli if binarize is None else bool(binarize),
-        "dequantize": likelihood in CONTINUOUS_LIKELIHOODS and not hasattr(config, "num_embeddings"),
+        "dequantize": likelihood in CONTINUOUS_LIKELIHOODS and not families.of(config).capabilities.quantized,
     }
 
 
@@ -123,19 +124,18 @@ def metrics_that_apply(model, has_factors: bool = True, binarize: Optional[bool]
 
 
 def _is_vq(model) -> bool:
-    return hasattr(model, "encode_to_indices") and hasattr(model.config, "num_embeddings")
+    return families.of(model).capabilities.quantized
 
 
 def _has_prior(model) -> bool:
-    """A VQ-VAE with a learned prior over its codes."""
-    return _is_vq(model) and getattr(model, "prior", None) is not None
+    """A quantized model with a learned prior over its codes."""
+    return _is_vq(model) and model.prior is not None
 
 
 def _has_density(model) -> bool:
     # An importance-sampled log p(x) needs a normalised likelihood and a posterior with a density; the VQ-VAE's
     # point-mass posterior has the bound of its learned prior instead.
-    return (bool(getattr(model.likelihood, "normalised", False)) and (not _is_vq(model) or _has_prior(model))
-            and not getattr(model, "deterministic_encoder", False))
+    return model.likelihood.normalised and (not _is_vq(model) or _has_prior(model)) and not model.deterministic_encoder
 
 
 def _density_names(model, binarized: bool) -> Dict[str, str]:
@@ -262,7 +262,7 @@ def evaluate(
     want_iwae = want_density and not want_bound and num_importance_samples > 0 and bool(
         wanted & {density_names["nll"], density_names["bits_per_dim"]})
     # Continuous densities see dequantised data and get the change of volume (see the module docstring).
-    continuous = want_density and bool(getattr(model.likelihood, "continuous", False))
+    continuous = want_density and model.likelihood.continuous
     dequantize_generator = torch.Generator(device=device).manual_seed(seed + 7919 * process_index + 2)
     want_mig = "mig" in wanted and _has_vector_gaussian_latent(model)
     want_codes = _is_vq(model) and bool(wanted & {"codebook_usage", "perplexity"})

@@ -24,6 +24,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..families import DIFFUSERS_COMPONENT
+
 #: config fields `write_latent_statistics` sets, when the model's config has them.
 LATENT_FIELDS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
 
@@ -139,7 +141,7 @@ def write_latent_statistics(model_dir: str, stats: Dict[str, Any], fields=LATENT
     writes.append({"previous": {f: config.get(f) for f in fields}, "written": values})
     write_json_atomic({"writes": writes}, history)
     _write_json_fields(path, values)
-    diffusers_config = os.path.join(model_dir, "vae", "config.json")
+    diffusers_config = os.path.join(model_dir, DIFFUSERS_COMPONENT, "config.json")
     if os.path.isfile(diffusers_config):
         _write_json_fields(diffusers_config, values)
     return values
@@ -183,6 +185,7 @@ def main(argv=None) -> Dict[str, Any]:
           f"{current['shift_factor']})")
     if args.write:
         written = write_latent_statistics(args.model_dir, stats, args.fields)
-        print(f"written to {args.model_dir}/config.json{' and vae/config.json' if os.path.isdir(os.path.join(args.model_dir, 'vae')) else ''}: "
+        diffusers_copy = os.path.isdir(os.path.join(args.model_dir, DIFFUSERS_COMPONENT))
+        print(f"written to {args.model_dir}/config.json{f' and {DIFFUSERS_COMPONENT}/config.json' if diffusers_copy else ''}: "
               f"{sorted(written)}")
     return stats

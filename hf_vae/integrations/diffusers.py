@@ -23,6 +23,7 @@ input to the nearest codes, and `config.scaling_factor` is the latent scale the 
 
 from typing import Any
 
+from ..families import DIFFUSERS_COMPONENT
 from ..modeling_klae import KLAEModel
 
 try:
@@ -47,7 +48,7 @@ def use_klae_vae(pipe, **config_overrides: Any) -> KLAEModel:
     A pipeline that already holds a `KLAEModel` is left as is. The pipeline's model_index entry for `vae` is updated,
     so `pipe.save_pretrained` stores the hf_vae model.
     """
-    vae = getattr(pipe, "vae", None)
+    vae = getattr(pipe, DIFFUSERS_COMPONENT, None)
     if vae is None:
         raise ValueError(f"Expected a pipeline with a `vae` component, got {type(pipe).__name__} without one.")
     if isinstance(vae, KLAEModel):
@@ -60,7 +61,7 @@ def use_klae_vae(pipe, **config_overrides: Any) -> KLAEModel:
 def use_diffusers_vae(pipe):
     """Replace `pipe.vae` (a `KLAEModel`) by an exact diffusers `AutoencoderKL` copy and return it, e.g. before
     saving a pipeline for environments without hf_vae."""
-    vae = getattr(pipe, "vae", None)
+    vae = getattr(pipe, DIFFUSERS_COMPONENT, None)
     if not isinstance(vae, KLAEModel):
         raise ValueError(f"Expected a pipeline whose `vae` is a KLAEModel, got {type(vae).__name__}.")
     converted = vae.to_diffusers()
@@ -68,7 +69,7 @@ def use_diffusers_vae(pipe):
     return converted
 
 
-def save_diffusers_copy(model: KLAEModel, output_dir: str, subfolder: str = "vae") -> str:
+def save_diffusers_copy(model: KLAEModel, output_dir: str, subfolder: str = DIFFUSERS_COMPONENT) -> str:
     """Write `model` as a diffusers `AutoencoderKL` into `output_dir/subfolder` (checked to reproduce the model's
     outputs, as for a Hub push), replacing an older copy atomically: a temporary folder, then one rename.
 

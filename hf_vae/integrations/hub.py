@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import inspect
 import logging
 import math
 import os
@@ -61,6 +60,9 @@ from pathlib import Path
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+from transformers import PreTrainedModel
+
+from .. import families
 
 from .model_card import (
     DEFAULT_LICENSE,
@@ -96,7 +98,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PREVIEW_FILE = "preview.png"
-DIFFUSERS_SUBFOLDER = "vae"
+DIFFUSERS_SUBFOLDER = families.DIFFUSERS_COMPONENT
 #: the VQ-VAE's learned prior (hf_vae.modeling_vqvae.PRIOR_SUBFOLDER)
 PRIOR_SUBFOLDER = "prior"
 #: files a push owns: those matching, present in the repo but not rewritten by a push, are deleted by it
@@ -141,33 +143,21 @@ class HubAuthError(HubPushError, PermissionError):
 def diffusers_autoencoder(model):
     """The KLAE `model` as a diffusers `AutoencoderKL` with the same weights, checked to give the same outputs.
 
-    Uses `model.to_diffusers()` when the model provides it; otherwise builds an `AutoencoderKL` from the config
-    fields both classes share and loads the state dict, whose key names are identical by design.
+    The family table declares which families are diffusers twins; each provides `to_diffusers()`.
     """
-    if model.config.model_type != "klae":
-        raise HubPushError(f"Only the KLAE has a diffusers equivalent (AutoencoderKL); got model_type "
+    if not families.of(model).capabilities.diffusers_twin:
+        twins = ", ".join(families.names(diffusers_twin=True))
+        raise HubPushError(f"Only {twins} have a diffusers equivalent (AutoencoderKL); got model_type "
                            f"{model.config.model_type!r}.")
     try:
-        from diffusers import AutoencoderKL
+        import diffusers  # noqa: F401  (to_diffusers builds an AutoencoderKL)
     except ImportError as e:
         raise HubPushError("A KLAE repository carries a diffusers copy under vae/, which needs diffusers "
                            "(`pip install diffusers`); pass diffusers_copy=False to push without it.") from e
-    to_diffusers = getattr(model, "to_diffusers", None)
-    if callable(to_diffusers):
-        try:
-            vae = to_diffusers()
-        except Exception as e:
-            raise HubPushError(f"Could not convert the KLAE to diffusers' AutoencoderKL: {type(e).__name__}: {e}") from e
-    else:
-        shared = (set(inspect.signature(AutoencoderKL.__init__).parameters)
-                  & set(inspect.signature(type(model.config).__init__).parameters)) - {"self", "kwargs"}
-        vae = AutoencoderKL(**{name: getattr(model.config, name) for name in sorted(shared)})
-        result = vae.load_state_dict(model.state_dict(), strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise HubPushError(f"The KLAE's weights do not map onto diffusers' AutoencoderKL: missing "
-                               f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}. Expected "
-                               f"identical key names.")
-        vae.to(device=model.device, dtype=model.dtype)
+    try:  # a diffusers twin declares `to_diffusers` (KLAEModel)
+        vae = model.to_diffusers()
+    except Exception as e:
+        raise HubPushError(f"Could not convert the KLAE to diffusers' AutoencoderKL: {type(e).__name__}: {e}") from e
     _check_same_outputs(model, vae.eval())
     return vae
 
@@ -232,7 +222,7 @@ def _stage(model, folder: Path, *, metrics, training_args, panels: Sequence[Tupl
            license: str, template_dir, diffusers_copy: Optional[bool]) -> List[str]:
     """Write every file of the repository into `folder`; return their paths relative to it."""
     if diffusers_copy is None:
-        diffusers_copy = model.config.model_type == "klae"
+        diffusers_copy = families.of(model).capabilities.diffusers_twin
     image = PREVIEW_FILE if panels else None
     # The card first: it is the most likely to fail (templates), and it is cheap.
     card = render_model_card(model, repo_id=repo_id, metrics=metrics, training_args=training_args, image=image,
@@ -294,7 +284,7 @@ def prepare_model(model, folder: Union[str, os.PathLike], *, repo_id: Optional[s
         reconstructions, samples: images (paths or PIL images) for the preview. Without `reconstructions`,
             `pixel_values` (and `labels` for a CVAE) are reconstructed; without `samples`, samples are generated.
     """
-    if not (hasattr(model, "config") and hasattr(model, "save_pretrained")):
+    if not isinstance(model, PreTrainedModel):
         raise TypeError(f"Expected an hf_vae model, got {type(model).__name__}.")
     normalise_metrics(metrics, training_args=training_args)  # fail before building anything
     folder = _check_empty_folder(folder)

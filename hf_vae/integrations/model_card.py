@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .. import families
 from ..data.names import canonical_dataset
 
 __all__ = [
@@ -79,50 +80,6 @@ class ModelCardTemplateError(ValueError):
 # ------------------------------------------------------------------------------------------------------------
 # What the cards say about variants, metrics and datasets
 # ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VariantSpec:
-    title: str
-    tags: Tuple[str, ...]
-    #: Hub pipeline tag for image models, where one fits (None: no Hub task describes the model)
-    pipeline_tag: Optional[str]
-    #: task of the model-index entry (`type`, `name`)
-    task: Tuple[str, str]
-
-
-VARIANTS: Dict[str, VariantSpec] = {
-    "vae": VariantSpec("VAE", ("vae", "variational-autoencoder", "generative-model"),
-                       "unconditional-image-generation", ("unconditional-image-generation", "Density estimation")),
-    "beta_vae": VariantSpec("β-VAE", ("beta-vae", "vae", "disentanglement", "representation-learning"),
-                            "unconditional-image-generation",
-                            ("unconditional-image-generation", "Density estimation and disentanglement")),
-    "vq_vae": VariantSpec("VQ-VAE", ("vq-vae", "vector-quantization", "autoencoder", "image-tokenizer"),
-                          "image-to-image", ("image-to-image", "Image reconstruction")),
-    "cvae": VariantSpec("Conditional VAE", ("cvae", "conditional-vae", "vae", "generative-model"), None,
-                        ("unconditional-image-generation", "Conditional density estimation")),
-    "klae": VariantSpec("KL autoencoder (latent diffusion VAE)",
-                        ("autoencoder-kl", "latent-diffusion", "stable-diffusion", "vae"), "image-to-image",
-                        ("image-to-image", "Image reconstruction")),
-    "iwae": VariantSpec("IWAE", ("iwae", "vae", "generative-model"), "unconditional-image-generation",
-                        ("unconditional-image-generation", "Density estimation")),
-    "miwae": VariantSpec("MIWAE", ("miwae", "iwae", "vae", "generative-model"), "unconditional-image-generation",
-                         ("unconditional-image-generation", "Density estimation")),
-    "vamp_vae": VariantSpec("VAE with a VampPrior", ("vampprior", "vae", "generative-model"),
-                            "unconditional-image-generation", ("unconditional-image-generation", "Density estimation")),
-    "info_vae": VariantSpec("InfoVAE", ("info-vae", "mmd-vae", "vae", "generative-model"),
-                            "unconditional-image-generation", ("unconditional-image-generation", "Density estimation")),
-    "wae": VariantSpec("Wasserstein autoencoder (MMD)", ("wae", "autoencoder", "generative-model"),
-                       "unconditional-image-generation", ("unconditional-image-generation", "Image generation")),
-    "beta_tcvae": VariantSpec("β-TCVAE", ("beta-tcvae", "vae", "disentanglement", "representation-learning"),
-                              "unconditional-image-generation",
-                              ("unconditional-image-generation", "Density estimation and disentanglement")),
-    "factor_vae": VariantSpec("FactorVAE", ("factor-vae", "vae", "disentanglement", "representation-learning"),
-                              "unconditional-image-generation",
-                              ("unconditional-image-generation", "Density estimation and disentanglement")),
-    "rae": VariantSpec("Regularised autoencoder", ("rae", "autoencoder", "generative-model"),
-                       "unconditional-image-generation", ("unconditional-image-generation", "Image generation")),
-}
 
 
 @dataclass(frozen=True)
@@ -335,7 +292,8 @@ def read_output_dir(output_dir: Union[str, os.PathLike]) -> TrainingOutput:
     model = load_model(path)
     model_type = model.config.model_type
     # A prior's training run publishes its VQ-VAE with the prior attached.
-    accepted = {model_type} | ({"vq_prior"} if getattr(model, "prior", None) is not None else set())
+    has_prior = families.of(model).capabilities.quantized and model.prior is not None
+    accepted = {model_type} | (set(families.names(code_prior=True)) if has_prior else set())
     for source, name in ((path / "metrics.json", metrics.get("model")), (path / "training_args.json", training_args.get("model"))):
         if name is not None and name not in accepted:
             raise OutputDirError(f"{source} is for model {name!r} but config.json has model_type {model_type!r}; "
@@ -351,7 +309,7 @@ def read_output_dir(output_dir: Union[str, os.PathLike]) -> TrainingOutput:
 
 def value_range(model) -> Tuple[float, float]:
     """The range of the model's data: [0, 1] for a Bernoulli likelihood, [-1, 1] otherwise."""
-    data_range = getattr(getattr(model, "likelihood", None), "data_range", None)
+    data_range = model.likelihood.data_range
     return tuple(data_range) if data_range is not None else (-1.0, 1.0)
 
 
@@ -461,7 +419,6 @@ def _shape(shape: Sequence[int]) -> str:
 
 def _describe_model(model) -> Dict[str, Any]:
     config = model.config
-    model_type = config.model_type
     low, high = value_range(model)
     data_shape = tuple(config.data_shape)
     image = len(data_shape) == 3
@@ -479,7 +436,8 @@ def _describe_model(model) -> Dict[str, Any]:
                          f"{config.layers_per_block} block(s) per resolution, GroupNorm({config.norm_num_groups}), "
                          f"{'with' if config.mid_block_add_attention else 'without'} mid-block attention, {config.act_fn}")
     side = None if config.vector_latent else config.image_size // config.downsampling_factor
-    if model_type == "vq_vae":
+    capabilities = families.of(model).capabilities
+    if capabilities.quantized:
         latent = (f"{config.latent_dim // config.embedding_dim} codes" if side is None else
                   f"{side}×{side} grid of codes (down-sampling ×{config.downsampling_factor})")
     elif side is None:
@@ -490,7 +448,7 @@ def _describe_model(model) -> Dict[str, Any]:
     else:
         latent = f"{config.latent_channels}×{side}×{side} feature map (down-sampling ×{config.downsampling_factor})"
     likelihood_name = getattr(config, "likelihood", "pixel")
-    if model_type == "klae":
+    if capabilities.diffusers_twin:
         likelihood = f"pixel loss {config.pixel_loss.upper()} (not a normalised density)"
     elif likelihood_name == "bernoulli":
         likelihood = "Bernoulli (the decoder outputs logits; `reconstruct`/`generate` return probabilities)"
@@ -516,9 +474,9 @@ def _describe_model(model) -> Dict[str, Any]:
 
 def _describe_prior(model) -> Optional[str]:
     """A VQ-VAE's learned prior (in prior/), in words; None without one."""
-    prior = getattr(model, "prior", None)
-    if prior is None:
+    if not families.of(model).capabilities.quantized or model.prior is None:
         return None
+    prior = model.prior
     config = prior.config
     classes = f", class-conditional ({config.num_classes} classes)" if config.num_classes else ""
     return (f"GPT-2 ({config.n_layer} layers of width {config.n_embd}, {_human(prior.num_parameters())} parameters) "
@@ -626,12 +584,13 @@ def build_card_context(model, *, repo_id: Optional[str] = None, metrics: Optiona
     import hf_vae
 
     model_type = model.config.model_type
-    if model_type not in VARIANTS:
+    family = families.of(model)
+    if family.card is None:
         raise ModelCardTemplateError(f"No model card description for model_type {model_type!r}; expected one of "
-                                     f"{sorted(VARIANTS)}.")
-    variant = VARIANTS[model_type]
+                                     f"{sorted(name for name, f in families.FAMILIES.items() if f.card)}.")
+    variant = family.card
     if diffusers_copy is None:
-        diffusers_copy = model_type == "klae"
+        diffusers_copy = family.capabilities.diffusers_twin
     args = dict(training_args or {})
     dataset = _describe_dataset((metrics or {}).get("dataset") or args.get("dataset"), (metrics or {}).get("split"))
     model_info = _describe_model(model)
@@ -769,7 +728,7 @@ def render_model_card(source, *, repo_id: Optional[str] = None, metrics: Optiona
         model = output.model
         training_args = output.training_args if training_args is None else training_args
         metrics = output.metrics if metrics is None else metrics
-    elif hasattr(source, "config") and hasattr(source, "state_dict"):
+    elif isinstance(source, torch.nn.Module):
         model = source
     else:
         raise TypeError(f"Expected a training output directory or an hf_vae model, got {type(source).__name__}.")
