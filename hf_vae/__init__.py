@@ -8,6 +8,7 @@ not installed.
 
 from transformers import AutoConfig, AutoModel
 
+from .configuration_ae import AEConfig
 from .configuration_base import AutoencoderConfig
 from .configuration_beta_tcvae import BetaTCVAEConfig
 from .configuration_beta_vae import BetaVAEConfig
@@ -24,6 +25,7 @@ from .configuration_vq_prior import VQPriorConfig
 from .configuration_vqvae import VQVAEConfig
 from .configuration_wae import WAEConfig
 from .distributions import DiagonalGaussianDistribution
+from .modeling_ae import AEModel
 from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, DecoderOutput, EncoderOutput
 from .modeling_beta_tcvae import BetaTCVAEModel
 from .modeling_beta_vae import BetaVAEModel
@@ -60,6 +62,8 @@ __all__ = [
     "MODELS",
     "families",
     "PRIORS",
+    "AEConfig",
+    "AEModel",
     "AutoencoderConfig",
     "AutoencoderOutput",
     "AutoencoderPreTrainedModel",
