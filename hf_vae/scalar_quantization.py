@@ -1,0 +1,137 @@
+"""Quantisers without a learned codebook: finite scalar quantisation (FSQ) and lookup-free quantisation (LFQ).
+
+Both quantise each latent channel on its own, so the codebook is an implicit grid rather than a table of learned
+vectors: there is no codebook loss, no EMA and nothing that can collapse, and every index is a mixed-radix number
+of per-channel levels. Inputs and outputs are channel-first, like the VQ-VAE's feature maps: (B, d, ...) latents
+give (B, d, ...) codes and (B, ...) indices.
+
+- FSQ (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made Simple", appendix A.1): channel i is bounded
+  to L_i levels by a shifted tanh and rounded with a straight-through gradient; the codebook has ∏ L_i entries.
+- LFQ (Yu et al. 2023, "Language Model Beats Diffusion — Tokenizer is Key to Visual Generation", eq. 3): channel i
+  is the bit sign(z_i), the code is ±scale per channel, 2^d entries; an entropy penalty (their eq. 5) makes each
+  prediction confident and the batch use the whole codebook.
+"""
+
+from typing import Sequence, Tuple
+
+import torch
+from torch import nn
+
+
+def round_straight_through(z: torch.Tensor) -> torch.Tensor:
+    """round(z) forwards, the identity's gradient backwards (van den Oord et al. 2017's straight-through trick)."""
+    return z + (z.round() - z).detach()
+
+
+class FiniteScalarQuantizer(nn.Module):
+    """FSQ over `len(levels)` channels, channel i rounded to `levels[i]` values in [-1, 1]."""
+
+    def __init__(self, levels: Sequence[int], eps: float = 1e-3):
+        super().__init__()
+        levels = [int(level) for level in levels]
+        if not levels or any(level < 2 for level in levels):
+            raise ValueError(f"Expected `levels` to be a non-empty list of ints >= 2, got {levels!r}.")
+        self.eps = eps
+        self.register_buffer("levels", torch.tensor(levels, dtype=torch.int64), persistent=False)
+        # mixed-radix place values: index = Σ_i level_index_i · ∏_{j<i} L_j
+        self.register_buffer("basis", torch.cumprod(torch.tensor([1] + levels[:-1]), 0), persistent=False)
+        self.codebook_size = int(torch.tensor(levels).prod())
+
+    @property
+    def num_channels(self) -> int:
+        return self.levels.numel()
+
+    def bound(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> values in (-(L−1)/2, (L−1)/2) per channel, shifted by ½ for even L so that rounding gives
+        exactly L integers (appendix A.1)."""
+        levels = self.levels.to(z.dtype)
+        half = (levels - 1) * (1 + self.eps) / 2
+        offset = torch.where(self.levels % 2 == 0, 0.5, 0.0).to(z.dtype)
+        shift = torch.atanh(offset / half)
+        return torch.tanh(z + shift) * half - offset
+
+    def _quantize_last(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> the codes in [-1, 1], with straight-through gradients."""
+        half_width = (self.levels // 2).to(z.dtype)
+        return round_straight_through(self.bound(z)) / half_width
+
+    def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
+        """(..., d) codes in [-1, 1] -> (...) int64 indices."""
+        half_width = (self.levels // 2).to(codes.dtype)
+        level_indices = (codes * half_width + half_width).round().long()
+        return (level_indices * self.basis).sum(-1)
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, ...) indices -> (B, d, ...) channel-first codes."""
+        level_indices = (indices.long()[..., None] // self.basis) % self.levels
+        half_width = self.levels // 2
+        codes = (level_indices - half_width).float() / half_width
+        return codes.movedim(-1, 1)
+
+    def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, d, ...) latents -> ((B, d, ...) codes, (B, ...) indices). Quantised in float32 at least: the
+        bound's tanh and the rounding decide the code, and half precision moves values across level edges."""
+        if z.shape[1] != self.num_channels:
+            raise ValueError(f"Expected latents with {self.num_channels} channels (one per FSQ level), got shape "
+                             f"{tuple(z.shape)}.")
+        dtype = z.dtype
+        last = z.movedim(1, -1)
+        codes = self._quantize_last(last.float() if dtype in (torch.float16, torch.bfloat16) else last)
+        indices = self.codes_to_indices(codes.detach())
+        return codes.to(dtype).movedim(-1, 1), indices
+
+
+def _entropy(probabilities: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    return -(probabilities * probabilities.clamp(min=eps).log()).sum(-1)
+
+
+class LookupFreeQuantizer(nn.Module):
+    """LFQ over `num_channels` channels: 2^num_channels codes, each channel's sign a bit (most significant first)."""
+
+    def __init__(self, num_channels: int, codebook_scale: float = 1.0, diversity_weight: float = 1.0,
+                 inverse_temperature: float = 100.0):
+        super().__init__()
+        if not isinstance(num_channels, int) or not 1 <= num_channels <= 24:
+            raise ValueError(f"Expected 1 <= num_channels <= 24 (a codebook of 2^num_channels codes), got "
+                             f"{num_channels!r}.")
+        self.num_channels = num_channels
+        self.codebook_size = 2 ** num_channels
+        self.codebook_scale = codebook_scale
+        #: γ of eq. 5: the weight of the batch's codebook entropy against the mean per-example entropy
+        self.diversity_weight = diversity_weight
+        #: 1/τ of the soft assignment q(code | z) ∝ exp(2 z·code / τ) the entropies are computed from
+        self.inverse_temperature = inverse_temperature
+        self.register_buffer("bit_values", 2 ** torch.arange(num_channels - 1, -1, -1), persistent=False)
+
+    def codebook(self, dtype=torch.float32) -> torch.Tensor:
+        """(2^d, d) every code, ±scale per channel."""
+        indices = torch.arange(self.codebook_size, device=self.bit_values.device)
+        return self.indices_to_codes(indices).to(dtype)
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, ...) indices -> (B, d, ...) channel-first codes (a flat (N,) input gives (N, d))."""
+        bits = (indices.long()[..., None] & self.bit_values) != 0
+        codes = (bits.float() * 2 - 1) * self.codebook_scale
+        return codes if indices.dim() == 1 else codes.movedim(-1, 1)
+
+    def entropy_penalty(self, z: torch.Tensor) -> torch.Tensor:
+        """Eq. 5: E_z[H(q(·|z))] − γ·H(E_z[q(·|z)]) for (N, d) latents, q(code|z) = softmax(2 z·code / τ)."""
+        logits = 2 * z @ self.codebook(z.dtype).T * self.inverse_temperature
+        probabilities = logits.softmax(-1)
+        per_example = _entropy(probabilities).mean()
+        codebook = _entropy(probabilities.mean(0))
+        return per_example - self.diversity_weight * codebook
+
+    def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, d, ...) latents -> ((B, d, ...) codes, (B, ...) indices, the entropy penalty (0 outside training))."""
+        if z.shape[1] != self.num_channels:
+            raise ValueError(f"Expected latents with {self.num_channels} channels (one bit each), got shape "
+                             f"{tuple(z.shape)}.")
+        last = z.movedim(1, -1)
+        positive = last > 0
+        quantized = torch.where(positive, self.codebook_scale, -self.codebook_scale).to(z.dtype)
+        indices = (positive.long() * self.bit_values).sum(-1)
+        codes = last + (quantized - last).detach() if self.training else quantized
+        penalty = self.entropy_penalty(last.reshape(-1, self.num_channels).float()) if self.training \
+            else z.new_zeros(())
+        return codes.movedim(-1, 1), indices, penalty
