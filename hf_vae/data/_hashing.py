@@ -4,8 +4,8 @@ The procedural sources (``shapes``, ``photos``) must give the *same* example for
 ``(seed, example id)`` no matter how the stream is sharded, shuffled or split across
 DataLoader workers.  A counter-based generator gives that for free: the random numbers of
 example ``i`` are a pure function of ``(seed, i)``, so any process can compute any example
-without replaying the ones before it.  We use the SplitMix64 finaliser, vectorised in numpy
-(uint64 arithmetic wraps modulo 2**64, which is exactly what the mixer needs).
+without replaying the ones before it.  We use the SplitMix64 finaliser, on uint64 numpy arrays (vectorised) and on
+Python ints (the training noise's per-step seeds, where numpy's per-call cost would dominate).
 """
 
 from __future__ import annotations
@@ -14,20 +14,24 @@ import numpy as np
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 
 
-def mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser: a bijective, well-mixed map uint64 -> uint64 (vectorised)."""
-    z = np.asarray(x, dtype=np.uint64).copy()
-    with np.errstate(over="ignore"):
-        z ^= z >> np.uint64(30)
-        z *= _M1
-        z ^= z >> np.uint64(27)
-        z *= _M2
-        z ^= z >> np.uint64(31)
-    return z
+def mix64(x):
+    """SplitMix64 finaliser: a bijective, well-mixed map of 64-bit words (Steele, Lea & Flood 2014).
+
+    A Python int gives a Python int (in [0, 2**64)); anything else is read as uint64 and mixed elementwise.
+    """
+    if isinstance(x, int):
+        return _splitmix64_finaliser(x & _MASK64)
+    with np.errstate(over="ignore"):  # uint64 products wrap modulo 2**64, which is what the mixer needs
+        return _splitmix64_finaliser(np.asarray(x, dtype=np.uint64))
+
+
+def _splitmix64_finaliser(z):
+    # The same lines for both kinds of word: `& _MASK64` keeps a Python int to 64 bits and is a no-op on uint64.
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK64
+    return z ^ (z >> 31)
 
 
 def seed_key(seed: int, salt: int) -> np.uint64:
