@@ -36,12 +36,12 @@ shard order, which changes the epoch's stream.
 from __future__ import annotations
 
 import os
-import zlib
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from .names import canonical_dataset
+from .noise import check_noise_args, example_noise
 from .batches import adapt_pixels, batch_to_tensors, build_batches, is_arrow_native
 from .fashion_mnist import (
     FASHION_MNIST_CLASSES,
@@ -91,8 +91,6 @@ __all__ = [
 ]
 
 _SOURCE_COLUMNS = ["image", "label", "factors", "id", "photo"]  # dropped by the model-input map
-_SALT_BINARIZE = 0xB1AA_5E55
-_SALT_DEQUANTIZE = 0xDE0A_9715
 _SALT_SHUFFLE = 0x5A1F_F1E5
 
 
@@ -175,7 +173,7 @@ class _ToModelInputs:
         self.lo, self.hi = float(value_range[0]), float(value_range[1])
         self.binarize = bool(binarize)
         self.dequantize = bool(dequantize)
-        self.seed = int(seed) & ((1 << 63) - 1)
+        self.seed = int(seed)
         self.epoch = int(epoch)
         self.with_ids = bool(with_ids)
 
@@ -189,20 +187,8 @@ class _ToModelInputs:
             x = x[None]
         x = adapt_pixels(torch.from_numpy(np.ascontiguousarray(x))[None], self.in_channels, self.image_size)[0].numpy()
         ex_id = example.get("id")
-        if self.binarize:
-            # Dynamic binarisation x ~ Bernoulli(intensity).  The noise is keyed by (seed,
-            # epoch, example) -- not by stream position -- so it is the same whatever the
-            # shuffle / sharding / worker layout, fresh each epoch, and reproducible.
-            key = int(ex_id) if ex_id is not None else (1 << 40) + zlib.crc32(np.ascontiguousarray(x).view(np.uint8))
-            rng = np.random.default_rng([self.seed, _SALT_BINARIZE, self.epoch, key])
-            x = (rng.random(x.shape, dtype=np.float32) < x).astype(np.float32)
-        elif self.dequantize:
-            # Uniform dequantisation of the 8-bit levels k (Theis et al. 2016): x = (k + u) / 256, u ~ U[0, 1), so
-            # a density on the result bounds the probability of k (see hf_vae.evaluation.evaluate). Same keying
-            # of the noise as the binarisation.
-            key = int(ex_id) if ex_id is not None else (1 << 40) + zlib.crc32(np.ascontiguousarray(x).view(np.uint8))
-            rng = np.random.default_rng([self.seed, _SALT_DEQUANTIZE, self.epoch, key])
-            x = (np.round(x * 255.0) + rng.random(x.shape, dtype=np.float32)) / 256.0
+        x = example_noise(x, binarize=self.binarize, dequantize=self.dequantize, seed=self.seed, epoch=self.epoch,
+                          example_id=ex_id)
         if (self.lo, self.hi) != (0.0, 1.0):
             x = x * (self.hi - self.lo) + self.lo
         out: dict[str, Any] = {"pixel_values": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))}
@@ -283,8 +269,7 @@ def build_dataset(
     from datasets.distributed import split_dataset_by_node
 
     _check_stream_args(process_index, num_processes, in_channels, value_range)
-    if binarize and dequantize:
-        raise ValueError("Expected at most one of binarize and dequantize: binary data has nothing to dequantise.")
+    check_noise_args(binarize, dequantize)
     is_train = split == "train"
     ds = source_dataset(name, split, image_size=image_size, in_channels=in_channels, seed=seed,
                         data_seed=data_seed, epoch=epoch if is_train else 0, image_column=image_column,

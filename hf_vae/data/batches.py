@@ -17,7 +17,7 @@ process_index, num_processes)`` and, under DataLoader workers, of ``num_workers`
 shards and batches them itself).  Resume by rebuilding the epoch and skipping the consumed batches.
 
 No noise is drawn here: dynamic binarisation and other per-batch noise are drawn on the training device from a
-per-step seed (:class:`hf_vae.training.noise.BatchNoise`).  Sources that need decoding (image folders, Hub
+per-step seed (:class:`hf_vae.data.noise.BatchNoise`).  Sources that need decoding (image folders, Hub
 datasets) are not Arrow-native: :func:`is_arrow_native` says which are, and the trainer decodes the others in
 DataLoader workers.
 """
