@@ -10,6 +10,8 @@ Python ints (the training noise's per-step seeds, where numpy's per-call cost wo
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 _MASK64 = (1 << 64) - 1
@@ -59,3 +61,9 @@ def uniform_ints(key: np.uint64, ids: np.ndarray, draw: int, high: int) -> np.nd
     if high <= 0:
         raise ValueError(f"high must be positive, got {high}")
     return (hash_ids(key, ids, draw) % np.uint64(high)).astype(np.int64)
+
+
+def content_key(x: np.ndarray) -> int:
+    """A 32-bit hash of an example's pixels: its key where it has no id (a streamed Hub or folder dataset has no
+    stable example id once its shards are shuffled, but the pixels identify the example)."""
+    return zlib.crc32(np.ascontiguousarray(x).view(np.uint8))

@@ -19,13 +19,12 @@ Each noise is a pure function of a seed, drawn in one of two ways:
 
 from __future__ import annotations
 
-import zlib
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ._hashing import mix64
+from ._hashing import content_key, mix64
 
 __all__ = ["NUM_LEVELS", "BatchNoise", "binarize", "check_noise_args", "dequantize", "example_noise", "step_seed"]
 
@@ -132,7 +131,7 @@ def example_noise(x: np.ndarray, *, binarize: bool, dequantize: bool, seed: int,
     check_noise_args(binarize, dequantize)
     if not (binarize or dequantize):
         return x
-    key = int(example_id) if example_id is not None else (1 << 40) + zlib.crc32(np.ascontiguousarray(x).view(np.uint8))
+    key = int(example_id) if example_id is not None else (1 << 40) + content_key(x)
     salt = _SALT_BINARIZE if binarize else _SALT_DEQUANTIZE
     u = np.random.default_rng([int(seed) & _MASK63, salt, int(epoch), key]).random(x.shape, dtype=np.float32)
     if binarize:
