@@ -87,7 +87,7 @@ def _model_and_optimizer(seed=0):
 def bare_stream_throughput(steps, epoch=0):
     """The same model on the trainer's own data path (hf_vae.training.streams.TrainStream: Arrow batches, and the
     binarisation drawn per step by BatchNoise) in a plain PyTorch loop."""
-    from hf_vae.training.noise import BatchNoise
+    from hf_vae.data.noise import BatchNoise
     from hf_vae.training.streams import TrainStream
 
     model, optimizer = _model_and_optimizer()

@@ -113,7 +113,7 @@ class Case:
         """(model, fused Adam, objective, noise, stream): the trainer's own pieces, built as the trainer does."""
         import hf_vae
         from hf_vae.evaluation.evaluate import data_settings
-        from hf_vae.training.noise import BatchNoise
+        from hf_vae.data.noise import BatchNoise
         from hf_vae.training.objectives import build_objective
         from hf_vae.training.streams import TrainStream
         from hf_vae.training.trainer import _describe, build_model_config

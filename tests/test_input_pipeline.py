@@ -13,7 +13,7 @@ from hf_vae.data import batch_to_tensors, build_batches, build_dataset, render_f
 from hf_vae.data import arrow_cache
 from hf_vae.data import fashion_mnist as fm
 from hf_vae.data.shapes import render_factors_batch, shapes_example_factors
-from hf_vae.training.noise import BatchNoise, step_seed
+from hf_vae.data.noise import BatchNoise, step_seed
 from hf_vae.training.streams import TrainStream
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -212,3 +212,40 @@ def test_trainer_can_vouch_for_inputs_and_skip_their_device_sync():
             model(torch.rand(4, 2, 8, 8))
     with pytest.raises(ValueError, match=r"in \[0.0, 1.0\]"):  # restored after the block
         model(torch.full((4, 1, 8, 8), 2.0))
+
+
+def test_noise_streams_keep_their_numbers():
+    """The seeds and first draws of every data noise, pinned: a change here changes every trained model."""
+    from hf_vae.data.noise import dequantize, example_noise
+
+    assert [step_seed(0, 0, 0), step_seed(5, 1, 3, 2), step_seed(-1, 0, 10**9)] == [
+        6180702321605259609, 6971354274219430179, 1066316233667659181]
+    x = torch.linspace(0, 1, 12).reshape(1, 1, 3, 4)
+    binary = BatchNoise(5, 0, binarize=True, value_range=(0.0, 1.0), device=torch.device("cpu"))
+    assert binary({"pixel_values": x}, step=3)["pixel_values"].flatten().tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1]
+    levels = BatchNoise(5, 0, binarize=False, dequantize=True, value_range=(-1.0, 1.0), device=torch.device("cpu"))
+    cells = (levels({"pixel_values": x * 2 - 1}, step=3, micro=1)["pixel_values"] + 1) / 2 * 256
+    assert cells.flatten()[:3].tolist() == [0.205291748046875, 23.598785400390625, 46.353797912597656]
+    evaluation = dequantize(x, (0.0, 1.0), torch.Generator().manual_seed(11))
+    assert evaluation.flatten()[:3].tolist() == [0.0005821941886097193, 0.09174434840679169, 0.18353773653507233]
+    # The row streams' per-example noise, keyed by the example id, or by the pixels when there is none.
+    row = np.linspace(0, 1, 12, dtype=np.float32).reshape(1, 3, 4)
+    kw = dict(seed=7, epoch=2)
+    assert example_noise(row, binarize=True, dequantize=False, example_id=9, **kw).ravel().tolist() == [
+        0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    assert example_noise(row, binarize=False, dequantize=True, example_id=9, **kw).ravel()[:3].tolist() == [
+        1.6810838133096695e-05, 0.09321189671754837, 0.1817953735589981]
+    assert example_noise(row, binarize=False, dequantize=True, **kw).ravel()[:3].tolist() == [
+        0.0009132067207247019, 0.09103930741548538, 0.18165232241153717]
+    assert example_noise(row, binarize=False, dequantize=False, **kw) is row
+
+
+def test_mix64_of_python_ints_is_the_numpy_mixer():
+    from hf_vae.data._hashing import mix64
+
+    words = np.random.default_rng(0).integers(0, 2**64, 20_000, dtype=np.uint64, endpoint=False)
+    words = np.concatenate([words, np.asarray([0, 1, 2**63, 2**64 - 1], dtype=np.uint64)])
+    assert [mix64(int(w)) for w in words] == [int(v) for v in mix64(words)]
+    assert [int(v) for v in mix64(np.asarray([0, 1, 2**64 - 1], dtype=np.uint64))] == [
+        0, 6238072747940578789, 13029008266876403067]
+    assert mix64(-1) == mix64(2**64 - 1)  # a Python int is read modulo 2**64

@@ -36,12 +36,13 @@ shard order, which changes the epoch's stream.
 from __future__ import annotations
 
 import os
-import zlib
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from .names import canonical_dataset
+from .noise import check_noise_args, example_noise
+from .streaming import check_fixed_schema, check_stream_args, order_stream, to_value_range
 from .batches import adapt_pixels, batch_to_tensors, build_batches, is_arrow_native
 from .fashion_mnist import (
     FASHION_MNIST_CLASSES,
@@ -91,9 +92,6 @@ __all__ = [
 ]
 
 _SOURCE_COLUMNS = ["image", "label", "factors", "id", "photo"]  # dropped by the model-input map
-_SALT_BINARIZE = 0xB1AA_5E55
-_SALT_DEQUANTIZE = 0xDE0A_9715
-_SALT_SHUFFLE = 0x5A1F_F1E5
 
 
 def source_dataset(
@@ -120,46 +118,17 @@ def source_dataset(
     skip_bad_images = kwargs.pop("skip_bad_images", False)  # only files can be bad; procedural sources cannot
     if kind == "shapes":
         ds = shapes_dataset(split, image_size=image_size or 64, seed=data_seed, **kwargs)
-        labelled = True
     elif kind == "fashion_mnist":
         ds = fashion_mnist_dataset(split, **kwargs)
-        labelled = True
     elif kind == "photos":
         ds = photo_crops_dataset(split, resolution=image_size or 64, seed=data_seed,
                                  in_channels=in_channels or 3, **kwargs)
-        labelled = False
     else:
         return image_dataset(kind, split, image_column=image_column, label_column=label_column,
                              require_labels=require_labels, resolution=image_size, skip_bad_images=skip_bad_images,
                              in_channels=in_channels or 3, seed=seed, epoch=epoch, **kwargs)
-    _check_fixed_schema(name, labelled, require_labels, image_column, label_column)
+    check_fixed_schema(name, require_labels, image_column, label_column)
     return ds
-
-
-def _check_stream_args(process_index, num_processes, in_channels, value_range) -> None:
-    if not 0 <= int(process_index) < int(num_processes):
-        raise ValueError(f"process_index must be in [0, num_processes), got {process_index} / {num_processes}")
-    if in_channels not in (None, 1, 3):
-        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-    if len(value_range) != 2 or not value_range[0] < value_range[1]:
-        raise ValueError(f"value_range must be (lo, hi) with lo < hi, got {value_range}")
-
-
-def _check_fixed_schema(name, labelled: bool, require_labels: bool, image_column, label_column) -> None:
-    """Column arguments for a built-in source, whose columns are fixed."""
-    if require_labels and not labelled:
-        raise ValueError(f"labels are required but dataset {name!r} has none (its rows have image and id only)")
-    if label_column not in (None, "label", "labels"):
-        raise ValueError(f"dataset {name!r} has a fixed schema; label_column={label_column!r} not found, expected 'label'")
-    if image_column not in (None, "image"):
-        raise ValueError(f"dataset {name!r} has a fixed schema; image_column={image_column!r} not found, expected 'image'")
-
-
-def shuffle_seed(seed: int, epoch: int) -> int:
-    """Seed of the shuffle buffer (and shard order) for ``epoch``: a hash of ``(seed, epoch)``."""
-    from ._hashing import hash_ids, seed_key
-
-    return int(hash_ids(seed_key(seed, _SALT_SHUFFLE), np.asarray([int(epoch)]))[0]) & ((1 << 63) - 1)
 
 
 class _ToModelInputs:
@@ -175,7 +144,7 @@ class _ToModelInputs:
         self.lo, self.hi = float(value_range[0]), float(value_range[1])
         self.binarize = bool(binarize)
         self.dequantize = bool(dequantize)
-        self.seed = int(seed) & ((1 << 63) - 1)
+        self.seed = int(seed)
         self.epoch = int(epoch)
         self.with_ids = bool(with_ids)
 
@@ -189,22 +158,9 @@ class _ToModelInputs:
             x = x[None]
         x = adapt_pixels(torch.from_numpy(np.ascontiguousarray(x))[None], self.in_channels, self.image_size)[0].numpy()
         ex_id = example.get("id")
-        if self.binarize:
-            # Dynamic binarisation x ~ Bernoulli(intensity).  The noise is keyed by (seed,
-            # epoch, example) -- not by stream position -- so it is the same whatever the
-            # shuffle / sharding / worker layout, fresh each epoch, and reproducible.
-            key = int(ex_id) if ex_id is not None else (1 << 40) + zlib.crc32(np.ascontiguousarray(x).view(np.uint8))
-            rng = np.random.default_rng([self.seed, _SALT_BINARIZE, self.epoch, key])
-            x = (rng.random(x.shape, dtype=np.float32) < x).astype(np.float32)
-        elif self.dequantize:
-            # Uniform dequantisation of the 8-bit levels k (Theis et al. 2016): x = (k + u) / 256, u ~ U[0, 1), so
-            # a density on the result bounds the probability of k (see hf_vae.evaluation.evaluate). Same keying
-            # of the noise as the binarisation.
-            key = int(ex_id) if ex_id is not None else (1 << 40) + zlib.crc32(np.ascontiguousarray(x).view(np.uint8))
-            rng = np.random.default_rng([self.seed, _SALT_DEQUANTIZE, self.epoch, key])
-            x = (np.round(x * 255.0) + rng.random(x.shape, dtype=np.float32)) / 256.0
-        if (self.lo, self.hi) != (0.0, 1.0):
-            x = x * (self.hi - self.lo) + self.lo
+        x = example_noise(x, binarize=self.binarize, dequantize=self.dequantize, seed=self.seed, epoch=self.epoch,
+                          example_id=ex_id)
+        x = to_value_range(x, self.lo, self.hi)
         out: dict[str, Any] = {"pixel_values": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))}
         if "label" in example and example["label"] is not None:
             out["labels"] = int(example["label"])
@@ -280,25 +236,14 @@ def build_dataset(
         ``{"pixel_values": float32 (C, H, W), ["labels": int], ["factors": int64 (5,)]}``;
         use :func:`collate_batch` (or torch's default collate) to batch it.
     """
-    from datasets.distributed import split_dataset_by_node
-
-    _check_stream_args(process_index, num_processes, in_channels, value_range)
-    if binarize and dequantize:
-        raise ValueError("Expected at most one of binarize and dequantize: binary data has nothing to dequantise.")
+    check_stream_args(process_index, num_processes, in_channels, value_range)
+    check_noise_args(binarize, dequantize)
     is_train = split == "train"
     ds = source_dataset(name, split, image_size=image_size, in_channels=in_channels, seed=seed,
                         data_seed=data_seed, epoch=epoch if is_train else 0, image_column=image_column,
                         label_column=label_column, require_labels=require_labels, **kwargs)
-    if is_train and shuffle:
-        # The epoch is folded into the shuffle seed instead of relying on `ds.set_epoch`:
-        # datasets does not carry the epoch through `.map()`, and accelerate's DataLoader
-        # calls `dataset.set_epoch(its own iteration count)` -- 0 for a fresh loader -- which
-        # would silently undo it.  The shuffle also permutes the shard order.
-        ds = ds.shuffle(seed=shuffle_seed(seed, epoch), buffer_size=int(shuffle_buffer))
-    if num_processes > 1:
-        # Same seed on every process -> same shuffled shard list; each rank then keeps its
-        # own shards (when num_shards % world_size == 0) or every world_size-th example.
-        ds = split_dataset_by_node(ds, rank=int(process_index), world_size=int(num_processes))
+    ds = order_stream(ds, split, shuffle=shuffle, seed=seed, epoch=epoch, shuffle_buffer=shuffle_buffer,
+                      process_index=process_index, num_processes=num_processes)
     mapper = _ToModelInputs(image_size, in_channels, value_range, binarize, seed,
                             epoch if is_train else 0, with_ids, dequantize)
     return ds.map(mapper, remove_columns=_SOURCE_COLUMNS)

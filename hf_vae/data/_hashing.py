@@ -4,30 +4,36 @@ The procedural sources (``shapes``, ``photos``) must give the *same* example for
 ``(seed, example id)`` no matter how the stream is sharded, shuffled or split across
 DataLoader workers.  A counter-based generator gives that for free: the random numbers of
 example ``i`` are a pure function of ``(seed, i)``, so any process can compute any example
-without replaying the ones before it.  We use the SplitMix64 finaliser, vectorised in numpy
-(uint64 arithmetic wraps modulo 2**64, which is exactly what the mixer needs).
+without replaying the ones before it.  We use the SplitMix64 finaliser, on uint64 numpy arrays (vectorised) and on
+Python ints (the training noise's per-step seeds, where numpy's per-call cost would dominate).
 """
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 
 
-def mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser: a bijective, well-mixed map uint64 -> uint64 (vectorised)."""
-    z = np.asarray(x, dtype=np.uint64).copy()
-    with np.errstate(over="ignore"):
-        z ^= z >> np.uint64(30)
-        z *= _M1
-        z ^= z >> np.uint64(27)
-        z *= _M2
-        z ^= z >> np.uint64(31)
-    return z
+def mix64(x):
+    """SplitMix64 finaliser: a bijective, well-mixed map of 64-bit words (Steele, Lea & Flood 2014).
+
+    A Python int gives a Python int (in [0, 2**64)); anything else is read as uint64 and mixed elementwise.
+    """
+    if isinstance(x, int):
+        return _splitmix64_finaliser(x & _MASK64)
+    with np.errstate(over="ignore"):  # uint64 products wrap modulo 2**64, which is what the mixer needs
+        return _splitmix64_finaliser(np.asarray(x, dtype=np.uint64))
+
+
+def _splitmix64_finaliser(z):
+    # The same lines for both kinds of word: `& _MASK64` keeps a Python int to 64 bits and is a no-op on uint64.
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK64
+    return z ^ (z >> 31)
 
 
 def seed_key(seed: int, salt: int) -> np.uint64:
@@ -55,3 +61,9 @@ def uniform_ints(key: np.uint64, ids: np.ndarray, draw: int, high: int) -> np.nd
     if high <= 0:
         raise ValueError(f"high must be positive, got {high}")
     return (hash_ids(key, ids, draw) % np.uint64(high)).astype(np.int64)
+
+
+def content_key(x: np.ndarray) -> int:
+    """A 32-bit hash of an example's pixels: its key where it has no id (a streamed Hub or folder dataset has no
+    stable example id once its shards are shuffled, but the pixels identify the example)."""
+    return zlib.crc32(np.ascontiguousarray(x).view(np.uint8))

@@ -17,7 +17,7 @@ process_index, num_processes)`` and, under DataLoader workers, of ``num_workers`
 shards and batches them itself).  Resume by rebuilding the epoch and skipping the consumed batches.
 
 No noise is drawn here: dynamic binarisation and other per-batch noise are drawn on the training device from a
-per-step seed (:class:`hf_vae.training.noise.BatchNoise`).  Sources that need decoding (image folders, Hub
+per-step seed (:class:`hf_vae.data.noise.BatchNoise`).  Sources that need decoding (image folders, Hub
 datasets) are not Arrow-native: :func:`is_arrow_native` says which are, and the trainer decodes the others in
 DataLoader workers.
 """
@@ -30,6 +30,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .arrow_cache import cached_arrow_dataset, file_sha256, image_table
+from .names import canonical_dataset
+from .streaming import check_fixed_schema, check_stream_args, order_stream, to_value_range
 
 __all__ = ["adapt_pixels", "arrow_source", "batch_to_tensors", "build_batches", "is_arrow_native"]
 
@@ -75,9 +77,7 @@ def _fashion_folder(data_dir: Optional[str]) -> Optional[str]:
 
 def is_arrow_native(name: str, data_dir: Optional[str] = None) -> bool:
     """Whether ``name`` streams from an Arrow cache (shapes, photos, Fashion-MNIST from local IDX files)."""
-    from .names import canonical_dataset as _canonical
-
-    kind = _canonical(name)
+    kind = canonical_dataset(name)
     return kind in ("shapes", "photos") or (kind == "fashion_mnist" and _fashion_folder(data_dir) is not None)
 
 
@@ -148,9 +148,7 @@ def arrow_source(name: str, split: str = "train", *, image_size: Optional[int] =
 
     Raises ``ValueError`` for a source that is not Arrow-native (see :func:`is_arrow_native`).
     """
-    from .names import canonical_dataset as _canonical
-
-    kind = _canonical(name)
+    kind = canonical_dataset(name)
     if kind == "shapes":
         return _shapes_source(split, image_size or 64, data_seed, num_examples)
     if kind == "photos":
@@ -192,9 +190,7 @@ class _ToModelBatch:
         x = _flat_numpy(table.column("image")).reshape(n, *self.image_shape).astype(np.float32)
         x *= 1.0 / 255.0  # as the row streams do
         x = adapt_pixels(torch.from_numpy(x), self.in_channels, self.image_size)
-        if (self.lo, self.hi) != (0.0, 1.0):
-            x = x * (self.hi - self.lo) + self.lo
-        x = x.contiguous()
+        x = to_value_range(x, self.lo, self.hi).contiguous()
 
         def one_row(values: np.ndarray):  # the whole batch as one list value
             return pa.LargeListArray.from_arrays(pa.array(np.asarray([0, values.size])), pa.array(values.reshape(-1)))
@@ -260,26 +256,17 @@ def build_batches(
     the training device).  ``drop_last`` drops each reader's last incomplete batch (training); keep it for
     evaluation.  Items are one-row Arrow tables; collate them with :func:`batch_to_tensors`.
     """
-    from datasets.distributed import split_dataset_by_node
-
-    from . import _check_fixed_schema, _check_stream_args, shuffle_seed
-    from .names import canonical_dataset as _canonical
-
-    _check_stream_args(process_index, num_processes, in_channels, value_range)
+    check_stream_args(process_index, num_processes, in_channels, value_range)
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    _check_fixed_schema(name, _canonical(name) != "photos", require_labels, image_column, label_column)
+    check_fixed_schema(name, require_labels, image_column, label_column)
     table, image_shape = arrow_source(name, split, image_size=image_size, data_seed=data_seed,
                                       num_examples=num_examples, data_dir=data_dir)
     ds = _sharded_stream(table.cache_files[0]["filename"], len(table))
-    if split == "train" and shuffle:
-        # The same seed as build_dataset's: the epoch is folded in (see hf_vae.data.build_dataset).
-        # One shard feeds the buffer at a time (the shard order is shuffled): interleaving several, datasets'
-        # default, fetches from them on a thread pool, which costs more per batch than the model step of a
-        # small network.
-        ds = ds.shuffle(seed=shuffle_seed(seed, epoch), buffer_size=int(shuffle_buffer), max_buffer_input_shards=1)
-    if num_processes > 1:
-        ds = split_dataset_by_node(ds, rank=int(process_index), world_size=int(num_processes))
+    # One shard feeds the shuffle buffer at a time (the shard order is shuffled): interleaving several, datasets'
+    # default, fetches from them on a thread pool, which costs more per batch than the model step of a small network.
+    ds = order_stream(ds, split, shuffle=shuffle, seed=seed, epoch=epoch, shuffle_buffer=shuffle_buffer,
+                      process_index=process_index, num_processes=num_processes, max_buffer_input_shards=1)
     mapper = _ToModelBatch(image_shape, in_channels, image_size, value_range, with_ids)
     # An Arrow-formatted map returns its own table: the source columns are not carried over.
     return ds.with_format("arrow").map(mapper, batched=True, batch_size=int(batch_size), drop_last_batch=drop_last)

@@ -15,11 +15,11 @@ from __future__ import annotations
 import functools
 import os
 import zlib
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ._hashing import seed_key, uniform_ints
+from ._hashing import content_key, seed_key, uniform_ints
 
 __all__ = [
     "IMAGE_COLUMN_CANDIDATES",
@@ -329,14 +329,19 @@ def _peek_columns(ds) -> tuple[list[str], dict]:
     return list(first), {}
 
 
+def _given_or_known_column(columns: list[str], given: Optional[str], known: Sequence[str], what: str) -> Optional[str]:
+    """The column the caller named (it must exist), else the first of the `known` names present, else None."""
+    if given is not None:
+        if given not in columns:
+            raise ValueError(f"{what} column {given!r} not found; the dataset has columns {columns}")
+        return given
+    return next((name for name in known if name in columns), None)
+
+
 def _resolve_image_column(columns: list[str], features: dict, image_column: Optional[str]) -> str:
-    if image_column is not None:
-        if image_column not in columns:
-            raise ValueError(f"image column {image_column!r} not found; the dataset has columns {columns}")
-        return image_column
-    for name in IMAGE_COLUMN_CANDIDATES:
-        if name in columns:
-            return name
+    found = _given_or_known_column(columns, image_column, IMAGE_COLUMN_CANDIDATES, "image")
+    if found is not None:
+        return found
     from datasets import Image as ImageFeature
 
     typed = [c for c, f in features.items() if isinstance(f, ImageFeature)]
@@ -349,25 +354,13 @@ def _resolve_image_column(columns: list[str], features: dict, image_column: Opti
 
 
 def _resolve_label_column(columns: list[str], label_column: Optional[str], require_labels: bool) -> Optional[str]:
-    if label_column is not None:
-        if label_column not in columns:
-            raise ValueError(f"label column {label_column!r} not found; the dataset has columns {columns}")
-        return label_column
-    for name in LABEL_COLUMN_CANDIDATES:
-        if name in columns:
-            return name
-    if require_labels:
+    found = _given_or_known_column(columns, label_column, LABEL_COLUMN_CANDIDATES, "label")
+    if found is None and require_labels:
         raise ValueError(
             f"labels are required but no label column was found: the dataset has columns {columns}; "
             f"expected one of {list(LABEL_COLUMN_CANDIDATES)} or pass label_column="
         )
-    return None
-
-
-def _example_key(x: np.ndarray) -> int:
-    # Content hash: streamed Hub/folder datasets have no stable example id once their shards
-    # are shuffled, but the pixels identify the example.
-    return zlib.crc32(np.ascontiguousarray(x).view(np.uint8)) & 0xFFFFFFFF
+    return found
 
 
 class _ImageRowMapper:
@@ -405,7 +398,7 @@ class _ImageRowMapper:
             rng = None
             if self.random_crop:
                 # Seeded per example (content hash) and per epoch: reproducible augmentation.
-                rng = np.random.default_rng([self.seed, self.epoch, _example_key(x)])
+                rng = np.random.default_rng([self.seed, self.epoch, content_key(x)])
             x = resize_and_crop(x, self.resolution, random_crop=self.random_crop, rng=rng,
                                 resize=self.resize, where=where)
         out = {"image": x}

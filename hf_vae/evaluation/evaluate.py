@@ -60,6 +60,7 @@ import torch
 logger = logging.getLogger("hf_vae.evaluation")
 
 from .. import families
+from ..data.noise import NUM_LEVELS, dequantize
 from .metrics import codebook_stats, mutual_information_gap, psnr, ssim
 
 #: every metric name this module can report, in table order (the contract of metrics.json)
@@ -71,8 +72,6 @@ DENSITY_METRICS = ("neg_elbo", "nll", "bits_per_dim")
 CROSS_ENTROPY_NAMES = {name: f"xent_{name}" for name in DENSITY_METRICS}
 #: likelihoods that are densities of continuous values (trained and evaluated on dequantised data)
 CONTINUOUS_LIKELIHOODS = ("gaussian", "laplace")
-#: 8-bit data: the number of levels a dequantised value spreads over
-NUM_LEVELS = 256
 #: PSNR of an exact reconstruction is infinite; cap it so that averages stay finite
 PSNR_CAP_DB = 100.0
 
@@ -141,15 +140,6 @@ def _has_density(model) -> bool:
 def _density_names(model, binarized: bool) -> Dict[str, str]:
     cross_entropy = getattr(model.config, "likelihood", None) == "bernoulli" and not binarized
     return CROSS_ENTROPY_NAMES if cross_entropy else {name: name for name in DENSITY_METRICS}
-
-
-def dequantize(x: torch.Tensor, value_range, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Uniform dequantisation of 8-bit images in `value_range`: level k -> lo + (hi − lo)(k + u)/256, u ~ U[0, 1)."""
-    lo, hi = value_range
-    levels = torch.round((x - lo) / (hi - lo) * (NUM_LEVELS - 1))
-    noise = torch.rand(x.shape, generator=generator, device=generator.device if generator is not None else x.device,
-                       dtype=x.dtype).to(x.device)
-    return lo + (hi - lo) * (levels + noise) / NUM_LEVELS
 
 
 def dequantization_correction(num_dims: int, value_range) -> float:

@@ -19,7 +19,7 @@ same `num_workers` (and processes) sees exactly the batches of an uninterrupted 
 workers it sees every example of the epoch's remaining shards, in another order.
 
 No noise is drawn here: dynamic binarisation and dequantisation are drawn on the training device
-(`hf_vae.training.noise`).
+(`hf_vae.data.noise`).
 
 Each process reads its own shard, builds its own loader and drops its last incomplete batch, so batch shapes
 never vary. The loader gets an explicit `torch.Generator`: creating a DataLoader iterator would otherwise draw

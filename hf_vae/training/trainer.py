@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from ..data.noise import BatchNoise
 from ..evaluation.evaluate import (
     data_settings,
     evaluate,
@@ -68,7 +69,6 @@ from .checkpointing import (
 )
 from .ema import EMA
 from .latent_density import components_to_fit, fit_on_training_data
-from .noise import BatchNoise
 from .objectives import build_objective
 from .streams import TrainStream
 from .tracking import make_trackers
