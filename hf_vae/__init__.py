@@ -12,6 +12,7 @@ from .configuration_ae import AEConfig
 from .configuration_base import AutoencoderConfig
 from .configuration_beta_tcvae import BetaTCVAEConfig
 from .configuration_beta_vae import BetaVAEConfig
+from .configuration_ciwae import CIWAEConfig
 from .configuration_cvae import CVAEConfig
 from .configuration_info_vae import InfoVAEConfig
 from .configuration_factor_vae import FactorVAEConfig
@@ -29,6 +30,7 @@ from .modeling_ae import AEModel
 from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, DecoderOutput, EncoderOutput
 from .modeling_beta_tcvae import BetaTCVAEModel
 from .modeling_beta_vae import BetaVAEModel
+from .modeling_ciwae import CIWAEModel
 from .modeling_cvae import CVAEModel
 from .modeling_factor_vae import FactorVAEModel
 from .modeling_info_vae import InfoVAEModel
@@ -71,6 +73,8 @@ __all__ = [
     "BetaTCVAEModel",
     "BetaVAEConfig",
     "BetaVAEModel",
+    "CIWAEConfig",
+    "CIWAEModel",
     "CVAEConfig",
     "CVAEModel",
     "DecoderOutput",
