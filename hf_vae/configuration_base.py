@@ -101,6 +101,9 @@ class ValidatedConfig(PretrainedConfig):
     `from_dict` with overrides (`from_pretrained(path, dropout=5.0)`), which transformers applies with setattr
     after construction."""
 
+    #: whether the latent is a map of codebook entries (the data contract: such a model trains on 8-bit data)
+    quantized = False
+
     def __init__(self, **kwargs):  # no fields of its own (transformers would otherwise generate an __init__)
         super().__init__(**kwargs)
 

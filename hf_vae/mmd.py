@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-
 import torch.nn as nn
 
+from .configuration_wae import KERNELS
 from .modeling_outputs import AutoencoderOutput
-
-KERNELS = ("imq", "rbf")
 
 
 def kernel_matrix(x: torch.Tensor, y: torch.Tensor, kernel: str, scales: Sequence[float],

@@ -15,7 +15,6 @@ import torch
 
 from .configuration_info_vae import InfoVAEConfig
 from .mmd import MMDAutoencoderOutput, PriorReferenceDraws, prior_mmd
-from .modeling_base import init
 from .modeling_vae import VAEModel
 
 
@@ -28,11 +27,6 @@ class InfoVAEModel(VAEModel):
     def __init__(self, config: InfoVAEConfig):
         super().__init__(config)
         self.prior_reference = PriorReferenceDraws(self.latent_shape)
-
-    def _init_weights(self, module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, PriorReferenceDraws):
-            init.copy_(module.draws, module.standard_draws())
 
     def regularisation_loss(self, posterior, latents) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         kl = posterior.kl()

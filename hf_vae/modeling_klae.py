@@ -45,7 +45,7 @@ from .klae_conversion import (
     split_config_overrides,
     to_hf_state_dict,
 )
-from .modeling_base import AutoencoderPreTrainedModel, apply_forward_hook
+from .modeling_base import AutoencoderPreTrainedModel
 
 #: options of `from_pretrained` that locate files on the Hub (forwarded to transformers' `cached_file`).
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
@@ -410,20 +410,15 @@ class KLAEModel(AutoencoderPreTrainedModel):
                 fields.pop(name, None)
         return KLAEOutput(sample=reconstruction, **fields)
 
-    @apply_forward_hook
-    def encode(self, x: torch.Tensor, return_dict: bool = True):
+    def encode(self, x: torch.Tensor, return_dict: bool = True):  # the base's encode carries accelerate's hook
         """(B, C, H, W) images in [-1, 1] -> EncoderOutput(latent_dist=DiagonalGaussianDistribution over
         (B, latent_channels, H/f, W/f)); a tuple `(latent_dist,)` with `return_dict=False`."""
-        x = self.check_pixel_values(x)
-        posterior = self._encode(x)
-        return self._encoder_output(posterior, return_dict)
+        return super().encode(x, return_dict=return_dict)
 
-    @apply_forward_hook
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator: Optional[torch.Generator] = None):
         """(B, latent_channels, h, w) -> DecoderOutput(sample=(B, C, h·f, w·f)). `generator` is accepted for
         diffusers' signature; decoding is deterministic."""
-        z = self.check_latents(z)
-        return self._decoder_output(z, None, return_dict)
+        return super().decode(z, return_dict=return_dict)
 
     # -- conversion to and from diffusers --------------------------------------------------------------------
     @classmethod

@@ -17,7 +17,6 @@ import torch
 from .configuration_wae import WAEConfig
 from .deterministic import DeterministicAutoencoderModel
 from .mmd import MMDAutoencoderOutput, PriorReferenceDraws, prior_mmd
-from .modeling_base import init
 
 
 class WAEModel(DeterministicAutoencoderModel):
@@ -27,11 +26,6 @@ class WAEModel(DeterministicAutoencoderModel):
     def __init__(self, config: WAEConfig):
         super().__init__(config)
         self.prior_reference = PriorReferenceDraws(self.latent_shape)
-
-    def _init_weights(self, module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, PriorReferenceDraws):
-            init.copy_(module.draws, module.standard_draws())
 
     def regularisation_loss(self, posterior, latents) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         return latents.new_zeros(latents.shape[0]), {}
