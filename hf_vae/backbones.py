@@ -52,3 +52,18 @@ def apply_attn_implementation(model: nn.Module, implementation: str) -> None:
     for module in model.modules():
         if isinstance(module, Attention):
             module.implementation = implementation
+
+
+class AttentionImplementationMixin:
+    """transformers' `attn_implementation` ("sdpa" or "eager"), applied to the mid-block attention."""
+
+    def post_init(self):
+        super().post_init()
+        apply_attn_implementation(self, self.config._attn_implementation)
+
+    def set_attn_implementation(self, attn_implementation, *args, **kwargs):
+        if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f'Specified `attn_implementation="{attn_implementation}"` is not supported by '
+                             f'{type(self).__name__}: expected "sdpa" or "eager".')
+        self.config._attn_implementation_internal = attn_implementation
+        apply_attn_implementation(self, attn_implementation)

@@ -111,6 +111,12 @@ class DiagonalGaussianDistribution:
     def rsample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return self.sample(generator)
 
+    def sample_stack(self, k: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """k reparameterised samples per example, (k, *mean.shape): the importance samples of IWAE and of
+        `log_likelihood`."""
+        eps = randn_tensor((k, *self.mean.shape), generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps
+
     def mode(self) -> torch.Tensor:
         return self.mean
 

@@ -141,6 +141,18 @@ def check_latents(model, latents: torch.Tensor) -> torch.Tensor:
     return latents.to(model.dtype)
 
 
+def condition_argument(model, condition, kwargs: dict):
+    """`forward`'s `condition`, or its alias `labels`; any other keyword is refused with its name."""
+    labels = kwargs.pop("labels", None)
+    if kwargs:
+        raise TypeError(f"{type(model).__name__}.forward() got unexpected keyword arguments {sorted(kwargs)}; "
+                        f"expected pixel_values, condition (or labels), return_dict, sample_posterior, generator, "
+                        f"output_hidden_states, return_loss.")
+    if labels is not None and condition is not None:
+        raise ValueError("Expected either `condition` or its alias `labels`, got both.")
+    return condition if condition is not None else labels
+
+
 class InputChecksMixin:
     """What the models check where inputs enter them (`check_pixel_values`, `check_latents`), and the switch a
     caller that vouches for its inputs turns the value checks off with (`inputs_checked_by_caller`)."""

@@ -6,8 +6,12 @@
 Each answers the three questions the skeleton asks of p(z): the KL of a posterior against it, a draw from it, and
 its log-density. The two-level prior's conditional p(z_local | z_global) is a network of the decoder
 (`decoder.local_prior`), so the component is built around that network on each use and owns no weights.
+
+`LatentPriorMixin` gives the base model its p(z) hooks (`latent_prior`, `kl_divergence`, `sample_prior`,
+`prior_log_prob`); a family with another prior (the VampPrior, the VQ-VAE's code prior) overrides them.
 """
 
+import math
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -65,3 +69,43 @@ class TwoLevelPrior(StandardNormalPrior):
         mean, logvar = self.local_prior(latents[..., :d])
         log_local = gaussian_log_density(latents[..., d:], mean, logvar).sum(-1)
         return standard_normal_log_prob(latents[..., :d], event_dims=1) + log_local
+
+
+class LatentPriorMixin:
+    """The p(z) hooks of the base model, asked of `latent_prior`."""
+
+    #: whether the family's objective works with the two-level prior of `config.local_latent_channels` (its KL
+    #: goes through `kl_divergence` and its prior through `sample_prior` / `prior_log_prob`)
+    supports_local_latent = False
+
+    def check_latent_prior(self) -> None:
+        """A local latent on a family whose objective cannot take the two-level prior is a config error."""
+        if getattr(self.config, "local_latent_channels", 0) and not self.supports_local_latent:
+            raise ValueError(f"Expected local_latent_channels=0 for {type(self).__name__}, got "
+                             f"{self.config.local_latent_channels}: its objective does not take the two-level "
+                             f"prior (VAEModel, BetaVAEModel, IWAEModel and MIWAEModel do).")
+
+    @property
+    def local_latent_size(self) -> int:
+        """Elements of the local latent, which follows the global one in z (0 without one)."""
+        shape = getattr(self.config, "local_latent_shape", None)
+        return math.prod(shape) if shape else 0
+
+    @property
+    def latent_prior(self) -> StandardNormalPrior:
+        """p(z): N(0, I), or the two-level prior whose conditional is the decoder's `local_prior` network."""
+        if self.local_latent_size:
+            return TwoLevelPrior(self.latent_shape, self.config.latent_dim, self.decoder.local_prior)
+        return StandardNormalPrior(self.latent_shape)
+
+    def kl_divergence(self, posterior, latents: torch.Tensor) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) per example: (B,), or (K, B) for stacked latents with a local latent."""
+        return self.latent_prior.kl(posterior, latents)
+
+    def sample_prior(self, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(num_samples, *latent_shape) from p(z)."""
+        return self.latent_prior.sample(num_samples, generator, self.execution_device, self.dtype)
+
+    def prior_log_prob(self, latents: torch.Tensor) -> torch.Tensor:
+        """log p(z), (...,) for latents (..., *latent_shape)."""
+        return self.latent_prior.log_prob(latents)

@@ -13,18 +13,19 @@ A family changes only the pluggable pieces, each a small method or module:
     combine_samples(rec, reg)          the K per-sample terms -> one per-example objective (mean, or IWAE's
                                        log-mean-exp)
     batch_regularisation(q, z, params) a term of the whole batch: MMD(q(z), p(z)), a decoder penalty (0 default)
-    latent_prior                       p(z) (hf_vae.latent_priors): N(0, I), or two-level with a local latent;
-                                       `kl_divergence`, `sample_prior`, `prior_log_prob` ask it (the VampPrior and
-                                       the VQ-VAE's code prior replace the last two)
+    latent_prior                       p(z) (latent_priors.py): N(0, I), or two-level with a local latent; asked
+                                       by `kl_divergence`, `sample_prior`, `prior_log_prob` (which the VampPrior
+                                       and the VQ-VAE's code prior replace)
     draw_latents(n, labels, ...)       what `generate` decodes: p(z), an ex-post density, or a learned code prior
     decoder_latents(z, **options)      what `decode` hands the decoder (the VQ-VAE snaps z to its codes)
     estimate_log_likelihood(x, q, ...) log p(x) from the posterior: importance sampling (the VQ-VAE: its bound)
     embed_condition(labels)            c for conditional models (None otherwise)
 
 `forward`, `encode`, `decode`, `generate`, `reconstruct` and `log_likelihood` live here; a family with another
-public signature (the KLAE's diffusers names) only renames arguments. Input checks (input_checks.py), loading and
-publishing (pretrained_io.py), the networks (backbones.py), initialisation (weight_init.py), the ex-post latent
-density (latent_density.py) and the output classes (modeling_outputs.py) are siblings of this file.
+public signature (the KLAE's diffusers names) only renames arguments. Sibling modules hold the rest: input checks
+(input_checks.py), loading and publishing (pretrained_io.py), the networks (backbones.py), initialisation
+(weight_init.py), p(z) (latent_priors.py), the ex-post density (latent_density.py) and the outputs
+(modeling_outputs.py).
 """
 
 import math
@@ -34,12 +35,12 @@ import torch
 import torch.nn as nn
 from transformers import PreTrainedModel
 
-from .backbones import ATTENTION_IMPLEMENTATIONS, apply_attn_implementation, build_backbone
+from .backbones import AttentionImplementationMixin, build_backbone
 from .data_contract import DataContract, contract_for
-from .distributions import DiagonalGaussianDistribution, Likelihood, build_likelihood, randn_tensor
-from .input_checks import MAX_IMPORTANCE_SAMPLES, InputChecksMixin, check_count, check_fits
+from .distributions import DiagonalGaussianDistribution, Likelihood, build_likelihood
+from .input_checks import MAX_IMPORTANCE_SAMPLES, InputChecksMixin, check_count, check_fits, condition_argument
 from .latent_density import LatentDensityMixin
-from .latent_priors import StandardNormalPrior, TwoLevelPrior
+from .latent_priors import LatentPriorMixin
 from .modeling_outputs import (AutoencoderOutput, DecoderOutput, EncoderOutput, apply_forward_hook,  # noqa: F401
                                execution_device, hidden_states_recorded, onloaded)
 from .pretrained_io import PretrainedIOMixin
@@ -47,7 +48,8 @@ from .thread_policy import threads_for_generation
 from .weight_init import init, init_weights  # noqa: F401  (families initialise their own modules with `init`)
 
 
-class AutoencoderPreTrainedModel(PretrainedIOMixin, InputChecksMixin, LatentDensityMixin, PreTrainedModel):
+class AutoencoderPreTrainedModel(LatentPriorMixin, PretrainedIOMixin, InputChecksMixin, LatentDensityMixin,
+                                 AttentionImplementationMixin, PreTrainedModel):
     """Base class: the universal encode -> sample -> decode -> losses step."""
 
     base_model_prefix = "model"
@@ -68,29 +70,11 @@ class AutoencoderPreTrainedModel(PretrainedIOMixin, InputChecksMixin, LatentDens
     deterministic_encoder = False
     #: latents drawn per example in `forward`: K > 1 gives (K, B, *latent_shape) latents (IWAE, MIWAE)
     num_posterior_samples = 1
-    #: whether the family's objective works with the two-level prior of `config.local_latent_channels` (its KL
-    #: goes through `kl_divergence` and its prior through `sample_prior` / `prior_log_prob`)
-    supports_local_latent = False
 
     def __init__(self, config, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        if getattr(config, "local_latent_channels", 0) and not self.supports_local_latent:
-            raise ValueError(f"Expected local_latent_channels=0 for {type(self).__name__}, got "
-                             f"{config.local_latent_channels}: its objective does not take the two-level prior "
-                             f"(VAEModel, BetaVAEModel, IWAEModel and MIWAEModel do).")
+        self.check_latent_prior()
         self.latent_density = self.build_latent_density()  # an ex-post density saved with the weights, or None
-
-    def post_init(self):
-        super().post_init()
-        apply_attn_implementation(self, self.config._attn_implementation)
-
-    def set_attn_implementation(self, attn_implementation, *args, **kwargs):
-        """transformers' `set_attn_implementation`, applied to the mid-block attention ("sdpa" or "eager")."""
-        if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f'Specified `attn_implementation="{attn_implementation}"` is not supported by '
-                             f'{type(self).__name__}: expected "sdpa" or "eager".')
-        self.config._attn_implementation_internal = attn_implementation
-        apply_attn_implementation(self, attn_implementation)
 
     # -- construction ----------------------------------------------------------------------------------------
     def build_backbone(self, encoder_out: int, condition_dim: int = 0) -> Tuple[nn.Module, nn.Module]:
@@ -131,24 +115,11 @@ class AutoencoderPreTrainedModel(PretrainedIOMixin, InputChecksMixin, LatentDens
         return self.config.latent_channels
 
     @property
-    def local_latent_size(self) -> int:
-        """Elements of the local latent, which follows the global one in z (0 without one)."""
-        shape = getattr(self.config, "local_latent_shape", None)
-        return math.prod(shape) if shape else 0
-
-    @property
     def execution_device(self) -> torch.device:
         """Where the model computes (accelerate's execution device under offload); new tensors go there."""
         return execution_device(self)
 
-    # -- the pluggable pieces (defaults: Gaussian posterior, standard normal prior, KL regulariser) ------------
-    @property
-    def latent_prior(self) -> StandardNormalPrior:
-        """p(z): N(0, I), or the two-level prior whose conditional is the decoder's `local_prior` network."""
-        if self.local_latent_size:
-            return TwoLevelPrior(self.latent_shape, self.config.latent_dim, self.decoder.local_prior)
-        return StandardNormalPrior(self.latent_shape)
-
+    # -- the pluggable pieces (defaults: Gaussian posterior, KL regulariser; p(z) from LatentPriorMixin) -------
     def embed_condition(self, labels: Optional[torch.Tensor], batch_size: int) -> Optional[torch.Tensor]:
         """(B,) labels or (B, c) condition -> (B, condition_dim); unconditional models take none."""
         if labels is not None:
@@ -167,16 +138,12 @@ class AutoencoderPreTrainedModel(PretrainedIOMixin, InputChecksMixin, LatentDens
             return posterior.mode()
         if self.num_posterior_samples == 1:
             return posterior.sample(generator)
-        return _stacked_samples(posterior, self.num_posterior_samples, generator)
+        return posterior.sample_stack(self.num_posterior_samples, generator)
 
     def regularisation_loss(self, posterior, latents: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Per-example regulariser (B,) (or (K, B) for stacked latents) and extra output fields (batch-averaged)."""
         kl = self.kl_divergence(posterior, latents)
         return kl, {"kl": kl.mean()}
-
-    def kl_divergence(self, posterior, latents: torch.Tensor) -> torch.Tensor:
-        """KL(q(z|x) || p(z)) per example: (B,), or (K, B) for stacked latents with a local latent."""
-        return self.latent_prior.kl(posterior, latents)
 
     def combine_samples(self, reconstruction_loss: torch.Tensor, regularisation_loss: torch.Tensor) -> torch.Tensor:
         """(K, B) per-sample −log p(x|z_k) and regulariser -> (B,) objective: the Monte Carlo average by default."""
@@ -188,14 +155,6 @@ class AutoencoderPreTrainedModel(PretrainedIOMixin, InputChecksMixin, LatentDens
         """A scalar term of the whole batch added to the loss (MMD, decoder penalty), and extra output fields;
         `generator` seeds any draw it makes."""
         return None, {}
-
-    def sample_prior(self, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """(num_samples, *latent_shape) from p(z)."""
-        return self.latent_prior.sample(num_samples, generator, self.execution_device, self.dtype)
-
-    def prior_log_prob(self, latents: torch.Tensor) -> torch.Tensor:
-        """log p(z), (...,) for latents (..., *latent_shape)."""
-        return self.latent_prior.log_prob(latents)
 
     def draw_latents(self, num_samples: int, labels=None, generator: Optional[torch.Generator] = None,
                      **sampling) -> torch.Tensor:
@@ -222,11 +181,11 @@ class AutoencoderPreTrainedModel(PretrainedIOMixin, InputChecksMixin, LatentDens
 
         `chunk_size` importance samples are decoded at a time and folded into a running log-sum-exp, so memory is
         that of one chunk whatever K."""
-        if not hasattr(posterior, "log_prob") or getattr(posterior, "deterministic", False):
+        if self.deterministic_encoder:
             raise NotImplementedError(f"{type(self).__name__}'s posterior has no density; log p(x) needs one.")
         total = None
         for start in range(0, num_samples, chunk_size):
-            latents = _stacked_samples(posterior, min(chunk_size, num_samples - start), generator)  # (k, B, ...)
+            latents = posterior.sample_stack(min(chunk_size, num_samples - start), generator)  # (k, B, ...)
             params = self._decode_samples(latents, condition)
             log_px_given_z = -self.likelihood(pixel_values, params)
             log_weights = log_px_given_z + self.prior_log_prob(latents) - posterior.log_prob(latents)
@@ -291,7 +250,7 @@ class AutoencoderPreTrainedModel(PretrainedIOMixin, InputChecksMixin, LatentDens
             return_loss: accepted for transformers' `Trainer` (which reads it to know the model computes its own
                 loss); the loss is always returned.
         """
-        condition = _condition_argument(self, condition, kwargs)
+        condition = condition_argument(self, condition, kwargs)
         if sample_posterior is None:
             sample_posterior = self.training or generator is not None
         if output_hidden_states is None:
@@ -328,7 +287,7 @@ class AutoencoderPreTrainedModel(PretrainedIOMixin, InputChecksMixin, LatentDens
     def posterior_outputs(self, posterior) -> Dict[str, torch.Tensor]:
         """The posterior's parameters as output tensors: its mean and log-variance (the code alone for a point
         mass). The VQ-VAE reports its codes instead."""
-        if getattr(posterior, "deterministic", False):
+        if posterior.deterministic:
             return {"posterior_mean": posterior.mean}
         return {"posterior_mean": posterior.mean, "posterior_logvar": posterior.logvar}
 
@@ -382,13 +341,6 @@ class AutoencoderPreTrainedModel(PretrainedIOMixin, InputChecksMixin, LatentDens
                                             generator)
 
 
-def _stacked_samples(posterior, k: int, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """(k, B, *latent_shape) reparameterised samples of a Gaussian posterior."""
-    eps = randn_tensor((k, *posterior.mean.shape), generator=generator, device=posterior.mean.device,
-                       dtype=posterior.mean.dtype)
-    return posterior.mean + posterior.std * eps
-
-
 def _in_chunks(total: int, batch_size: int, compute) -> torch.Tensor:
     """`compute(start, stop)` for consecutive chunks of `batch_size`, written into one preallocated result."""
     out = None
@@ -400,14 +352,3 @@ def _in_chunks(total: int, batch_size: int, compute) -> torch.Tensor:
         out[start:stop] = chunk
     return out
 
-
-def _condition_argument(model, condition, kwargs: Dict):
-    """`condition`, or its alias `labels`; any other keyword is refused with its name."""
-    labels = kwargs.pop("labels", None)
-    if kwargs:
-        raise TypeError(f"{type(model).__name__}.forward() got unexpected keyword arguments {sorted(kwargs)}; "
-                        f"expected pixel_values, condition (or labels), return_dict, sample_posterior, generator, "
-                        f"output_hidden_states, return_loss.")
-    if labels is not None and condition is not None:
-        raise ValueError("Expected either `condition` or its alias `labels`, got both.")
-    return condition if condition is not None else labels
