@@ -41,6 +41,7 @@ from .distributions import DiagonalGaussianDistribution, Likelihood, build_likel
 from .input_checks import MAX_IMPORTANCE_SAMPLES, InputChecksMixin, check_count, check_fits, condition_argument
 from .latent_density import LatentDensityMixin
 from .latent_priors import LatentPriorMixin
+from .memory import check_allocation_fits
 from .modeling_outputs import (AutoencoderOutput, DecoderOutput, EncoderOutput, apply_forward_hook,  # noqa: F401
                                execution_device, hidden_states_recorded, onloaded)
 from .pretrained_io import PretrainedIOMixin
@@ -72,6 +73,7 @@ class AutoencoderPreTrainedModel(LatentPriorMixin, PretrainedIOMixin, InputCheck
     num_posterior_samples = 1
 
     def __init__(self, config, *inputs, **kwargs):
+        check_allocation_fits(type(self), config)  # weights that cannot fit are refused before they are allocated
         super().__init__(config, *inputs, **kwargs)
         self.check_latent_prior()
         self.latent_density = self.build_latent_density()  # an ex-post density saved with the weights, or None

@@ -30,6 +30,8 @@ from .quantizers import VectorQuantizedPosterior, VectorQuantizer
 
 #: where the learned prior lives, relative to the VQ-VAE's folder or Hub repo
 PRIOR_SUBFOLDER = "prior"
+#: the model type of the code prior (VQPriorModel's)
+PRIOR_MODEL_TYPE = VQPriorModel.config_class.model_type
 #: `from_pretrained` arguments that locate files, passed on to the prior's `from_pretrained`
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies", "dtype",
                "torch_dtype")
@@ -186,8 +188,8 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         """
         if prior is not None:
             config = getattr(prior, "config", None)
-            if getattr(config, "model_type", None) != "vq_prior" or not hasattr(prior, "sample_codes"):
-                raise ValueError(f"Expected a VQPriorModel (model_type 'vq_prior'), got {type(prior).__name__} with "
+            if getattr(config, "model_type", None) != PRIOR_MODEL_TYPE or not hasattr(prior, "sample_codes"):
+                raise ValueError(f"Expected a VQPriorModel (model_type {PRIOR_MODEL_TYPE!r}), got {type(prior).__name__} with "
                                  f"model_type {getattr(config, 'model_type', None)!r}.")
             if config.num_embeddings != self.config.num_embeddings:
                 raise ValueError(f"The prior models {config.num_embeddings} codes but this VQ-VAE has a codebook of "
@@ -247,7 +249,7 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         if is_main and os.path.isdir(prior_dir):
             if not _is_saved_prior(prior_dir):
                 raise ValueError(f"{prior_dir} exists and is not a saved VQ prior (no config.json with model_type "
-                                 f"'vq_prior'): expected to write the prior there; move that folder first.")
+                                 f"{PRIOR_MODEL_TYPE!r}): expected to write the prior there; move that folder first.")
             shutil.rmtree(prior_dir)
         if self.prior is None:
             return super().save_pretrained(save_directory, *args, **kwargs)
@@ -312,7 +314,7 @@ class VQVAEModel(AutoencoderPreTrainedModel):
 def _is_saved_prior(folder: str) -> bool:
     try:
         with open(os.path.join(folder, "config.json")) as f:
-            return json.load(f).get("model_type") == "vq_prior"
+            return json.load(f).get("model_type") == PRIOR_MODEL_TYPE
     except (OSError, ValueError):
         return False
 

@@ -174,3 +174,10 @@ def test_the_klae_key_rules_read_both_ways_give_back_every_name():
     assert renamed["encoder.mid_block.attentions.0.to_out.0.weight"] == "encoder.mid.attn_1.proj_out.weight"
     assert renamed["decoder.conv_norm_out.bias"] == "decoder.norm_out.bias"
     assert renamed["quant_conv.weight"] == "quant_conv.weight"
+
+
+def test_a_model_too_large_for_memory_is_refused_before_its_weights_are_allocated():
+    from hf_vae import VAEConfig, VAEModel
+
+    with pytest.raises(ValueError, match=r"`latent_dim`=10000000000 has .* parameters.*expected a smaller latent_dim"):
+        VAEModel(VAEConfig(image_size=8, hidden_dims=[16], latent_dim=10**10))
