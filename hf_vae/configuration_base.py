@@ -12,8 +12,9 @@ from typing import Any, Dict, Optional, Sequence
 
 from transformers import PretrainedConfig
 
+from .data_contract import LIKELIHOODS
+
 BACKBONES = ("mlp", "conv", "burgess")
-LIKELIHOODS = ("bernoulli", "gaussian", "laplace", "discretized_logistic")
 ACT_FNS = ("silu", "swish", "gelu", "relu", "mish")
 DEFAULT_MLP_LATENT_DIM = 32
 

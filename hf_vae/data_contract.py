@@ -47,6 +47,10 @@ LIKELIHOOD_KINDS: Dict[str, LikelihoodKind] = {
 }
 
 
+#: the likelihoods a config may choose (`likelihood`); "pixel" is the KLAE's fixed pixel loss
+LIKELIHOODS = tuple(name for name in LIKELIHOOD_KINDS if name != "pixel")
+
+
 @dataclass(frozen=True)
 class DataContract:
     """The data a model trains and is evaluated on.

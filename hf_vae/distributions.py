@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils._pytree as pytree
 
-from .data_contract import likelihood_kind
+from .data_contract import LIKELIHOODS, likelihood_kind
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -336,7 +336,6 @@ class PixelLossLikelihood(Likelihood):
         return per_dim.flatten(per_dim.dim() - x.dim() + 1).sum(-1)
 
 
-LIKELIHOODS = ("bernoulli", "gaussian", "laplace", "discretized_logistic")
 
 
 def build_likelihood(name: str, num_channels: int, scale: float = 1.0, learn_scale: bool = False) -> Likelihood:

@@ -38,6 +38,7 @@ from transformers import PreTrainedModel
 from .backbones import AttentionImplementationMixin, build_backbone
 from .data_contract import DataContract, contract_for
 from .distributions import DiagonalGaussianDistribution, Likelihood, build_likelihood
+from .importance_sampling import importance_sampled_log_likelihood
 from .input_checks import MAX_IMPORTANCE_SAMPLES, InputChecksMixin, check_count, check_fits, condition_argument
 from .latent_density import LatentDensityMixin
 from .latent_priors import LatentPriorMixin
@@ -46,7 +47,7 @@ from .modeling_outputs import (AutoencoderOutput, DecoderOutput, EncoderOutput, 
                                execution_device, hidden_states_recorded, onloaded)
 from .pretrained_io import PretrainedIOMixin
 from .thread_policy import threads_for_generation
-from .weight_init import init, init_weights  # noqa: F401  (families initialise their own modules with `init`)
+from .weight_init import init_weights
 
 
 class AutoencoderPreTrainedModel(LatentPriorMixin, PretrainedIOMixin, InputChecksMixin, LatentDensityMixin,
@@ -179,21 +180,11 @@ class AutoencoderPreTrainedModel(LatentPriorMixin, PretrainedIOMixin, InputCheck
     def estimate_log_likelihood(self, pixel_values: torch.Tensor, posterior, condition: Optional[torch.Tensor],
                                 labels, num_samples: int, chunk_size: int,
                                 generator: Optional[torch.Generator]) -> torch.Tensor:
-        """log p(x) ≈ log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x) (Burda et al. 2016, eq. 8), (B,).
-
-        `chunk_size` importance samples are decoded at a time and folded into a running log-sum-exp, so memory is
-        that of one chunk whatever K."""
+        """log p(x), (B,), from `num_samples` importance samples of q(z|x) (importance_sampling.py)."""
         if self.deterministic_encoder:
             raise NotImplementedError(f"{type(self).__name__}'s posterior has no density; log p(x) needs one.")
-        total = None
-        for start in range(0, num_samples, chunk_size):
-            latents = posterior.sample_stack(min(chunk_size, num_samples - start), generator)  # (k, B, ...)
-            params = self._decode_samples(latents, condition)
-            log_px_given_z = -self.likelihood(pixel_values, params)
-            log_weights = log_px_given_z + self.prior_log_prob(latents) - posterior.log_prob(latents)
-            chunk_total = torch.logsumexp(log_weights, dim=0)
-            total = chunk_total if total is None else torch.logaddexp(total, chunk_total)
-        return total - math.log(num_samples)
+        return importance_sampled_log_likelihood(self, pixel_values, posterior, condition, num_samples, chunk_size,
+                                                 generator)
 
     def set_training_step(self, step: int) -> None:
         """Called by the trainer once per optimisation step; variants with schedules (β-VAE capacity) override it."""

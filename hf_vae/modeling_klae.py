@@ -29,6 +29,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_klae import KLAEConfig
 from .conv_backbone import Decoder, Encoder
+from .data_contract import LIKELIHOOD_KINDS
 from .distributions import DiagonalGaussianDistribution, PixelLossLikelihood
 from .klae_conversion import (
     DIFFUSERS_CONFIG_FIELDS,
@@ -163,7 +164,7 @@ class KLAEModel(AutoencoderPreTrainedModel):
     _no_split_modules = ["ResnetBlock2D", "Attention"]
     # Images in [-1, 1], as diffusers' image processor gives them; [0, 255] input would otherwise train (or encode)
     # silently wrong. `model.check_input_range = False` lets other values through.
-    input_range = (-1.0, 1.0)
+    input_range = LIKELIHOOD_KINDS["pixel"].value_range
 
     def __init__(self, config: Optional[KLAEConfig] = None, **diffusers_kwargs):
         """`KLAEModel(config)`, or `KLAEModel(in_channels=3, block_out_channels=(128, 256, 512, 512), ...)` with

@@ -1,4 +1,5 @@
-"""What the models return, and the accelerate hooks that let offloaded models run.
+"""What the models return (and the stage outputs `output_hidden_states` records), and the accelerate hooks that
+let offloaded models run.
 
 Outputs hold tensors only (or tuples of tensors), so that `return_dict=False` tuples, `torch.export`, and
 transformers' `Trainer.predict` (which pads and gathers every field) take them. The posterior itself goes out as

@@ -24,9 +24,10 @@ from transformers import PreTrainedModel  # noqa: F401  (diffusers' pipeline loa
 
 from .configuration_vqvae import VQVAEConfig
 from .input_checks import is_tracing
-from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, init
+from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel
 from .modeling_vq_prior import VQPriorModel
 from .quantizers import VectorQuantizedPosterior, VectorQuantizer
+from .weight_init import init
 
 #: where the learned prior lives, relative to the VQ-VAE's folder or Hub repo
 PRIOR_SUBFOLDER = "prior"
