@@ -14,13 +14,12 @@ from typing import Dict, Tuple
 import torch
 
 from .configuration_info_vae import InfoVAEConfig
-from .mmd import MMDAutoencoderOutput, PriorReferenceDraws, prior_mmd
+from .mmd import PriorMMDMixin, PriorReferenceDraws, prior_mmd
 from .modeling_vae import VAEModel
 
 
-class InfoVAEModel(VAEModel):
+class InfoVAEModel(PriorMMDMixin, VAEModel):
     config_class = InfoVAEConfig
-    output_class = MMDAutoencoderOutput
     #: the MMD matches q(z) to a fixed prior over one vector latent
     supports_local_latent = False
 

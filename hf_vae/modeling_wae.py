@@ -16,12 +16,11 @@ import torch
 
 from .configuration_wae import WAEConfig
 from .deterministic import DeterministicAutoencoderModel
-from .mmd import MMDAutoencoderOutput, PriorReferenceDraws, prior_mmd
+from .mmd import PriorMMDMixin, PriorReferenceDraws, prior_mmd
 
 
-class WAEModel(DeterministicAutoencoderModel):
+class WAEModel(PriorMMDMixin, DeterministicAutoencoderModel):
     config_class = WAEConfig
-    output_class = MMDAutoencoderOutput
 
     def __init__(self, config: WAEConfig):
         super().__init__(config)

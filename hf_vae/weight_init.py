@@ -6,7 +6,6 @@ import torch.nn as nn
 
 from .distributions import ScaledLikelihood
 from .latent_density import GaussianMixtureDensity
-from .mmd import PriorReferenceDraws
 
 try:  # transformers >= 5 guards initialisers so that weights loaded from a checkpoint are never overwritten
     from transformers import initialization as init
@@ -44,5 +43,3 @@ def init_weights(module: nn.Module) -> None:
         init.constant_(module.weights, 1.0 / module.num_components)
         init.zeros_(module.means)
         init.copy_(module.scale, module.standard_scale())
-    elif isinstance(module, PriorReferenceDraws):  # the MMD's fixed prior draws, recomputed from their seed
-        init.copy_(module.draws, module.standard_draws())
