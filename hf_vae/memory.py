@@ -136,7 +136,7 @@ def parameter_bound(config) -> int:
 def check_allocation_fits(model_class, config) -> None:
     """Refuse to build a model whose weights alone exceed the memory available, naming the likely config field;
     called by the model's constructor before it allocates anything (float32 weights on the CPU)."""
-    if torch.get_default_device().type == "meta":  # a shapes-only build allocates nothing (and is how we count)
+    if torch.empty(0).is_meta:  # inside `with torch.device("meta")`: a shapes-only build (how the count is made)
         return
     available = available_bytes(None)
     if available is None or parameter_bound(config) * _FLOAT <= available:
