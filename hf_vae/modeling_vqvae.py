@@ -312,6 +312,7 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         indices = self.quantizer.nearest_codes(flat).view(codes.shape[0], *codes.shape[2:])
         return self.indices_to_latents(indices).to(latents.dtype)
 
+
 def _is_saved_prior(folder: str) -> bool:
     try:
         with open(os.path.join(folder, "config.json")) as f:
