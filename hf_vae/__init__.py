@@ -54,6 +54,18 @@ MODELS = {family.name: (family.config_class, family.model_class) for family in f
 PRIORS = {family.name: (family.config_class, family.model_class) for family in families.FAMILIES.values()
           if family.capabilities.code_prior}
 
+
+
+def _publish_with_card(model, repo_id, **options):
+    """`model.push_to_hub`'s publisher: the card, preview and (KLAE) diffusers copy of hf_vae.integrations.hub,
+    imported on first use (the model layer itself imports nothing above it)."""
+    from .integrations.hub import push_model
+
+    return push_model(model, repo_id, **options)
+
+
+AutoencoderPreTrainedModel.publisher = staticmethod(_publish_with_card)
+
 for _config_class, _model_class in (*MODELS.values(), *PRIORS.values()):
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
     AutoModel.register(_config_class, _model_class, exist_ok=True)

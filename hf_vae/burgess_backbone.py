@@ -30,7 +30,7 @@ from .conv_backbone import CheckpointedSequential, get_activation
 
 
 def _he(layer: nn.Module) -> nn.Module:
-    """Mark a layer for He (Kaiming-normal, ReLU gain) initialisation; see `AutoencoderModel._init_weights`."""
+    """Mark a layer for He (Kaiming-normal, ReLU gain) initialisation; see `weight_init.init_weights`."""
     layer.he_init = True
     return layer
 

@@ -12,8 +12,9 @@ from typing import Any, Dict, Optional, Sequence
 
 from transformers import PretrainedConfig
 
+from .data_contract import LIKELIHOODS
+
 BACKBONES = ("mlp", "conv", "burgess")
-LIKELIHOODS = ("bernoulli", "gaussian", "laplace", "discretized_logistic")
 ACT_FNS = ("silu", "swish", "gelu", "relu", "mish")
 DEFAULT_MLP_LATENT_DIM = 32
 
@@ -100,6 +101,9 @@ class ValidatedConfig(PretrainedConfig):
     """A config whose fields are checked however it is made: the constructor, and `from_pretrained` /
     `from_dict` with overrides (`from_pretrained(path, dropout=5.0)`), which transformers applies with setattr
     after construction."""
+
+    #: whether the latent is a map of codebook entries (the data contract: such a model trains on 8-bit data)
+    quantized = False
 
     def __init__(self, **kwargs):  # no fields of its own (transformers would otherwise generate an __init__)
         super().__init__(**kwargs)

@@ -31,6 +31,7 @@ class VQVAEConfig(AutoencoderConfig):
     """
 
     model_type = "vq_vae"
+    quantized = True
 
     def __init__(self, num_embeddings: int = 512, embedding_dim: int = 64, commitment_cost: float = 0.25,
                  use_ema: bool = False, ema_decay: float = 0.99, ema_epsilon: float = 1e-5, kmeans_init: bool = False,

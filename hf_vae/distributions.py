@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils._pytree as pytree
 
+from .data_contract import LIKELIHOODS, likelihood_kind
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -109,6 +111,12 @@ class DiagonalGaussianDistribution:
     def rsample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return self.sample(generator)
 
+    def sample_stack(self, k: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """k reparameterised samples per example, (k, *mean.shape): the importance samples of IWAE and of
+        `log_likelihood`."""
+        eps = randn_tensor((k, *self.mean.shape), generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps
+
     def mode(self) -> torch.Tensor:
         return self.mean
 
@@ -177,6 +185,9 @@ class Likelihood(nn.Module):
     stacked importance samples). `mean` maps params to E[x|z] in data space.
     """
 
+    #: the config's name of the likelihood: a subclass that sets it takes `data_range`, `normalised` and
+    #: `continuous` from its entry of `hf_vae.data_contract.LIKELIHOOD_KINDS` (the one statement of them)
+    name: Optional[str] = None
     #: the value range the data must lie in, used for input validation; None means any real value.
     data_range: Optional[tuple] = None
     #: whether nll is a normalised log-density, so that the ELBO and the IWAE bound are true bounds on log p(x).
@@ -184,6 +195,12 @@ class Likelihood(nn.Module):
     #: whether nll is a density of continuous values (Gaussian, Laplace): a bound on the probability of 8-bit
     #: data then needs uniform dequantisation and a change of volume (Theis et al. 2016; see hf_vae.evaluation).
     continuous: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            kind = likelihood_kind(cls.name)
+            cls.data_range, cls.normalised, cls.continuous = kind.data_range, kind.normalised, kind.continuous
 
     def nll(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -205,7 +222,7 @@ class BernoulliLikelihood(Likelihood):
     The nll is the binary cross-entropy with logits, computed stably without forming probabilities.
     """
 
-    data_range = (0.0, 1.0)
+    name = "bernoulli"
 
     def nll(self, x, params):
         bce = F.binary_cross_entropy_with_logits(params, x.expand_as(params), reduction="none")
@@ -217,8 +234,6 @@ class BernoulliLikelihood(Likelihood):
 
 class ScaledLikelihood(Likelihood):
     """Shared handling of a fixed or learned per-channel scale (σ for Gaussian, b for Laplace, s for logistic)."""
-
-    continuous = True
 
     def __init__(self, num_channels: int, scale: float = 1.0, learn_scale: bool = False):
         super().__init__()
@@ -245,6 +260,8 @@ class GaussianLikelihood(ScaledLikelihood):
     -log p(x|z) = Σ ½(x − μ)²/σ² + log σ + ½ log 2π.
     """
 
+    name = "gaussian"
+
     def nll(self, x, params):
         log_scale = self._log_scale_like(params, x)
         per_dim = 0.5 * (x - params).pow(2) * torch.exp(-2.0 * log_scale) + log_scale + 0.5 * LOG_2PI
@@ -256,6 +273,8 @@ class LaplaceLikelihood(ScaledLikelihood):
 
     -log p(x|z) = Σ |x − μ|/b + log 2b. With b = 1 this is the L1 loss plus a constant.
     """
+
+    name = "laplace"
 
     def nll(self, x, params):
         log_scale = self._log_scale_like(params, x)
@@ -277,8 +296,7 @@ class DiscretizedLogisticLikelihood(ScaledLikelihood):
     mapped from 8-bit images is modelled exactly and bits/dim need no dequantisation or correction.
     """
 
-    data_range = (-1.0, 1.0)
-    continuous = False
+    name = "discretized_logistic"
     #: the data it models are the 256 levels of 8-bit images
     num_bins = 256
 
@@ -304,7 +322,7 @@ class PixelLossLikelihood(Likelihood):
     perceptual and adversarial terms are added by the trainer (hf_vae.training), not here.
     """
 
-    normalised = False
+    name = "pixel"
 
     def __init__(self, kind: str = "l1"):
         super().__init__()
@@ -318,7 +336,6 @@ class PixelLossLikelihood(Likelihood):
         return per_dim.flatten(per_dim.dim() - x.dim() + 1).sum(-1)
 
 
-LIKELIHOODS = ("bernoulli", "gaussian", "laplace", "discretized_logistic")
 
 
 def build_likelihood(name: str, num_channels: int, scale: float = 1.0, learn_scale: bool = False) -> Likelihood:

@@ -6,6 +6,7 @@ cannot trace (a data-dependent Python branch). They run eagerly and are left out
 shape and dtype checks are static and run in both.
 """
 
+import contextlib
 import math
 from typing import Optional, Tuple
 
@@ -138,3 +139,49 @@ def check_latents(model, latents: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"Expected finite latents, got {bad} NaN or infinite values of {latents.numel()} "
                              f"(shape {tuple(latents.shape)}).")
     return latents.to(model.dtype)
+
+
+def condition_argument(model, condition, kwargs: dict):
+    """`forward`'s `condition`, or its alias `labels`; any other keyword is refused with its name."""
+    labels = kwargs.pop("labels", None)
+    if kwargs:
+        raise TypeError(f"{type(model).__name__}.forward() got unexpected keyword arguments {sorted(kwargs)}; "
+                        f"expected pixel_values, condition (or labels), return_dict, sample_posterior, generator, "
+                        f"output_hidden_states, return_loss.")
+    if labels is not None and condition is not None:
+        raise ValueError("Expected either `condition` or its alias `labels`, got both.")
+    return condition if condition is not None else labels
+
+
+class InputChecksMixin:
+    """What the models check where inputs enter them (`check_pixel_values`, `check_latents`), and the switch a
+    caller that vouches for its inputs turns the value checks off with (`inputs_checked_by_caller`)."""
+
+    #: the range the inputs are expected in when the likelihood does not fix one (the KLAE: [-1, 1]); checked
+    #: unless `check_input_range` is set to False on the model (for users who know what they are doing)
+    input_range: Optional[Tuple[float, float]] = None
+    check_input_range: bool = True
+    #: False inside `inputs_checked_by_caller()`
+    _check_input_values: bool = True
+
+    @contextlib.contextmanager
+    def inputs_checked_by_caller(self):
+        """Skip the value checks of `check_pixel_values` (range and finiteness: a reduction and a device
+        synchronisation per forward) inside the block, for a caller that vouches for its inputs. The trainer
+        does: its streams produce values in range by construction, and a NaN or infinity in the inputs makes the
+        loss non-finite, which it checks in its one synchronisation per step. Shapes and dtypes are still checked."""
+        previous = self._check_input_values
+        self._check_input_values = False
+        try:
+            yield self
+        finally:
+            self._check_input_values = previous
+
+    def check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Check the images (or flat data) where they enter the model; return them in the model's dtype. Value
+        checks run eagerly, not inside `inputs_checked_by_caller()` or a trace."""
+        return check_pixel_values(self, pixel_values, check_values=self._check_input_values)
+
+    def check_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Check latents where they enter `decode`; return them in the model's dtype."""
+        return check_latents(self, latents)

@@ -52,7 +52,6 @@ LDM_TRAINING_ONLY_PREFIX = "loss."
 
 _LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 _LDM_ATTENTION_NAMES = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
-_HF_ATTENTION_NAMES = {v: k for k, v in _LDM_ATTENTION_NAMES.items()}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -158,57 +157,61 @@ def _attention_weight_to_linear(key: str, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def _ldm_key_to_hf(key: str, num_resolutions: int) -> str:
-    part, _, rest = key.partition(".")
-    if part not in ("encoder", "decoder"):
-        return key  # quant_conv / post_quant_conv (and anything unknown, which the strict check reports)
-    m = re.match(r"(down|up)\.(\d+)\.(.*)$", rest)
-    if m:
-        kind, index, tail = m.group(1), int(m.group(2)), m.group(3)
-        block = f"down_blocks.{index}" if kind == "down" else f"up_blocks.{num_resolutions - 1 - index}"
-        m2 = re.match(r"block\.(\d+)\.(.*)$", tail)
-        if m2:
-            return f"{part}.{block}.resnets.{m2.group(1)}.{m2.group(2).replace('nin_shortcut', 'conv_shortcut')}"
-        sampler = "downsamplers" if kind == "down" else "upsamplers"
-        m2 = re.match(r"(?:downsample|upsample)\.(.*)$", tail)
-        if m2:
-            return f"{part}.{block}.{sampler}.0.{m2.group(1)}"
-        return key
-    m = re.match(r"mid\.block_([12])\.(.*)$", rest)
-    if m:
-        return f"{part}.mid_block.resnets.{int(m.group(1)) - 1}.{m.group(2).replace('nin_shortcut', 'conv_shortcut')}"
-    m = re.match(r"mid\.attn_1\.(norm|q|k|v|proj_out)\.(.*)$", rest)
-    if m:
-        return f"{part}.mid_block.attentions.0.{_LDM_ATTENTION_NAMES[m.group(1)]}.{m.group(2)}"
-    if rest.startswith("norm_out."):
-        return f"{part}.conv_norm_out.{rest[len('norm_out.'):]}"
+#: The renaming between latent-diffusion and hf_vae names, one row per rule, read in both directions:
+#: (LDM name, hf_vae name). `{part}` is encoder or decoder; `{i}` a resolution index and `{j}` a ResNet block's;
+#: `{r}` = n − 1 − i, the LDM number of the decoder's up block i (LDM counts them from the lowest resolution);
+#: `{resnet}` a ResNet block's parameter (its `nin_shortcut` is `conv_shortcut`); `{rest}` any parameter name.
+_KEY_RULES = (
+    ("{part}.down.{i}.block.{j}.{resnet}", "{part}.down_blocks.{i}.resnets.{j}.{resnet}"),
+    ("{part}.down.{i}.downsample.{rest}", "{part}.down_blocks.{i}.downsamplers.0.{rest}"),
+    ("{part}.up.{r}.block.{j}.{resnet}", "{part}.up_blocks.{i}.resnets.{j}.{resnet}"),
+    ("{part}.up.{r}.upsample.{rest}", "{part}.up_blocks.{i}.upsamplers.0.{rest}"),
+    ("{part}.mid.block_1.{resnet}", "{part}.mid_block.resnets.0.{resnet}"),
+    ("{part}.mid.block_2.{resnet}", "{part}.mid_block.resnets.1.{resnet}"),
+    *((f"{{part}}.mid.attn_1.{ldm}.{{rest}}", f"{{part}}.mid_block.attentions.0.{hf}.{{rest}}")
+      for ldm, hf in _LDM_ATTENTION_NAMES.items()),
+    ("{part}.norm_out.{rest}", "{part}.conv_norm_out.{rest}"),
+)
+#: renamings inside a ResNet block's parameter names: (LDM, hf_vae)
+_RESNET_NAMES = (("nin_shortcut", "conv_shortcut"),)
+_FIELD_PATTERNS = {"part": "(?P<part>encoder|decoder)", "i": r"(?P<i>\d+)", "j": r"(?P<j>\d+)", "r": r"(?P<r>\d+)",
+                   "resnet": "(?P<resnet>.*)", "rest": "(?P<rest>.*)"}
+
+
+def _rule_pattern(template: str) -> "re.Pattern":
+    pieces = re.split(r"\{(\w+)\}", template)  # literal, field, literal, field, ...
+    return re.compile("".join(_FIELD_PATTERNS[piece] if n % 2 else re.escape(piece) for n, piece in enumerate(pieces))
+                      + "$")
+
+
+_LDM_TO_HF = tuple((_rule_pattern(ldm), hf) for ldm, hf in _KEY_RULES)
+_HF_TO_LDM = tuple((_rule_pattern(hf), ldm) for ldm, hf in _KEY_RULES)
+
+
+def _rename_key(key: str, rules, num_resolutions: int, to_hf: bool) -> str:
+    """`key` renamed by the first rule whose source side matches it; unchanged when none does (quant_conv, ...)."""
+    for pattern, target in rules:
+        m = pattern.match(key)
+        if m is None:
+            continue
+        fields = m.groupdict()
+        if fields.get("r") is not None:
+            fields["i"] = str(num_resolutions - 1 - int(fields["r"]))
+        elif fields.get("i") is not None:
+            fields["r"] = str(num_resolutions - 1 - int(fields["i"]))
+        if fields.get("resnet") is not None:
+            for ldm_name, hf_name in _RESNET_NAMES:
+                fields["resnet"] = fields["resnet"].replace(*((ldm_name, hf_name) if to_hf else (hf_name, ldm_name)))
+        return target.format(**fields)
     return key
+
+
+def _ldm_key_to_hf(key: str, num_resolutions: int) -> str:
+    return _rename_key(key, _LDM_TO_HF, num_resolutions, to_hf=True)
 
 
 def _hf_key_to_ldm(key: str, num_resolutions: int) -> str:
-    part, _, rest = key.partition(".")
-    if part not in ("encoder", "decoder"):
-        return key
-    m = re.match(r"(down|up)_blocks\.(\d+)\.(.*)$", rest)
-    if m:
-        kind, index, tail = m.group(1), int(m.group(2)), m.group(3)
-        block = f"down.{index}" if kind == "down" else f"up.{num_resolutions - 1 - index}"
-        m2 = re.match(r"resnets\.(\d+)\.(.*)$", tail)
-        if m2:
-            return f"{part}.{block}.block.{m2.group(1)}.{m2.group(2).replace('conv_shortcut', 'nin_shortcut')}"
-        m2 = re.match(r"(?:downsamplers|upsamplers)\.0\.(.*)$", tail)
-        if m2:
-            return f"{part}.{block}.{'downsample' if kind == 'down' else 'upsample'}.{m2.group(1)}"
-        return key
-    m = re.match(r"mid_block\.resnets\.([01])\.(.*)$", rest)
-    if m:
-        return f"{part}.mid.block_{int(m.group(1)) + 1}.{m.group(2).replace('conv_shortcut', 'nin_shortcut')}"
-    m = re.match(r"mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(.*)$", rest)
-    if m:
-        return f"{part}.mid.attn_1.{_HF_ATTENTION_NAMES[m.group(1)]}.{m.group(2)}"
-    if rest.startswith("conv_norm_out."):
-        return f"{part}.norm_out.{rest[len('conv_norm_out.'):]}"
-    return key
+    return _rename_key(key, _HF_TO_LDM, num_resolutions, to_hf=False)
 
 
 def _rename_legacy_attention(key: str) -> str:

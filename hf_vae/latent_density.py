@@ -184,3 +184,39 @@ def encode_dataset(model, data: Union[torch.Tensor, Iterable], batch_size: int =
         raise ValueError("Expected some data to fit the latent density to, got an empty dataset.")
     latents = torch.cat(latents)
     return latents if max_examples is None else latents[:max_examples]
+
+
+class LatentDensityMixin:
+    """`fit_latent_density` for every model: the mixture is the model's `latent_density` (None until fitted), its
+    buffers saved with the weights and its size in the config, so `from_pretrained` builds the buffers it loads."""
+
+    def build_latent_density(self) -> Optional[GaussianMixtureDensity]:
+        """The mixture the config records (`latent_density_components`), to load a fitted one into; else None."""
+        components = getattr(self.config, "latent_density_components", None)
+        if not components:
+            return None
+        return GaussianMixtureDensity(components, math.prod(self.latent_shape),
+                                      getattr(self.config, "latent_density_covariance", "full"))
+
+    @torch.no_grad()
+    def fit_latent_density(self, data, num_components: int = 10, covariance_type: str = "full",
+                           batch_size: int = 256, max_examples: Optional[int] = None, max_iter: int = 100,
+                           tol: float = 1e-3, reg_covar: float = 1e-6,
+                           generator: Optional[torch.Generator] = None) -> GaussianMixtureDensity:
+        """Fit a Gaussian mixture to the posterior modes of `data`; `generate` samples from it from then on.
+
+        The ex-post density estimation of Ghosh et al. (2020, sec. 4), for any model (pythae's
+        GaussianMixtureSampler). `data`: a tensor (N, *data_shape) or an iterable of batches / {"pixel_values"}
+        dicts. The mixture's parameters are buffers of the model and its size goes into the config, so
+        `save_pretrained` / `from_pretrained` keep it. `prior_log_prob` and `log_likelihood` still use p(z).
+        """
+        if self.is_conditional:
+            raise NotImplementedError(f"{type(self).__name__} is conditional; an ex-post latent density would "
+                                      f"ignore the condition, so it is not offered.")
+        latents = encode_dataset(self, data, batch_size, max_examples)
+        density = GaussianMixtureDensity(num_components, latents.shape[1], covariance_type)
+        density.fit(latents, max_iter=max_iter, tol=tol, reg_covar=reg_covar, generator=generator)
+        self.latent_density = density.to(self.device, self.dtype)
+        self.config.latent_density_components = num_components
+        self.config.latent_density_covariance = covariance_type
+        return self.latent_density

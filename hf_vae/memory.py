@@ -111,3 +111,41 @@ def check_fits_in_memory(model_class, config, batch_size: int = 1, device: Optio
                      f"({params}activations of a batch of {batch_size}), and {where} has "
                      f"{available / 2**30:,.1f} GiB available: expected a smaller {name or 'model'} (checked "
                      f"before anything was allocated).")
+
+
+def parameter_bound(config) -> int:
+    """A quick, generous upper bound of a config's parameter count, read off its sizes without building anything:
+    dense layers as if every width met every other, convolutions as if every channel count met every other at
+    every layer, and the lookup tables (codebook, class embedding, pseudo-inputs). It only decides whether the
+    exact count (a build on the meta device) is worth making; the trainer always makes it."""
+    shape = tuple(getattr(config, "data_shape", None) or ())
+    data = math.prod(shape) if shape else 0
+    channels = [int(c) for c in getattr(config, "block_out_channels", None) or []]
+    dense = data + int(getattr(config, "latent_dim", 0) or 0) + sum(
+        int(w) for name, value in config.to_dict().items() if name.endswith("hidden_dims") for w in value or [])
+    if getattr(config, "vector_latent", False) and channels and len(shape) == 3:  # the flattened conv map
+        dense += max(channels) * math.prod(shape[1:])
+    layers = int(getattr(config, "layers_per_block", 1) or 1) + 2
+    convolutions = 9 * sum(channels) ** 2 * layers
+    tables = sum(int(getattr(config, a, 0) or 0) * int(b if isinstance(b, int) else getattr(config, b, 0) or 0)
+                 for a, b in (("num_embeddings", "embedding_dim"), ("num_classes", "class_embedding_dim"),
+                              ("num_pseudo_inputs", data)))
+    return 4 * (dense ** 2 + convolutions + tables)  # encoder and decoder, weights and biases, generously
+
+
+def check_allocation_fits(model_class, config) -> None:
+    """Refuse to build a model whose weights alone exceed the memory available, naming the likely config field;
+    called by the model's constructor before it allocates anything (float32 weights on the CPU)."""
+    if torch.empty(0).is_meta:  # inside `with torch.device("meta")`: a shapes-only build (how the count is made)
+        return
+    available = available_bytes(None)
+    if available is None or parameter_bound(config) * _FLOAT <= available:
+        return
+    params = parameter_count(model_class, config)
+    if params is None or params * _FLOAT <= available:
+        return
+    name, value = _furthest_from_default(config)
+    cause = f"`{name}`={value!r}" if name else "its sizes"
+    raise ValueError(f"{type(config).__name__} with {cause} has {params:,} parameters, {params * _FLOAT / 2**30:,.1f} "
+                     f"GiB in float32, and this machine has {available / 2**30:,.1f} GiB available: expected a "
+                     f"smaller {name or 'model'} (checked before anything was allocated).")

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-
 import torch.nn as nn
 
+from .configuration_wae import KERNELS
 from .modeling_outputs import AutoencoderOutput
-
-KERNELS = ("imq", "rbf")
+from .weight_init import init
 
 
 def kernel_matrix(x: torch.Tensor, y: torch.Tensor, kernel: str, scales: Sequence[float],
@@ -107,3 +106,15 @@ class MMDAutoencoderOutput(AutoencoderOutput):
     """`AutoencoderOutput` plus `mmd` (`()`): the unweighted MMD²_u between the batch's latents and prior samples."""
 
     mmd: Optional[torch.FloatTensor] = None
+
+
+class PriorMMDMixin:
+    """What the MMD families (InfoVAE, WAE) share: the output with `mmd`, and the fixed prior draws
+    (`prior_reference`, built by the family) recomputed from their seed when transformers initialises weights."""
+
+    output_class = MMDAutoencoderOutput
+
+    def _init_weights(self, module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, PriorReferenceDraws):
+            init.copy_(module.draws, module.standard_draws())

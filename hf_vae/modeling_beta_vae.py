@@ -9,8 +9,8 @@ from typing import Dict, Tuple
 import torch
 
 from .configuration_beta_vae import BetaVAEConfig
-from .modeling_base import init
 from .modeling_vae import VAEModel
+from .weight_init import init
 
 
 class BetaVAEModel(VAEModel):

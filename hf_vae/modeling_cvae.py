@@ -26,6 +26,11 @@ class CVAEModel(AutoencoderPreTrainedModel):
         self.likelihood = self.build_likelihood()
         self.post_init()
 
+    @property
+    def num_classes(self):
+        """Classes of the labels (None when the condition is a vector, `condition_dim`)."""
+        return self.config.num_classes
+
     def _init_weights(self, module) -> None:
         super()._init_weights(module)
         if isinstance(module, nn.Embedding):

@@ -14,25 +14,18 @@ from typing import Dict, Tuple
 import torch
 
 from .configuration_info_vae import InfoVAEConfig
-from .mmd import MMDAutoencoderOutput, PriorReferenceDraws, prior_mmd
-from .modeling_base import init
+from .mmd import PriorMMDMixin, PriorReferenceDraws, prior_mmd
 from .modeling_vae import VAEModel
 
 
-class InfoVAEModel(VAEModel):
+class InfoVAEModel(PriorMMDMixin, VAEModel):
     config_class = InfoVAEConfig
-    output_class = MMDAutoencoderOutput
     #: the MMD matches q(z) to a fixed prior over one vector latent
     supports_local_latent = False
 
     def __init__(self, config: InfoVAEConfig):
         super().__init__(config)
         self.prior_reference = PriorReferenceDraws(self.latent_shape)
-
-    def _init_weights(self, module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, PriorReferenceDraws):
-            init.copy_(module.draws, module.standard_draws())
 
     def regularisation_loss(self, posterior, latents) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         kl = posterior.kl()

@@ -29,6 +29,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_klae import KLAEConfig
 from .conv_backbone import Decoder, Encoder
+from .data_contract import LIKELIHOOD_KINDS
 from .distributions import DiagonalGaussianDistribution, PixelLossLikelihood
 from .klae_conversion import (
     DIFFUSERS_CONFIG_FIELDS,
@@ -45,7 +46,7 @@ from .klae_conversion import (
     split_config_overrides,
     to_hf_state_dict,
 )
-from .modeling_base import AutoencoderPreTrainedModel, apply_forward_hook
+from .modeling_base import AutoencoderPreTrainedModel
 
 #: options of `from_pretrained` that locate files on the Hub (forwarded to transformers' `cached_file`).
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
@@ -163,7 +164,7 @@ class KLAEModel(AutoencoderPreTrainedModel):
     _no_split_modules = ["ResnetBlock2D", "Attention"]
     # Images in [-1, 1], as diffusers' image processor gives them; [0, 255] input would otherwise train (or encode)
     # silently wrong. `model.check_input_range = False` lets other values through.
-    input_range = (-1.0, 1.0)
+    input_range = LIKELIHOOD_KINDS["pixel"].value_range
 
     def __init__(self, config: Optional[KLAEConfig] = None, **diffusers_kwargs):
         """`KLAEModel(config)`, or `KLAEModel(in_channels=3, block_out_channels=(128, 256, 512, 512), ...)` with
@@ -410,20 +411,15 @@ class KLAEModel(AutoencoderPreTrainedModel):
                 fields.pop(name, None)
         return KLAEOutput(sample=reconstruction, **fields)
 
-    @apply_forward_hook
-    def encode(self, x: torch.Tensor, return_dict: bool = True):
+    def encode(self, x: torch.Tensor, return_dict: bool = True):  # the base's encode carries accelerate's hook
         """(B, C, H, W) images in [-1, 1] -> EncoderOutput(latent_dist=DiagonalGaussianDistribution over
         (B, latent_channels, H/f, W/f)); a tuple `(latent_dist,)` with `return_dict=False`."""
-        x = self.check_pixel_values(x)
-        posterior = self._encode(x)
-        return self._encoder_output(posterior, return_dict)
+        return super().encode(x, return_dict=return_dict)
 
-    @apply_forward_hook
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator: Optional[torch.Generator] = None):
         """(B, latent_channels, h, w) -> DecoderOutput(sample=(B, C, h·f, w·f)). `generator` is accepted for
         diffusers' signature; decoding is deterministic."""
-        z = self.check_latents(z)
-        return self._decoder_output(z, None, return_dict)
+        return super().decode(z, return_dict=return_dict)
 
     # -- conversion to and from diffusers --------------------------------------------------------------------
     @classmethod

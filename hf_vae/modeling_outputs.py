@@ -1,4 +1,5 @@
-"""What the models return, and the accelerate hooks that let offloaded models run.
+"""What the models return (and the stage outputs `output_hidden_states` records), and the accelerate hooks that
+let offloaded models run.
 
 Outputs hold tensors only (or tuples of tensors), so that `return_dict=False` tuples, `torch.export`, and
 transformers' `Trainer.predict` (which pads and gathers every field) take them. The posterior itself goes out as
@@ -8,7 +9,7 @@ its parameters; the distribution object is what `encode` returns, as in diffuser
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -99,3 +100,35 @@ def onloaded(module: nn.Module):
     finally:
         for m in reversed(hooked):
             m._hf_hook.post_forward(m, None)
+
+
+@contextlib.contextmanager
+def hidden_states_recorded(model: nn.Module, enabled: bool):
+    """While the block runs, record the outputs of the encoder's and the decoder's stages (each network's
+    `hidden_stages()`); at its end the yielded dict holds `encoder_hidden_states` and `decoder_hidden_states`
+    (empty when not enabled)."""
+    states: Dict[str, Tuple[torch.Tensor, ...]] = {}
+    if not enabled:
+        yield states
+        return
+    recorded = {"encoder": [], "decoder": []}
+    handles = [stage.register_forward_hook(lambda module, args, out, part=part: recorded[part].append(out))
+               for part, network in (("encoder", model.encoder), ("decoder", model.decoder))
+               for stage in network.hidden_stages()]
+    try:
+        yield states
+    finally:
+        for handle in handles:
+            handle.remove()
+    states["encoder_hidden_states"] = tuple(recorded["encoder"])
+    states["decoder_hidden_states"] = tuple(recorded["decoder"])
+
+
+def execution_device(model: nn.Module) -> torch.device:
+    """Where `model` computes: its parameters' device, or, when `device_map` offloads them (to the meta device),
+    the device accelerate's hooks run its modules on."""
+    for module in model.modules():
+        device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    return model.device

@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from .configuration_vamp_vae import VampVAEConfig
 from .distributions import LOG_2PI, randn_tensor
-from .modeling_base import AutoencoderPreTrainedModel, init
+from .modeling_base import AutoencoderPreTrainedModel
+from .weight_init import init
 
 
 class PseudoInputs(nn.Module):

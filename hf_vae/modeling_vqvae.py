@@ -24,12 +24,15 @@ from transformers import PreTrainedModel  # noqa: F401  (diffusers' pipeline loa
 
 from .configuration_vqvae import VQVAEConfig
 from .input_checks import is_tracing
-from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, apply_forward_hook, init
+from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel
 from .modeling_vq_prior import VQPriorModel
 from .quantizers import VectorQuantizedPosterior, VectorQuantizer
+from .weight_init import init
 
 #: where the learned prior lives, relative to the VQ-VAE's folder or Hub repo
 PRIOR_SUBFOLDER = "prior"
+#: the model type of the code prior (VQPriorModel's)
+PRIOR_MODEL_TYPE = VQPriorModel.config_class.model_type
 #: `from_pretrained` arguments that locate files, passed on to the prior's `from_pretrained`
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies", "dtype",
                "torch_dtype")
@@ -186,8 +189,8 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         """
         if prior is not None:
             config = getattr(prior, "config", None)
-            if getattr(config, "model_type", None) != "vq_prior" or not hasattr(prior, "sample_codes"):
-                raise ValueError(f"Expected a VQPriorModel (model_type 'vq_prior'), got {type(prior).__name__} with "
+            if getattr(config, "model_type", None) != PRIOR_MODEL_TYPE or not hasattr(prior, "sample_codes"):
+                raise ValueError(f"Expected a VQPriorModel (model_type {PRIOR_MODEL_TYPE!r}), got {type(prior).__name__} with "
                                  f"model_type {getattr(config, 'model_type', None)!r}.")
             if config.num_embeddings != self.config.num_embeddings:
                 raise ValueError(f"The prior models {config.num_embeddings} codes but this VQ-VAE has a codebook of "
@@ -222,19 +225,19 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         prior the second term is the uniform prior's n·log K.
         """
         self.check_pixel_values(pixel_values)
-        posterior = self._encode(pixel_values, None)
+        return self._bound_terms(pixel_values, self._encode(pixel_values, None), labels)
+
+    def _bound_terms(self, pixel_values: torch.Tensor, posterior: VectorQuantizedPosterior, labels):
         reconstruction_nll = self.likelihood(pixel_values, self._decode(posterior.mode(), None))
         if self.prior is None:
             return reconstruction_nll, posterior.kl()
         return reconstruction_nll, self.prior(posterior.indices, labels=labels).nll.to(reconstruction_nll.dtype)
 
-    @torch.no_grad()
-    def log_likelihood(self, pixel_values: torch.Tensor, labels=None, num_samples: int = 1, **kwargs) -> torch.Tensor:
-        """The bound log p(x|z_q) + log p(z_q) on log p(x), (B,) in nats (see `likelihood_bound`). The posterior is
-        a point mass, so every importance sample is z_q and `num_samples` changes nothing."""
-        if not self.likelihood.normalised:
-            raise NotImplementedError(f"{type(self).__name__} uses an un-normalised pixel loss, so log p(x) is undefined.")
-        reconstruction_nll, code_nll = self.likelihood_bound(pixel_values, labels)
+    def estimate_log_likelihood(self, pixel_values, posterior, condition, labels, num_samples, chunk_size,
+                                generator) -> torch.Tensor:
+        """The bound log p(x|z_q) + log p(z_q) on log p(x) (see `likelihood_bound`). The posterior is a point mass,
+        so every importance sample is z_q and `num_samples` changes nothing."""
+        reconstruction_nll, code_nll = self._bound_terms(pixel_values, posterior, labels)
         return -(reconstruction_nll + code_nll)
 
     # -- saving and loading, with the prior in prior/ --------------------------------------------------------
@@ -247,7 +250,7 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         if is_main and os.path.isdir(prior_dir):
             if not _is_saved_prior(prior_dir):
                 raise ValueError(f"{prior_dir} exists and is not a saved VQ prior (no config.json with model_type "
-                                 f"'vq_prior'): expected to write the prior there; move that folder first.")
+                                 f"{PRIOR_MODEL_TYPE!r}): expected to write the prior there; move that folder first.")
             shutil.rmtree(prior_dir)
         if self.prior is None:
             return super().save_pretrained(save_directory, *args, **kwargs)
@@ -299,23 +302,21 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         """Code indices -> decoder mean in data space (B, *data_shape)."""
         return self.likelihood.mean(self._decode(self.indices_to_latents(indices), None))
 
-    @apply_forward_hook
-    def decode(self, latents: torch.Tensor, labels=None, return_dict: bool = True, force_not_quantize: bool = False):
-        """Quantise continuous latents to their nearest codes, then decode (diffusers' VQModel contract, which
-        LDMPipeline relies on). `force_not_quantize=True` decodes the latents as given."""
-        latents = self.check_latents(latents)
-        if not force_not_quantize:
-            codes = self._to_code_layout(latents)
-            flat = codes.movedim(1, -1).reshape(-1, self.config.embedding_dim)
-            indices = self.quantizer.nearest_codes(flat).view(codes.shape[0], *codes.shape[2:])
-            latents = self.indices_to_latents(indices).to(latents.dtype)
-        return self._decoder_output(latents, None, return_dict)
+    def decoder_latents(self, latents: torch.Tensor, force_not_quantize: bool = False) -> torch.Tensor:
+        """`decode` quantises continuous latents to their nearest codes first (diffusers' VQModel contract, which
+        LDMPipeline relies on); `decode(z, force_not_quantize=True)` decodes the latents as given."""
+        if force_not_quantize:
+            return latents
+        codes = self._to_code_layout(latents)
+        flat = codes.movedim(1, -1).reshape(-1, self.config.embedding_dim)
+        indices = self.quantizer.nearest_codes(flat).view(codes.shape[0], *codes.shape[2:])
+        return self.indices_to_latents(indices).to(latents.dtype)
 
 
 def _is_saved_prior(folder: str) -> bool:
     try:
         with open(os.path.join(folder, "config.json")) as f:
-            return json.load(f).get("model_type") == "vq_prior"
+            return json.load(f).get("model_type") == PRIOR_MODEL_TYPE
     except (OSError, ValueError):
         return False
 

@@ -16,22 +16,15 @@ import torch
 
 from .configuration_wae import WAEConfig
 from .deterministic import DeterministicAutoencoderModel
-from .mmd import MMDAutoencoderOutput, PriorReferenceDraws, prior_mmd
-from .modeling_base import init
+from .mmd import PriorMMDMixin, PriorReferenceDraws, prior_mmd
 
 
-class WAEModel(DeterministicAutoencoderModel):
+class WAEModel(PriorMMDMixin, DeterministicAutoencoderModel):
     config_class = WAEConfig
-    output_class = MMDAutoencoderOutput
 
     def __init__(self, config: WAEConfig):
         super().__init__(config)
         self.prior_reference = PriorReferenceDraws(self.latent_shape)
-
-    def _init_weights(self, module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, PriorReferenceDraws):
-            init.copy_(module.draws, module.standard_draws())
 
     def regularisation_loss(self, posterior, latents) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         return latents.new_zeros(latents.shape[0]), {}
