@@ -34,6 +34,8 @@ def test_every_family_is_complete(name):
     if family.card is not None:
         assert (ROOT / "model_cards" / family.card_template).is_file(), f"no card template for {name}"
     assert set(family.capabilities.imports_from) <= {"ldm", "diffusers", "diffusers_vq"}
+    if not family.capabilities.code_prior:  # the model layer's own statement (its data contract) agrees
+        assert config_class.quantized == family.capabilities.quantized
 
 
 def test_package_face_is_read_from_the_table():

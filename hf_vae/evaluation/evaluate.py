@@ -60,6 +60,7 @@ import torch
 logger = logging.getLogger("hf_vae.evaluation")
 
 from .. import families
+from ..data_contract import data_contract
 from ..data.noise import NUM_LEVELS, dequantize
 from .metrics import codebook_stats, mutual_information_gap, psnr, ssim
 
@@ -70,8 +71,6 @@ METRIC_NAMES = ("neg_elbo", "nll", "bits_per_dim", "xent_neg_elbo", "xent_nll", 
 #: the likelihood metrics, and their names when they are cross-entropies (a Bernoulli decoder on grey levels)
 DENSITY_METRICS = ("neg_elbo", "nll", "bits_per_dim")
 CROSS_ENTROPY_NAMES = {name: f"xent_{name}" for name in DENSITY_METRICS}
-#: likelihoods that are densities of continuous values (trained and evaluated on dequantised data)
-CONTINUOUS_LIKELIHOODS = ("gaussian", "laplace")
 #: PSNR of an exact reconstruction is infinite; cap it so that averages stay finite
 PSNR_CAP_DB = 100.0
 
@@ -82,26 +81,19 @@ PSNR_CAP_DB = 100.0
 
 
 def data_settings(config, binarize: Optional[bool] = None) -> Dict[str, Any]:
-    """How to build a stream for a model with this config: image size, channels, value range, binarisation.
-
-    Bernoulli decoders see data in [0, 1], dynamically binarised by default (the Bernoulli likelihood is a
-    normalised density only on binary data); Gaussian, Laplace, the discretised logistic and the KL autoencoder
-    see [-1, 1]. Gaussian and Laplace decoders (continuous densities) train on uniformly dequantised data; the
-    VQ-VAE trains on the 8-bit data (its likelihood, when a learned prior gives one, is still evaluated on
-    dequantised data with the change of volume, like every continuous density).
-    """
-    likelihood = getattr(config, "likelihood", "pixel")
-    bernoulli = likelihood == "bernoulli"
-    image_size = getattr(config, "image_size", None)
+    """How to build a stream for a model with this config: image size, channels, and its data contract (value
+    range, binarisation, dequantisation; `hf_vae.data_contract`, derived from the likelihood)."""
+    contract = data_contract(config)
+    image_size = config.image_size
     if image_size is None:
         raise ValueError("Expected an image model (an int `image_size`), got image_size=None (flat data): the "
                          "hf_vae.data streams yield (C, H, W) images.")
     return {
         "image_size": int(image_size),
         "in_channels": int(config.in_channels),
-        "value_range": (0.0, 1.0) if bernoulli else (-1.0, 1.0),
-        "binarize": bernoulli if binarize is None else bool(binarize),
-        "dequantize": likelihood in CONTINUOUS_LIKELIHOODS and not families.of(config).capabilities.quantized,
+        "value_range": contract.value_range,
+        "binarize": contract.binary if binarize is None else bool(binarize),
+        "dequantize": contract.dequantize,
     }
 
 
@@ -138,7 +130,7 @@ def _has_density(model) -> bool:
 
 
 def _density_names(model, binarized: bool) -> Dict[str, str]:
-    cross_entropy = getattr(model.config, "likelihood", None) == "bernoulli" and not binarized
+    cross_entropy = model.data_contract.binary and not binarized
     return CROSS_ENTROPY_NAMES if cross_entropy else {name: name for name in DENSITY_METRICS}
 
 

@@ -147,7 +147,7 @@ def diffusers_autoencoder(model):
     """
     if not families.of(model).capabilities.diffusers_twin:
         twins = ", ".join(families.names(diffusers_twin=True))
-        raise HubPushError(f"Only {twins} have a diffusers equivalent (AutoencoderKL); got model_type "
+        raise HubPushError(f"Only the diffusers twins ({twins}) have a diffusers equivalent (AutoencoderKL); got model_type "
                            f"{model.config.model_type!r}.")
     try:
         import diffusers  # noqa: F401  (to_diffusers builds an AutoencoderKL)

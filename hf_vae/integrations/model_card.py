@@ -308,9 +308,8 @@ def read_output_dir(output_dir: Union[str, os.PathLike]) -> TrainingOutput:
 
 
 def value_range(model) -> Tuple[float, float]:
-    """The range of the model's data: [0, 1] for a Bernoulli likelihood, [-1, 1] otherwise."""
-    data_range = model.likelihood.data_range
-    return tuple(data_range) if data_range is not None else (-1.0, 1.0)
+    """The range of the model's data (its data contract: [0, 1] for a Bernoulli likelihood, [-1, 1] otherwise)."""
+    return tuple(model.data_contract.value_range)
 
 
 def image_grid(images: torch.Tensor, value_range: Tuple[float, float] = (0.0, 1.0), nrow: Optional[int] = None,
