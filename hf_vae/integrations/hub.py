@@ -63,7 +63,6 @@ import torch
 from transformers import PreTrainedModel
 
 from .. import families
-
 from ..utils.images import class_sample_labels
 from .model_card import (
     DEFAULT_LICENSE,

@@ -41,7 +41,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
-from ..families import autoencoders, get as get_family, importing, of as family_of
+from ..families import DIFFUSERS_COMPONENT, autoencoders, get as get_family, importing, of as family_of
 
 #: What `--train_modules` accepts.
 TRAIN_MODULES = ("all", "decoder")
@@ -267,8 +267,8 @@ def resolve_source(name_or_path: str, *, subfolder: Optional[str] = None, revisi
                                         f"{source!r}: revisions exist only for Hub repos.")
         config_path = os.path.join(folder, "config.json")
         if not os.path.isfile(config_path):
-            hint = " (it has a vae/ folder: add --pretrained_subfolder vae)" if os.path.isdir(
-                os.path.join(folder, "vae")) else ""
+            hint = (f" (it has a {DIFFUSERS_COMPONENT}/ folder: add --pretrained_subfolder {DIFFUSERS_COMPONENT})"
+                    if os.path.isdir(os.path.join(folder, DIFFUSERS_COMPONENT)) else "")
             raise _neither_format(repr(folder), f"no config.json but {_what_is_there(folder)}{hint}")
     else:
         if not _HUB_REPO_ID.match(source):

@@ -39,25 +39,17 @@ from ..evaluation.evaluate import (
     metrics_record,
     write_json_atomic,
 )
-from ..families import get as get_family
+from ..families import DEFAULT_FAMILY, DIFFUSERS_COMPONENT, get as get_family
 from .arguments import debug_requested, parse_command_line
 from .config_fields import check_model_config
 from .recipes import apply_recipe, recipe_path
 from .training_args import DataArguments, TrainArguments
-from .checkpointing import (
-    RUN_END_ENTRIES,
-    RUN_START_ENTRIES,
-    TrainingState,
+from .checkpoint_format import TrainingState
+from .checkpoint_store import (
     apply_resume_overrides,
     checkpoint_dir,
-    claim_output_dir,
-    clear_previous_run,
-    describe_cleared,
     latest_checkpoint,
     load_checkpoint,
-    publish_pretrained,
-    record_run_entries,
-    remove_publish_leftovers,
     remove_temporary,
     resolve_resume,
     save_checkpoint,
@@ -66,6 +58,15 @@ from .checkpointing import (
 from .ema import EMA
 from .latent_density import components_to_fit, fit_on_training_data
 from .objectives import build_objective
+from .output_folder import (
+    RUN_END_ENTRIES,
+    RUN_START_ENTRIES,
+    claim_output_dir,
+    clear_previous_run,
+    describe_cleared,
+    record_run_entries,
+)
+from .publishing import publish_pretrained, remove_publish_leftovers
 from .streams import TrainStream
 from .tracking import make_trackers
 
@@ -909,12 +910,7 @@ def finish_run(run: Run, run_start: float, train_time: float) -> Dict[str, Any]:
 
             restore_source_fields(final_model, source, run.model_config)
         twin = family.capabilities.diffusers_twin  # its output folder also holds the diffusers copy
-        copy_dir = ()
-        if twin:
-            from ..integrations.hub import DIFFUSERS_SUBFOLDER
-
-            copy_dir = (DIFFUSERS_SUBFOLDER,)
-        record_run_entries(output_dir, RUN_END_ENTRIES + copy_dir)
+        record_run_entries(output_dir, RUN_END_ENTRIES + ((DIFFUSERS_COMPONENT,) if twin else ()))
         publish_pretrained(final_model, output_dir)
         if twin:
             _publish_diffusers_copy(final_model, output_dir)
@@ -1030,7 +1026,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     except KeyboardInterrupt:  # Ctrl-C: one line saying how to continue, no traceback
         if debug_requested(argv):
             raise
-        output_dir = train_args.output_dir or default_output_dir(train_args.model or "vae", data_args.dataset)
+        output_dir = train_args.output_dir or default_output_dir(train_args.model or DEFAULT_FAMILY, data_args.dataset)
         print(f"train.py: interrupted. Continue from the last checkpoint in {output_dir}/checkpoints with the same "
               f"command and --resume_from_checkpoint latest.", file=sys.stderr)
         sys.exit(130)
