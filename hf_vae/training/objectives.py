@@ -54,6 +54,9 @@ def _posterior(output) -> DiagonalGaussianDistribution:
 class ElboObjective:
     """Minimise the model's own `output.loss`."""
 
+    #: Adam's betas for the model, when the objective prescribes them (None: the trainer's default)
+    generator_betas = None
+
     def __init__(self, is_conditional: bool, dataset_name: str = "dataset"):
         self.is_conditional = is_conditional
         self.dataset_name = dataset_name
@@ -176,6 +179,9 @@ class AdversarialObjective:
     VQ-VAE: the model's VQ terms are sums over latent elements per example; taming's VQGAN averages them over
     elements, like its pixel term, so they are divided by the number of latent elements here.
     """
+
+    #: None: the trainer's GAN default (0.5, 0.9), as in latent diffusion
+    generator_betas = None
 
     def __init__(self, *, vq: bool, in_channels: int, image_size: int, latent_numel: int, value_range,
                  perceptual: Optional[nn.Module], perceptual_weight: float, pixel_loss: str, kl_weight: float,

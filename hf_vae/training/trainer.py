@@ -18,14 +18,11 @@ import contextlib
 import copy
 import dataclasses
 import inspect
-import json
 import logging
-import math
 import os
 import re
 import sys
 import time
-import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -41,9 +38,6 @@ from ..evaluation.evaluate import (
 )
 from ..families import DEFAULT_FAMILY, DIFFUSERS_COMPONENT, get as get_family
 from .arguments import debug_requested, parse_command_line
-from .config_fields import check_model_config
-from .recipes import apply_recipe, recipe_path
-from .training_args import DataArguments, TrainArguments
 from .checkpoint_format import TrainingState
 from .checkpoint_store import (
     apply_resume_overrides,
@@ -55,9 +49,12 @@ from .checkpoint_store import (
     save_checkpoint,
     set_aside_newer,
 )
+from .config_fields import check_model_config
+from .distributed import average_gradients, check_replicas_agree, cpu_only, resolve_mixed_precision, shutdown
 from .ema import EMA
 from .latent_density import components_to_fit, fit_on_training_data
 from .objectives import build_objective
+from .optimisation import LossWindow, adam, lr_lambda, resolved_warmup_steps
 from .output_folder import (
     RUN_END_ENTRIES,
     RUN_START_ENTRIES,
@@ -67,8 +64,19 @@ from .output_folder import (
     record_run_entries,
 )
 from .publishing import publish_pretrained, remove_publish_leftovers
+from .recipes import apply_recipe
+from .run_outputs import (
+    dataset_kwargs,
+    first_eval_batch,
+    image_grids,
+    jsonable,
+    publish_diffusers_copy,
+    startup_banner,
+    tracker_config,
+)
 from .streams import TrainStream
 from .tracking import make_trackers
+from .training_args import DataArguments, TrainArguments
 
 logger = logging.getLogger("hf_vae.training")
 
@@ -85,38 +93,6 @@ class NonFiniteLossError(RuntimeError):
 def default_output_dir(model: str, dataset: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(str(dataset))) or str(dataset))
     return os.path.join("outputs", f"{model}-{slug}")
-
-
-def _resolve_mixed_precision(requested: str) -> str:
-    """fp16 needs an accelerator; on a CPU-only machine fall back to full precision rather than fail."""
-    if requested != "fp16":
-        return requested
-    on_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
-    has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or \
-        torch.backends.mps.is_available()
-    if on_cpu or not has_accelerator:
-        warnings.warn("--mixed_precision fp16 needs a GPU (CUDA/XPU/MPS) and this run has none: training in "
-                      "full precision (use bf16 for reduced precision on CPUs).")
-        return "no"
-    return requested
-
-
-def _cpu_only() -> bool:
-    """No accelerator device is available: Accelerate then needs `cpu=True` to set up multi-process (gloo)
-    training; without it, processes started by `accelerate launch` would each train alone."""
-    import accelerate.utils as utils
-
-    if torch.cuda.is_available() or torch.backends.mps.is_available():
-        return False
-    for name in ("is_xpu_available", "is_npu_available", "is_mlu_available", "is_musa_available",
-                 "is_sdaa_available", "is_hpu_available", "is_neuron_available", "is_torch_xla_available"):
-        check = getattr(utils, name, None)
-        try:
-            if check is not None and check():
-                return False
-        except Exception:  # a probe that fails means that device is not usable here
-            continue
-    return True
 
 
 def build_model_config(train_args: TrainArguments, data_args: DataArguments, model_config: Dict[str, Any],
@@ -187,53 +163,6 @@ def _describe(data_args: DataArguments, model_config: Dict[str, Any]) -> Dict[st
     return info
 
 
-def _publish_diffusers_copy(model, output_dir: str) -> None:
-    """A KLAE output folder also carries the diffusers `AutoencoderKL` copy in vae/ (as a Hub push does)."""
-    try:
-        from ..integrations.diffusers import save_diffusers_copy
-    except ImportError:
-        logger.warning("diffusers is not installed: %s has no vae/ folder (AutoencoderKL copy).", output_dir)
-        return
-    save_diffusers_copy(model, output_dir)
-
-
-def _startup_banner(train_args: TrainArguments, data_args: DataArguments, model, dataset_info: Dict[str, Any],
-                    output_dir: str, max_steps: int, warmup_steps: int, effective_batch: int,
-                    num_processes: int, autoencoder=None, recipe_applied: Optional[Dict[str, Any]] = None,
-                    threads: Optional[str] = None) -> str:
-    """What the run is about to do, printed before the first step: where, what model, what data, how long."""
-    config = model.config
-    num_params = sum(p.numel() for p in model.parameters())
-    shape = "x".join(str(d) for d in (config if autoencoder is None else autoencoder.config).data_shape)
-    if autoencoder is not None:  # a prior over the autoencoder's codes
-        arch = (f"GPT-2, {config.n_layer} layers of width {config.n_embd}, over "
-                f"{'x'.join(map(str, config.code_shape))} maps of {config.num_embeddings} codes of {train_args.vqvae}")
-    else:
-        from ..integrations.model_card import describe_architecture
-
-        arch = ", ".join(describe_architecture(model, brief=True))
-    sizes = dataset_info.get("num_examples") or {}
-    counts = ", ".join(f"{n:,} {split}" for split, n in sizes.items() if n)
-    epochs = ""
-    if sizes.get("train"):
-        epochs = f" (~{max_steps * effective_batch / sizes['train']:.3g} epochs)"
-    batch = f"batch {effective_batch}" + (f" = {train_args.batch_size} x {num_processes} processes x "
-                                          f"{train_args.gradient_accumulation_steps}"
-                                          if effective_batch != train_args.batch_size else "")
-    recipe_line = []
-    if recipe_applied:
-        shown = ", ".join(f"{k}={v}" for k, v in recipe_applied.items())
-        recipe_line = [f"  recipe  {shown} (from {recipe_path(train_args.model)}, for what was not given)"]
-    return "\n".join([
-        f"Training {train_args.model} on {data_args.dataset}",
-        f"  output  {output_dir}",
-        f"  model   {train_args.model} ({type(config).__name__}; {arch}): {num_params / 1e6:.2f} M parameters",
-        f"  data    {data_args.dataset}: {shape} images" + (f", {counts} examples" if counts else ""),
-        f"  steps   {max_steps}{epochs}, {batch}, lr {train_args.learning_rate:g} ({train_args.lr_scheduler}, "
-        f"{warmup_steps} warm-up), evaluation every {train_args.eval_steps or max_steps} steps",
-    ] + recipe_line + ([f"  threads {threads}"] if threads else []))
-
-
 def _apply_thread_policy(train_args: TrainArguments, model, device: torch.device) -> str:
     """Set the intra-op threads from the training step's FLOPs (hf_vae.thread_policy), or as the user asked; the
     banner's line. On an accelerator the model's work is not on the CPU, so only a user's choice is applied."""
@@ -246,198 +175,6 @@ def _apply_thread_policy(train_args: TrainArguments, model, device: torch.device
         return f"{torch.get_num_threads()} intra-op CPU threads (the model runs on {device.type})"
     flops = thread_policy.TRAIN_STEP_FORWARDS * thread_policy.forward_flops_per_example(model)
     return thread_policy.apply_thread_policy(flops, train_args.batch_size, train_args.num_threads).describe()
-
-
-def resolved_warmup_steps(train_args: TrainArguments, max_steps: int) -> int:
-    """--warmup_steps, or 5 % of the run when it is not given."""
-    return train_args.warmup_steps if train_args.warmup_steps is not None else max_steps // 20
-
-
-def _lr_lambda(warmup_steps: int, max_steps: int, schedule: str, min_ratio: float):
-    """Linear warm-up from 0 to 1, then cosine decay to `min_ratio` (or constant)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def _adam(params: List[torch.nn.Parameter], lr: float, betas, weight_decay: float, device: torch.device):
-    # Fused Adam is faster and exact on CPU and CUDA (one kernel per step instead of one per tensor).
-    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
-    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
-
-
-def _average_gradients(params: Sequence[torch.nn.Parameter], accelerator) -> None:
-    """All-reduce (mean) the gradients of parameters that are not inside the DDP-wrapped model.
-
-    The discriminator runs two forward passes per step (real and fake) and the log-variance lives in the loss,
-    so neither is wrapped in DDP; their gradients are averaged here, in one flat all-reduce.
-    """
-    if accelerator.num_processes == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset: offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def _grad_norm(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-
-
-def _shutdown(accelerator, failed: bool = False) -> None:
-    """End the trackers and tear the process group down while the interpreter is healthy.
-
-    With gloo, a process group destroyed during interpreter exit (when the DDP reducer that references it is
-    garbage-collected) can deadlock: its worker thread waits for the GIL to release the tensors of the last
-    collective while the exiting main thread, holding the GIL, waits for that thread. So: let the worker
-    finish (sleep releases the GIL), drop the DDP wrapper, then destroy the group. After an error there is no
-    barrier: the other processes may never reach it.
-    """
-    if accelerator.num_processes > 1 and not failed:
-        import gc
-
-        accelerator.wait_for_everyone()
-        time.sleep(0.2)
-        accelerator.free_memory()
-        gc.collect()
-    accelerator.end_training()
-    if accelerator.num_processes == 1:
-        # Accelerate keeps its state (mixed precision among it) in process-wide singletons, so a second `train()` in
-        # the same process (a notebook, a benchmark) asking for another precision would be refused. Clear them, as
-        # transformers' TrainingArguments does before it builds its own accelerator.
-        from accelerate.state import AcceleratorState, GradientState
-
-        AcceleratorState._reset_state()
-        GradientState._reset_state()
-
-
-def _check_replicas_agree(accelerator, named_params: Dict[str, Sequence[torch.nn.Parameter]]) -> None:
-    """With several processes, every replica must hold the same weights; a cheap checksum comparison catches a
-    gradient that was not averaged (it would make the replicas drift apart silently)."""
-    if accelerator.num_processes == 1:
-        return
-    for name, params in named_params.items():
-        if not params:
-            continue
-        checksum = torch.stack([p.detach().double().sum() for p in params]).to(accelerator.device)
-        gathered = accelerator.gather(checksum[None]).view(accelerator.num_processes, -1)
-        if not torch.equal(gathered.min(0).values, gathered.max(0).values):
-            raise RuntimeError(f"The {name} weights differ between processes after training: expected identical "
-                               f"replicas (DDP), got per-process checksums {gathered.sum(1).tolist()}.")
-
-
-class _Window:
-    """Sums of the loss terms since the last log line."""
-
-    def __init__(self):
-        self.sums: Dict[str, torch.Tensor] = {}
-        self.count = 0
-
-    def add(self, logs: Dict[str, torch.Tensor]) -> None:
-        for key, value in logs.items():
-            value = value.detach().float()
-            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
-        self.count += 1
-
-    def means(self, accelerator) -> Dict[str, float]:
-        if not self.count:
-            return {}
-        keys = sorted(self.sums)
-        values = torch.stack([self.sums[k] / self.count for k in keys]).to(accelerator.device)
-        if accelerator.num_processes > 1:
-            values = accelerator.reduce(values, reduction="mean")
-        self.sums, self.count = {}, 0
-        return dict(zip(keys, values.tolist()))
-
-
-def _image_grids(model, batch: Dict[str, torch.Tensor], settings: Dict, output_dir: str, num_images: int,
-                 seed: int, prefix: str = "") -> None:
-    """reconstructions.png (inputs on the top rows, reconstructions below) and samples.png (prior samples)."""
-    from ..utils.images import class_sample_labels, save_image_grid
-
-    if len(model.config.data_shape) != 3:
-        return
-    device = next(model.parameters()).device
-    lo, hi = settings["value_range"]
-    n = max(1, min(num_images // 2, batch["pixel_values"].shape[0]))
-    nrow = max(1, min(8, n))
-    n = max(nrow, (n // nrow) * nrow)  # whole rows, so that inputs and reconstructions line up
-    x = batch["pixel_values"][:n].to(device)
-    labels = batch["labels"][:n].to(device) if model.is_conditional else None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            recon = model.reconstruct(x, labels).clamp(lo, hi)
-            generator = torch.Generator(device=device).manual_seed(seed)
-            k = max(1, num_images)
-            sample_labels = None
-            if model.is_conditional:
-                if model.num_classes is None:  # condition vectors: the first example's, for every sample
-                    sample_labels = batch["labels"][:1].repeat(k, *([1] * (batch["labels"].dim() - 1))).to(device)
-                else:  # one row of 8 per class, every class (num_sample_images does not cut classes off)
-                    k = 8 * model.num_classes
-                    sample_labels = class_sample_labels(model.num_classes, k, device, per_row=8)
-            samples = model.generate(k, labels=sample_labels, generator=generator).clamp(lo, hi)
-    finally:
-        model.train(was_training)
-    save_image_grid(torch.cat([x, recon]), os.path.join(output_dir, f"{prefix}reconstructions.png"), nrow=nrow,
-                    value_range=(lo, hi))
-    save_image_grid(samples, os.path.join(output_dir, f"{prefix}samples.png"), nrow=8, value_range=(lo, hi))
-
-
-def _dataset_kwargs(data_args: DataArguments) -> Dict[str, Any]:
-    """The data arguments `build_dataset` takes beyond the name and split (those given)."""
-    extra = {k: getattr(data_args, k) for k in ("image_column", "label_column", "data_dir")
-             if getattr(data_args, k) is not None}
-    if data_args.skip_bad_images:
-        extra["skip_bad_images"] = True
-    return extra
-
-
-def _first_eval_batch(dataset: str, split: str, settings: Dict, data_args: DataArguments, num: int,
-                      require_labels: bool) -> Dict[str, torch.Tensor]:
-    from ..data import build_dataset, collate_batch
-
-    extra = _dataset_kwargs(data_args)
-    stream = build_dataset(dataset, split, image_size=settings["image_size"], in_channels=settings["in_channels"],
-                           value_range=settings["value_range"], binarize=settings["binarize"], shuffle=False,
-                           data_seed=data_args.data_seed, require_labels=require_labels, **extra)
-    rows = []
-    for row in stream:
-        rows.append(row)
-        if len(rows) >= num:
-            break
-    return collate_batch(rows)
-
-
-def _jsonable(value):
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return str(value)
-
-
-def _tracker_config(values: Dict[str, Any]) -> Dict[str, Any]:
-    # TensorBoard's hparams take scalars and strings only.
-    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(_jsonable(v))) for k, v in values.items()}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -529,8 +266,8 @@ def _start(train_args: TrainArguments, data_args: DataArguments, model_config: D
     output_dir = train_args.output_dir or default_output_dir(train_args.model, data_args.dataset)
 
     accelerator = Accelerator(
-        cpu=_cpu_only(),
-        mixed_precision=_resolve_mixed_precision(train_args.mixed_precision),
+        cpu=cpu_only(),
+        mixed_precision=resolve_mixed_precision(train_args.mixed_precision),
         log_with=make_trackers(train_args.report_to, os.path.join(output_dir, "logs")) or None,
         project_config=ProjectConfiguration(project_dir=output_dir, logging_dir=os.path.join(output_dir, "logs")),
     )
@@ -629,7 +366,7 @@ def _build_model(run: Run) -> None:
         run.max_steps = max(1, int(train_args.num_epochs * batches_per_epoch / train_args.gradient_accumulation_steps))
     run.warmup_steps = resolved_warmup_steps(train_args, run.max_steps)
     threads = _apply_thread_policy(train_args, model, accelerator.device)
-    accelerator.print(_startup_banner(train_args, run.data_args, model, run.dataset_info, output_dir, run.max_steps,
+    accelerator.print(startup_banner(train_args, run.data_args, model, run.dataset_info, output_dir, run.max_steps,
                                       run.warmup_steps, run.effective_batch, accelerator.num_processes,
                                       run.autoencoder, run.recipe_applied, threads))
     run.model = model
@@ -643,15 +380,15 @@ def _build_optimisers(run: Run) -> None:
     adversarial = bool(run.discriminator_params)
     # Adam's betas: (0.5, 0.9) for GAN training as in latent diffusion, unless the objective names the generator's
     # (the FactorVAE's VAE keeps (0.9, 0.999) while its discriminator gets (0.5, 0.9), as in Kim & Mnih).
-    default_betas = getattr(objective, "generator_betas", None) or ((0.5, 0.9) if adversarial else (0.9, 0.999))
+    default_betas = objective.generator_betas or ((0.5, 0.9) if adversarial else (0.9, 0.999))
     betas = (train_args.adam_beta1 if train_args.adam_beta1 is not None else default_betas[0],
              train_args.adam_beta2 if train_args.adam_beta2 is not None else default_betas[1])
     disc_betas = (train_args.adam_beta1 if train_args.adam_beta1 is not None else 0.5,
                   train_args.adam_beta2 if train_args.adam_beta2 is not None else 0.9)
     run.generator_params = [p for p in run.model.parameters() if p.requires_grad] + objective.extra_parameters()
-    optimizer = _adam(run.generator_params, train_args.learning_rate, betas, train_args.weight_decay,
+    optimizer = adam(run.generator_params, train_args.learning_rate, betas, train_args.weight_decay,
                       accelerator.device)
-    run.schedule = _lr_lambda(run.warmup_steps, run.max_steps, train_args.lr_scheduler, train_args.min_lr_ratio)
+    run.schedule = lr_lambda(run.warmup_steps, run.max_steps, train_args.lr_scheduler, train_args.min_lr_ratio)
     # Schedulers are stepped by hand once per optimisation step (an Accelerate-prepared scheduler steps once
     # per process), and registered for checkpointing below.
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, run.schedule)
@@ -660,7 +397,7 @@ def _build_optimisers(run: Run) -> None:
     run.disc_lr = train_args.disc_learning_rate or train_args.learning_rate
     if adversarial:
         # Its learning rate follows the same schedule, set from the step (it only steps after disc_start).
-        run.disc_optimizer = accelerator.prepare(_adam(run.discriminator_params, run.disc_lr, disc_betas,
+        run.disc_optimizer = accelerator.prepare(adam(run.discriminator_params, run.disc_lr, disc_betas,
                                                        train_args.weight_decay, accelerator.device))
     run.ema = EMA(run.unwrapped, train_args.ema_decay) if train_args.ema_decay > 0 else None
     run.state = TrainingState(accelerator.num_processes)
@@ -680,8 +417,8 @@ def _build_optimisers(run: Run) -> None:
     if run.source is not None:
         run_args["pretrained"] = run.source.record()
     if run.is_main:
-        write_json_atomic(_jsonable(run_args), os.path.join(run.output_dir, "training_args.json"))
-    accelerator.init_trackers("train", config=_tracker_config({k: v for k, v in run_args.items() if k != "resolved"}))
+        write_json_atomic(jsonable(run_args), os.path.join(run.output_dir, "training_args.json"))
+    accelerator.init_trackers("train", config=tracker_config({k: v for k, v in run_args.items() if k != "resolved"}))
 
 
 def _resume_and_stream(run: Run) -> None:
@@ -720,7 +457,7 @@ def _resume_and_stream(run: Run) -> None:
     # Problems the end of the run would find (no evaluation split, no labels in it, unreadable first image) are
     # found now, before any step: one example of the evaluation split is read.
     try:
-        _first_eval_batch(data_args.dataset, data_args.eval_split, settings, data_args, 1, conditional)
+        first_eval_batch(data_args.dataset, data_args.eval_split, settings, data_args, 1, conditional)
     except (ValueError, FileNotFoundError, KeyError) as error:
         raise ValueError(f"The evaluation split {data_args.eval_split!r} of {data_args.dataset!r}, used at the end "
                          f"of the run, cannot be read: {error}. Expected a dataset with that split (--eval_split "
@@ -741,7 +478,7 @@ def _resume_and_stream(run: Run) -> None:
     run.noise = BatchNoise(train_args.seed, process, binarize=settings["binarize"],
                            dequantize=settings["dequantize"], value_range=settings["value_range"],
                            device=accelerator.device)
-    run.window = _Window()
+    run.window = LossWindow()
 
 
 def training_step(run: Run) -> Optional[torch.Tensor]:
@@ -772,9 +509,9 @@ def training_step(run: Run) -> Optional[torch.Tensor]:
         loss_sum += loss.detach().float()
         micro_logs.append(logs)
 
-    _average_gradients(objective.extra_parameters(), accelerator)
+    average_gradients(objective.extra_parameters(), accelerator)
     if disc_on:
-        _average_gradients(run.discriminator_params, accelerator)
+        average_gradients(run.discriminator_params, accelerator)
     grad_norm = accelerator.clip_grad_norm_(run.generator_params, clip) if clip > 0 else None
     if disc_on and clip > 0:
         # Not accelerator.clip_grad_norm_ again: under fp16 the call above has already unscaled the gradients of
@@ -857,7 +594,7 @@ def evaluate_run(run: Run, max_examples: Optional[int], model=None) -> Dict[str,
                         batch_size=train_args.eval_batch_size,
                         num_importance_samples=train_args.eval_importance_samples, max_examples=max_examples,
                         seed=train_args.seed, data_seed=data_args.data_seed, binarize=run.settings["binarize"],
-                        dataset_kwargs=_dataset_kwargs(data_args), accelerator=accelerator, progress=True,
+                        dataset_kwargs=dataset_kwargs(data_args), accelerator=accelerator, progress=True,
                         num_examples=(run.dataset_info.get("num_examples") or {}).get(data_args.eval_split))
 
 
@@ -881,7 +618,7 @@ def finish_run(run: Run, run_start: float, train_time: float) -> Dict[str, Any]:
     train_args, data_args, accelerator, state = run.train_args, run.data_args, run.accelerator, run.state
     output_dir, source, family = run.output_dir, run.source, get_family(train_args.model)
     accelerator.wait_for_everyone()
-    _check_replicas_agree(accelerator, {"model": list(run.unwrapped.parameters()),
+    check_replicas_agree(accelerator, {"model": list(run.unwrapped.parameters()),
                                         "discriminator": run.discriminator_params,
                                         "loss": run.objective.extra_parameters()})
     # Not when the loop has just saved this very step (max_steps a multiple of checkpointing_steps): nothing has
@@ -913,11 +650,11 @@ def finish_run(run: Run, run_start: float, train_time: float) -> Dict[str, Any]:
         record_run_entries(output_dir, RUN_END_ENTRIES + ((DIFFUSERS_COMPONENT,) if twin else ()))
         publish_pretrained(final_model, output_dir)
         if twin:
-            _publish_diffusers_copy(final_model, output_dir)
+            publish_diffusers_copy(final_model, output_dir)
         write_json_atomic(record, os.path.join(output_dir, "metrics.json"))
-        grid_batch = _first_eval_batch(data_args.dataset, data_args.eval_split, run.settings, data_args,
+        grid_batch = first_eval_batch(data_args.dataset, data_args.eval_split, run.settings, data_args,
                                        max(1, train_args.num_sample_images // 2), run.unwrapped.is_conditional)
-        _image_grids(final_model, grid_batch, run.settings, output_dir, train_args.num_sample_images,
+        image_grids(final_model, grid_batch, run.settings, output_dir, train_args.num_sample_images,
                      train_args.seed)
         _print_summary(run, record, metrics, run_start)
     accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
@@ -1000,7 +737,7 @@ def train(train_args: Optional[TrainArguments] = None, data_args: Optional[DataA
         run.checkpointed = {}
         run.optimizers_called = []
         num_processes = accelerator.num_processes
-        _shutdown(accelerator, failed=sys.exc_info()[0] is not None)
+        shutdown(accelerator, failed=sys.exc_info()[0] is not None)
     record["train"] = {"output_dir": run.output_dir, "runtime_s": train_time, "steps": steps_run,
                        "examples_per_second": examples_per_second, "skipped_batches": state.skipped_batches,
                        "resumed_from": run.resume_path, "num_processes": num_processes, "last_logs": last_logs}
