@@ -145,6 +145,8 @@ def test_a_run_says_what_it_does_before_the_first_step_and_sums_up_in_one_line(t
     assert banner[3] == "  data    shapes: 1x16x16 images, 64 train, 5,000 test examples"
     recipe_lr = arguments.recipe("vae", "shapes")["learning_rate"]  # not given: the recipe's
     assert banner[4].startswith(f"  steps   2 (~0.25 epochs), batch 8, lr {recipe_lr:g}")
+    recipe_file = str(REPO / "configs" / "recipes" / "vae.yaml")
+    assert lines[5] == f"  recipe  learning_rate={recipe_lr} (from {recipe_file}, for what was not given)"
     done = [line for line in lines if line.startswith("Done: 2 steps in ")]
     assert len(done) == 1 and output_dir in done[0] and "psnr" in done[0]
     assert "evaluate test:   0%|          | 0/16" in out.err  # the final evaluation's progress bar has a total

@@ -219,7 +219,8 @@ class Run:
     stream: Any = None
     batches: Any = None
     noise: Any = None
-    vouched: Any = contextlib.nullcontext
+    #: the context in which the model skips its per-forward input checks (the stream's values are checked)
+    inputs_checked_by_caller: Any = contextlib.nullcontext
     window: Any = None
     saved_step: Optional[int] = None  # the step of the last checkpoint this run wrote
     recipe_applied: Dict[str, Any] = dataclasses.field(default_factory=dict)  # what the recipe filled in
@@ -310,10 +311,8 @@ def _start(train_args: TrainArguments, data_args: DataArguments, model_config: D
         check_fits_in_memory(get_family(train_args.model).model_class, config, train_args.batch_size,
                              accelerator.device)
     settings = data_settings(config if autoencoder is None else autoencoder.config, data_args.binarize)
-    run = Run(train_args, data_args, model_config, output_dir, accelerator, source, autoencoder, dataset_info,
-              settings, config, resume_path, hub_repo)
-    run.recipe_applied, run.previous_files = recipe_applied, previous_files
-    return run
+    return Run(train_args, data_args, model_config, output_dir, accelerator, source, autoencoder, dataset_info,
+               settings, config, resume_path, hub_repo, recipe_applied=recipe_applied, previous_files=previous_files)
 
 
 def _build_model(run: Run) -> None:
@@ -465,7 +464,7 @@ def _resume_and_stream(run: Run) -> None:
     # The stream's values need no per-forward check (and device sync) in the model; see inputs_checked_by_caller.
     # A code prior reads codes, not images: it has no such check.
     if not get_family(train_args.model).capabilities.code_prior:
-        run.vouched = run.unwrapped.inputs_checked_by_caller
+        run.inputs_checked_by_caller = run.unwrapped.inputs_checked_by_caller
     # Accelerate's optimiser wrapper searches for an optional package (importlib) twice per step, which costs
     # about as much as a small model's fused Adam step; without a gradient scaler, off XLA, all it then does is
     # call the optimiser, so call the optimiser directly.
@@ -498,7 +497,7 @@ def training_step(run: Run) -> Optional[torch.Tensor]:
         # Gradients are all-reduced once per optimisation step, on the last micro-batch.
         sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(run.model)
         with sync:
-            with accelerator.autocast(), run.vouched():
+            with accelerator.autocast(), run.inputs_checked_by_caller():
                 loss, logs, output = objective.generator_loss(run.model, batch, step)
             accelerator.backward(loss / accum)
             if disc_on:

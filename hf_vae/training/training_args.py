@@ -63,7 +63,7 @@ class TrainArguments:
 
     model: Optional[str] = field(default=None, metadata=_help(
         f"Model variant, one of {', '.join(MODEL_NAMES)} (its training recipe fills the fields you do not give); "
-        f"default vae, or with --pretrained_model_name_or_path the source's.",
+        f"default {DEFAULT_FAMILY}, or with --pretrained_model_name_or_path the source's.",
         group=MODEL, choices=MODEL_NAMES, metavar="NAME"))
     vqvae: Optional[str] = field(default=None, metadata=_help(
         f"With --model {_CODE_PRIOR}: the trained VQ-VAE (a folder or Hub repo) whose code maps the GPT-2 prior "
@@ -272,7 +272,7 @@ class DataArguments:
         "path (image folder, data files or save_to_disk folder).", group=DATA))
     eval_split: str = field(default="test", metadata=_help("Split used by the evaluations.", group=DATA))
     image_column: Optional[str] = field(default=None, metadata=_help("Image column of a generic dataset.", group=DATA))
-    label_column: Optional[str] = field(default=None, metadata=_help("Label column of a generic dataset (cvae).", group=DATA))
+    label_column: Optional[str] = field(default=None, metadata=_help(f"Label column of a generic dataset ({_models(family_names(conditional=True))}).", group=DATA))
     data_dir: Optional[str] = field(default=None, metadata=_help("data_dir for datasets.load_dataset / Fashion-MNIST IDX files.", group=DATA, metavar="DIR"))
     binarize: Optional[bool] = field(default=None, metadata=_help(
         "Dynamic binarisation x ~ Bernoulli(intensity), fresh every epoch (default: on for Bernoulli decoders).", group=DATA))
