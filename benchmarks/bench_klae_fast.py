@@ -171,7 +171,7 @@ def hf_vae_step(vae, device, backend, mode, size):
     from hf_vae.training.ldm_loss import LatentDiffusionLoss
     from hf_vae.training.objectives import AdversarialObjective
     from hf_vae.training.pretrained import freeze_modules
-    from hf_vae.training.trainer import _adam
+    from hf_vae.training.optimisation import adam
 
     model = KLAEModel.from_diffusers(vae, kl_weight=1e-6).to(device).train()
     freeze_modules(model, "decoder")
@@ -187,8 +187,8 @@ def hf_vae_step(vae, device, backend, mode, size):
                                              allow_random_weights=True)
     objective.to(device)
     generator_params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _adam(generator_params, 1e-5, (0.5, 0.9), 0.0, device)
-    disc_optimizer = _adam(list(objective.discriminator_parameters()), 1e-5, (0.5, 0.9), 0.0, device)
+    optimizer = adam(generator_params, 1e-5, (0.5, 0.9), 0.0, device)
+    disc_optimizer = adam(list(objective.discriminator_parameters()), 1e-5, (0.5, 0.9), 0.0, device)
 
     def step(x):
         with torch.autocast(device.type, dtype=torch.bfloat16):

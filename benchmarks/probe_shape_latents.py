@@ -82,7 +82,7 @@ def recipe_network_and_schedule():
     from hf_vae import VAEModel
     from hf_vae.training import DataArguments, TrainArguments, build_model_config
     from hf_vae.training.arguments import apply_recipe
-    from hf_vae.training.trainer import _lr_lambda, resolved_warmup_steps
+    from hf_vae.training.optimisation import lr_lambda, resolved_warmup_steps
 
     info = {"image_size": 64, "in_channels": 1, "num_classes": 3, "num_examples": {"train": 50_000}}
     train_args, model_config, _ = apply_recipe(TrainArguments(), DataArguments(dataset="shapes"), {})
@@ -90,7 +90,7 @@ def recipe_network_and_schedule():
     config = build_model_config(train_args, DataArguments(dataset="shapes"), model_config, info)
     steps = train_args.max_steps
     warmup = resolved_warmup_steps(train_args, steps)
-    schedule = _lr_lambda(warmup, steps, train_args.lr_scheduler, train_args.min_lr_ratio)
+    schedule = lr_lambda(warmup, steps, train_args.lr_scheduler, train_args.min_lr_ratio)
     return VAEModel(config), steps, train_args.batch_size, train_args.learning_rate, schedule
 
 

@@ -169,6 +169,9 @@ FAMILIES: Dict[str, Family] = {family.name: family for family in (
            Capabilities(code_prior=True)),
 )}
 
+#: the family a run trains when the command line names none
+DEFAULT_FAMILY = "vae"
+
 
 class UnknownFamilyError(ValueError):
     pass

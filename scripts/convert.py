@@ -30,24 +30,27 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from hf_vae.klae_conversion import to_hf_state_dict, to_ldm_state_dict  # noqa: E402
-from hf_vae.modeling_klae import KLAEModel  # noqa: E402
+from hf_vae import families  # noqa: E402
 from hf_vae.utils.cli import ScriptParser, run_main  # noqa: E402
+
+#: the family latent-diffusion files and diffusers' AutoencoderKL convert into (the family table declares it)
+FAMILY = families.importing("ldm")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def parse_overrides(items: List[str]) -> Dict[str, object]:
     """`["scaling_factor=0.13025", "force_upcast=False"]` -> {"scaling_factor": 0.13025, "force_upcast": False}."""
-    from hf_vae.configuration_klae import KLAEConfig
-
-    fields = set(inspect.signature(KLAEConfig.__init__).parameters) - {"self", "kwargs"}
+    config_class = FAMILY.config_class
+    fields = set(inspect.signature(config_class.__init__).parameters) - {"self", "kwargs"}
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"Expected --set KEY=VALUE, got {item!r}.")
         if key not in fields:
-            raise ValueError(f"--set {item}: {key!r} is not a KLAEConfig field; expected one of {sorted(fields)}.")
+            raise ValueError(f"--set {item}: {key!r} is not a {config_class.__name__} field; expected one of "
+                             f"{sorted(fields)}.")
         try:
             overrides[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -84,16 +87,16 @@ def check_replaceable(destination: str) -> None:
                               f"({', '.join(MODEL_FILE_PATTERNS)}). Convert into a new path instead.")
 
 
-def load_source(source: str, subfolder: Optional[str], overrides: Dict[str, object], dtype) -> KLAEModel:
+def load_source(source: str, subfolder: Optional[str], overrides: Dict[str, object], dtype):
     kwargs = dict(overrides)
     if subfolder:
         kwargs["subfolder"] = subfolder
     if dtype is not None:
         kwargs["dtype"] = dtype
-    return KLAEModel.from_pretrained(source, **kwargs)
+    return FAMILY.model_class.from_pretrained(source, **kwargs)
 
 
-def save_ldm(model: KLAEModel, destination: str, prefix: str = "") -> None:
+def save_ldm(model, destination: str, prefix: str = "") -> None:
     from safetensors.torch import save_file
 
     if not destination.endswith(".safetensors"):
@@ -104,7 +107,7 @@ def save_ldm(model: KLAEModel, destination: str, prefix: str = "") -> None:
     save_file(state, destination, metadata=metadata)
 
 
-def verify(model: KLAEModel, destination: str, target: str) -> None:
+def verify(model, destination: str, target: str) -> None:
     """Reload what was written and check every tensor is identical to the model's."""
     if target == "diffusers":
         from diffusers import AutoencoderKL
@@ -115,7 +118,7 @@ def verify(model: KLAEModel, destination: str, target: str) -> None:
 
         reloaded = to_hf_state_dict(load_file(destination))
     else:
-        reloaded = KLAEModel.from_pretrained(destination, dtype="auto").state_dict()
+        reloaded = FAMILY.model_class.from_pretrained(destination, dtype="auto").state_dict()
     original = model.state_dict()
     if set(reloaded) != set(original):
         raise RuntimeError(f"Verification failed: key sets differ: {sorted(set(reloaded) ^ set(original))}.")

@@ -7,17 +7,22 @@
 Every flag is documented by --help; the work is done by hf_vae.training.train.
 """
 
-import importlib.util
+import importlib
 import os
 import sys
+import types
+
+#: the name under which the command line's modules are loaded without the package's __init__
+_LIGHT = "_hf_vae_command_line"
 
 
 def _arguments_module():
-    """hf_vae/training/arguments.py, loaded on its own.
+    """hf_vae/training/arguments.py and its standard-library siblings, loaded without `hf_vae/__init__.py`.
 
-    `import hf_vae` imports torch and transformers, which takes seconds; the arguments module imports only the
-    standard library, so loading it by path (not through the package) lets --help, and any mistake on the
-    command line, answer before those imports.
+    `import hf_vae` imports torch and transformers, which takes seconds; the command line's modules import only
+    the standard library. They are loaded as submodules of stand-in packages that point at hf_vae's folders (so
+    their relative imports work) but run no `__init__`, which lets --help, and any mistake on the command line,
+    answer before those imports.
     """
     package = importlib.util.find_spec("hf_vae")
     if package is None:  # not installed: the checkout this script belongs to
@@ -27,12 +32,13 @@ def _arguments_module():
                      "repository first (see the README).")
         sys.path.insert(0, checkout)
         package = importlib.util.find_spec("hf_vae")
-    path = os.path.join(package.submodule_search_locations[0], "training", "arguments.py")
-    spec = importlib.util.spec_from_file_location("_hf_vae_train_arguments", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    root = package.submodule_search_locations[0]
+    for name, folder in ((_LIGHT, root), (f"{_LIGHT}.data", os.path.join(root, "data")),
+                         (f"{_LIGHT}.training", os.path.join(root, "training"))):
+        stand_in = types.ModuleType(name)
+        stand_in.__path__ = [folder]
+        sys.modules[name] = stand_in
+    return importlib.import_module(f"{_LIGHT}.training.arguments")
 
 
 if __name__ == "__main__":

@@ -145,6 +145,8 @@ def test_a_run_says_what_it_does_before_the_first_step_and_sums_up_in_one_line(t
     assert banner[3] == "  data    shapes: 1x16x16 images, 64 train, 5,000 test examples"
     recipe_lr = arguments.recipe("vae", "shapes")["learning_rate"]  # not given: the recipe's
     assert banner[4].startswith(f"  steps   2 (~0.25 epochs), batch 8, lr {recipe_lr:g}")
+    recipe_file = str(REPO / "configs" / "recipes" / "vae.yaml")
+    assert lines[5] == f"  recipe  learning_rate={recipe_lr} (from {recipe_file}, for what was not given)"
     done = [line for line in lines if line.startswith("Done: 2 steps in ")]
     assert len(done) == 1 and output_dir in done[0] and "psnr" in done[0]
     assert "evaluate test:   0%|          | 0/16" in out.err  # the final evaluation's progress bar has a total
@@ -156,21 +158,27 @@ def test_a_run_says_what_it_does_before_the_first_step_and_sums_up_in_one_line(t
 
 
 def test_every_recipe_builds_a_valid_config_for_its_model():
-    import hf_vae
-    from hf_vae.training.arguments import RECIPES, TrainArguments
+    from hf_vae import families
+    from hf_vae.training.recipes import read_recipe
+    from hf_vae.training.training_args import TrainArguments
 
     trainer_fields = set(TrainArguments.__dataclass_fields__)
-    for model, entry in RECIPES.items():
-        assert model in MODEL_REGISTRY
+    for model in MODEL_REGISTRY:
+        entry = read_recipe(model)  # every family has its recipe file
+        assert "every_dataset" in entry, model
         for dataset, settings in entry.items():
             for name in set(settings) & trainer_fields:  # only flags the user can leave unset
                 assert TrainArguments.__dataclass_fields__[name].default is None, (model, name)
             fields = {k: v for k, v in settings.items() if k not in trainer_fields}
             arguments.check_model_config(model, fields)
             size = {"shapes": 64, "fashion_mnist": 28}.get(dataset, 64)
-            fields.setdefault("sample_size" if model == "klae" else "image_size", size)
-            fields.pop("image_size") if model == "klae" and "image_size" in fields else None
-            hf_vae.MODELS[model][0](**fields)  # the config's own checks pass
+            family = families.get(model)
+            if family.capabilities.code_prior:  # its config's shapes come from the autoencoder it models
+                continue
+            twin = family.capabilities.diffusers_twin
+            fields.setdefault("sample_size" if twin else "image_size", size)
+            fields.pop("image_size") if twin and "image_size" in fields else None
+            family.config_class(**fields)  # the config's own checks pass
 
 
 def test_a_recipe_fills_only_what_the_user_left_open():
@@ -204,6 +212,18 @@ def test_help_lists_the_recipe_of_the_chosen_model():
     assert code == 0 and heavy == "", err
     section = out[out.index("vq_vae recipe"):]
     assert "kmeans_init True" in section and "--dataset shapes:" in section
+    assert f"file: {REPO / 'configs' / 'recipes' / 'vq_vae.yaml'}" in section
+
+
+def test_a_recipe_file_is_found_in_the_source_tree_or_in_the_package_data(tmp_path, monkeypatch):
+    from hf_vae.training import recipes
+
+    assert recipes.recipes_dir() == str(REPO / "configs" / "recipes")
+    wheel = tmp_path / "site-packages" / "hf_vae"
+    (wheel / "recipes").mkdir(parents=True)
+    (wheel / "recipes" / "vae.yaml").write_text("every_dataset: {max_steps: 7}\n")
+    monkeypatch.setattr(recipes, "_PACKAGE_DIR", str(wheel))
+    assert recipes.recipe("vae", "shapes") == {"max_steps": 7}
 
 
 @pytest.mark.usefixtures("fresh_accelerate_state")

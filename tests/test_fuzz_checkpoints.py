@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_vae.training import DataArguments, TrainArguments, train
-from hf_vae.training import checkpointing
+from hf_vae.training import checkpoint_store, publishing
 from hf_vae.training.checkpointing import (
     CheckpointError,
     latest_checkpoint,
@@ -385,17 +385,17 @@ def _kill_when(module, name, condition, after=False):
 
 KILL_POINTS = {
     # half-way through writing checkpoint-4: rng and model written, training state not
-    "mid-checkpoint": lambda: _kill_when(checkpointing, "save_tree", lambda tree, d, stem: stem == "training_state"
+    "mid-checkpoint": lambda: _kill_when(checkpoint_store, "save_tree", lambda tree, d, stem: stem == "training_state"
                                          and d.endswith("checkpoint-4")),
     # every file of checkpoint-4 written, its manifest not yet
-    "before-manifest": lambda: _kill_when(checkpointing, "write_manifest", lambda d, step: step == 4),
+    "before-manifest": lambda: _kill_when(checkpoint_store, "write_manifest", lambda d, step: step == 4),
     # checkpoint-4 complete but not yet renamed into place
-    "before-rename": lambda: _kill_when(checkpointing, "write_manifest", lambda d, step: step == 4, after=True),
+    "before-rename": lambda: _kill_when(checkpoint_store, "write_manifest", lambda d, step: step == 4, after=True),
     # retention half-way through deleting an old checkpoint
-    "during-retention": lambda: _kill_when(checkpointing.shutil, "rmtree",
+    "during-retention": lambda: _kill_when(checkpoint_store.shutil, "rmtree",
                                            lambda path, *a, **k: "removing-checkpoint-2" in str(path)),
     # the final model half-published: written to .tmp-publish-*, not yet renamed into place
-    "during-publish": lambda: _kill_when(checkpointing.os, "chmod", lambda *a, **k: True),
+    "during-publish": lambda: _kill_when(publishing.os, "chmod", lambda *a, **k: True),
 }
 
 

@@ -17,7 +17,8 @@ from hf_vae.training import DataArguments, NonFiniteLossError, TrainArguments, p
 from hf_vae.training.arguments import model_config_fields
 from hf_vae.training.perceptual import LPIPS, PerceptualWeightsMissingError
 from hf_vae.training.checkpointing import read_training_state
-from hf_vae.training.trainer import _lr_lambda, default_output_dir, main
+from hf_vae.training.optimisation import lr_lambda
+from hf_vae.training.trainer import default_output_dir, main
 
 TINY_MLP = {"image_size": 16, "hidden_dims": [32], "latent_dim": 4}
 TINY_CONV = {"image_size": 16, "backbone": "conv", "block_out_channels": [8, 16], "norm_num_groups": 4,
@@ -86,13 +87,13 @@ def test_default_run_is_a_vae_on_shapes():
 
 
 def test_learning_rate_warms_up_then_follows_a_cosine():
-    factor = _lr_lambda(warmup_steps=10, max_steps=110, schedule="cosine", min_ratio=0.1)
+    factor = lr_lambda(warmup_steps=10, max_steps=110, schedule="cosine", min_ratio=0.1)
     assert factor(0) == pytest.approx(1 / 11)
     assert factor(9) == pytest.approx(10 / 11)
     assert factor(10) == pytest.approx(1.0)
     assert factor(60) == pytest.approx(0.1 + 0.9 * 0.5)
     assert factor(110) == pytest.approx(0.1)
-    assert _lr_lambda(0, 100, "constant", 0.0)(77) == 1.0
+    assert lr_lambda(0, 100, "constant", 0.0)(77) == 1.0
 
 
 # ------------------------------------------------------------------------------------------------------------

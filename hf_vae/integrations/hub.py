@@ -63,7 +63,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .. import families
-
+from ..utils.images import class_sample_labels
 from .model_card import (
     DEFAULT_LICENSE,
     ModelCardTemplateError,
@@ -188,12 +188,11 @@ def _sample_panel(model, num_samples: Optional[int] = None):
     if len(config.data_shape) != 3 or config.data_shape[0] not in (1, 3):
         return None
     labels = None
-    if getattr(model, "is_conditional", False):
-        num_classes = getattr(model, "num_classes", getattr(config, "num_classes", None))
-        if num_classes is None:
+    if model.is_conditional:
+        if model.num_classes is None:
             return None  # condition vectors: no canonical condition to show
-        num_samples = num_samples or min(16, 2 * num_classes)
-        labels = torch.arange(num_samples, device=model.device) % num_classes
+        num_samples = num_samples or min(16, 2 * model.num_classes)
+        labels = class_sample_labels(model.num_classes, num_samples, model.device)
     side = config.data_shape[-1]
     num_samples = num_samples or (16 if side <= 64 else 4)
     with torch.no_grad():

@@ -416,27 +416,36 @@ def _shape(shape: Sequence[int]) -> str:
     return "×".join(str(int(s)) for s in shape)
 
 
-def _describe_model(model) -> Dict[str, Any]:
+def describe_architecture(model, brief: bool = False) -> Tuple[str, str]:
+    """(network, latent) in words: the model card's sentences, or with `brief` the few words of the training
+    banner ("conv [32, 64]", "latent 4x8^2 (f=4)")."""
     config = model.config
-    low, high = value_range(model)
-    data_shape = tuple(config.data_shape)
-    image = len(data_shape) == 3
-    span = f"[{low:g}, {high:g}]"
-    backbone = getattr(config, "backbone", "conv")
+    backbone = getattr(config, "backbone", "conv")  # the diffusers twin has no choice of backbone: conv
     if backbone == "mlp":
-        hidden = " → ".join(map(str, config.hidden_dims))
-        backbone_text = f"MLP, hidden sizes {hidden} ({config.act_fn}); images are flattened"
+        if brief:
+            return f"mlp {list(config.hidden_dims)}", f"latent {config.latent_dim}"
+        network = f"MLP, hidden sizes {' → '.join(map(str, config.hidden_dims))} ({config.act_fn}); images are flattened"
     elif backbone == "burgess":
-        backbone_text = (f"Burgess et al. (2018)'s β-VAE network: 4x4 stride-2 convolutions with channels "
-                         f"{list(config.block_out_channels)}, dense layers {list(config.hidden_dims)} ({config.act_fn}), "
-                         f"transposed in the decoder")
+        if brief:
+            latent = f"latent {config.latent_dim}"
+            if config.local_latent_shape:
+                channels, side, _ = config.local_latent_shape
+                latent += f" + local {channels}x{side}^2"
+            return f"burgess convs {list(config.block_out_channels)}, dense {list(config.hidden_dims)}", latent
+        network = (f"Burgess et al. (2018)'s β-VAE network: 4x4 stride-2 convolutions with channels "
+                   f"{list(config.block_out_channels)}, dense layers {list(config.hidden_dims)} ({config.act_fn}), "
+                   f"transposed in the decoder")
     else:
-        backbone_text = (f"convolutional ResNet blocks (diffusers layout), channels {list(config.block_out_channels)}, "
-                         f"{config.layers_per_block} block(s) per resolution, GroupNorm({config.norm_num_groups}), "
-                         f"{'with' if config.mid_block_add_attention else 'without'} mid-block attention, {config.act_fn}")
+        if brief:
+            latent = f"latent {config.latent_dim}" if getattr(config, "latent_dim", None) else \
+                f"latent {config.latent_channels}x{config.image_size // config.downsampling_factor}^2 " \
+                f"(f={config.downsampling_factor})"
+            return f"conv {list(config.block_out_channels)}", latent
+        network = (f"convolutional ResNet blocks (diffusers layout), channels {list(config.block_out_channels)}, "
+                   f"{config.layers_per_block} block(s) per resolution, GroupNorm({config.norm_num_groups}), "
+                   f"{'with' if config.mid_block_add_attention else 'without'} mid-block attention, {config.act_fn}")
     side = None if config.vector_latent else config.image_size // config.downsampling_factor
-    capabilities = families.of(model).capabilities
-    if capabilities.quantized:
+    if families.of(model).capabilities.quantized:
         latent = (f"{config.latent_dim // config.embedding_dim} codes" if side is None else
                   f"{side}×{side} grid of codes (down-sampling ×{config.downsampling_factor})")
     elif side is None:
@@ -446,6 +455,17 @@ def _describe_model(model) -> Dict[str, Any]:
                        f"is conditional on the vector (z is their concatenation, {model.latent_shape[0]} numbers)")
     else:
         latent = f"{config.latent_channels}×{side}×{side} feature map (down-sampling ×{config.downsampling_factor})"
+    return network, latent
+
+
+def _describe_model(model) -> Dict[str, Any]:
+    config = model.config
+    low, high = value_range(model)
+    data_shape = tuple(config.data_shape)
+    image = len(data_shape) == 3
+    span = f"[{low:g}, {high:g}]"
+    backbone_text, latent = describe_architecture(model)
+    capabilities = families.of(model).capabilities
     likelihood_name = getattr(config, "likelihood", "pixel")
     if capabilities.diffusers_twin:
         likelihood = f"pixel loss {config.pixel_loss.upper()} (not a normalised density)"

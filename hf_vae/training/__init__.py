@@ -1,4 +1,4 @@
-"""Training hf_vae models: one Accelerate loop for every variant (`train`), its arguments and its pieces.
+"""Training hf_vae models: one Accelerate loop for every family (`train`), its arguments and its pieces.
 
     from hf_vae.training import TrainArguments, DataArguments, train
     record = train(TrainArguments(model="beta_vae", max_steps=2000), DataArguments(dataset="shapes"), {"beta": 4.0})

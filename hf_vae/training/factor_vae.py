@@ -93,3 +93,8 @@ class FactorVAEObjective(ElboObjective):
 
     def load_state_dict(self, state: Dict) -> None:
         self.discriminator.load_state_dict(state["discriminator"])
+
+
+def build_factor_vae_objective(train_args, model, value_range, dataset_name: str, autoencoder=None):
+    """The family table's factory: the VAE loss + γ·TC of `model`'s config."""
+    return FactorVAEObjective(model, dataset_name)

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..distributions import DiagonalGaussianDistribution
+from ..families import FAMILIES, get as get_family
 
 #: the loss terms worth showing in the progress bar, by output field
 _ELBO_LOG_FIELDS = ("reconstruction_loss", "regularisation_loss", "kl", "perplexity", "codebook_usage")
@@ -52,6 +53,9 @@ def _posterior(output) -> DiagonalGaussianDistribution:
 
 class ElboObjective:
     """Minimise the model's own `output.loss`."""
+
+    #: Adam's betas for the model, when the objective prescribes them (None: the trainer's default)
+    generator_betas = None
 
     def __init__(self, is_conditional: bool, dataset_name: str = "dataset"):
         self.is_conditional = is_conditional
@@ -176,6 +180,9 @@ class AdversarialObjective:
     elements, like its pixel term, so they are divided by the number of latent elements here.
     """
 
+    #: None: the trainer's GAN default (0.5, 0.9), as in latent diffusion
+    generator_betas = None
+
     def __init__(self, *, vq: bool, in_channels: int, image_size: int, latent_numel: int, value_range,
                  perceptual: Optional[nn.Module], perceptual_weight: float, pixel_loss: str, kl_weight: float,
                  disc_start: int, disc_weight: float, disc_loss: str, disc_num_layers: int, disc_ndf: int,
@@ -263,45 +270,82 @@ class AdversarialObjective:
 
 
 def build_objective(train_args, model, value_range, dataset_name: str, autoencoder=None):
-    """The objective for `train_args.model`: adversarial for klae (and vq_vae when asked), the prior's
-    cross-entropy on `autoencoder`'s codes for vq_prior, the ELBO otherwise."""
-    config = model.config
-    name = train_args.model
-    if autoencoder is not None:
-        return PriorObjective(autoencoder, dataset_name)
-    if name == "factor_vae":  # γ·TC from a latent discriminator (hf_vae.training.factor_vae)
-        from .factor_vae import FactorVAEObjective
+    """The objective of `train_args.model`: its family's factory (`Family.objective` in hf_vae.families)."""
+    return get_family(train_args.model).objective_factory(train_args, model, value_range, dataset_name,
+                                                          autoencoder=autoencoder)
 
-        return FactorVAEObjective(model, dataset_name)
-    vqgan = name == "vq_vae" and ((train_args.perceptual_weight or 0) > 0 or train_args.disc_start is not None)
-    if name != "klae" and not vqgan:
-        asked = [flag for flag, value in (("--perceptual_weight", train_args.perceptual_weight),
-                                          ("--disc_start", train_args.disc_start),
-                                          ("--lpips_weights", train_args.lpips_weights)) if value]
-        if asked and name != "vq_vae":
-            raise ValueError(f"{', '.join(asked)} apply to the klae and vq_vae objectives, got --model {name}.")
-        return ElboObjective(model.is_conditional, dataset_name)
+
+# ------------------------------------------------------------------------------------------------------------
+# The factories the family table names, each called (train_args, model, value_range, dataset_name, autoencoder)
+# ------------------------------------------------------------------------------------------------------------
+
+_ADVERSARIAL_FACTORIES = ("objectives:build_adversarial_objective", "objectives:build_vq_objective")
+
+
+def _refuse_adversarial_flags(train_args) -> None:
+    """The perceptual and adversarial flags mean nothing to an ELBO objective: refused, naming who takes them."""
+    asked = [flag for flag, value in (("--perceptual_weight", train_args.perceptual_weight),
+                                      ("--disc_start", train_args.disc_start),
+                                      ("--lpips_weights", train_args.lpips_weights)) if value]
+    if asked:
+        takers = sorted(name for name, family in FAMILIES.items() if family.objective in _ADVERSARIAL_FACTORIES)
+        raise ValueError(f"{', '.join(asked)} apply to the {' and '.join(takers)} objectives, got --model "
+                         f"{train_args.model}.")
+
+
+def build_elbo_objective(train_args, model, value_range, dataset_name: str, autoencoder=None) -> ElboObjective:
+    """The model's own loss (−ELBO, or the family's regularised reconstruction loss)."""
+    _refuse_adversarial_flags(train_args)
+    return ElboObjective(model.is_conditional, dataset_name)
+
+
+def build_vq_objective(train_args, model, value_range, dataset_name: str, autoencoder=None):
+    """A VQ-VAE's own loss, or taming's VQGAN loss when a perceptual term or a discriminator is asked for."""
+    if (train_args.perceptual_weight or 0) > 0 or train_args.disc_start is not None:
+        # taming's VQGAN: the codebook terms instead of a KL, the pixel term --pixel_loss (l1 when not given)
+        return _adversarial_objective(train_args, model, value_range, dataset_name, vq=True, kl_weight=0.0,
+                                      pixel_loss=train_args.pixel_loss or "l1", default_perceptual_weight=0.0,
+                                      default_disc_start=0)
+    return ElboObjective(model.is_conditional, dataset_name)
+
+
+def build_adversarial_objective(train_args, model, value_range, dataset_name: str, autoencoder=None):
+    """Latent diffusion's KL autoencoder loss: LPIPS on by default (when its weights can be had), the discriminator
+    from step 50001 as in latent diffusion's KL-f8 config."""
+    config = model.config
+    return _adversarial_objective(train_args, model, value_range, dataset_name, vq=False,
+                                  kl_weight=config.kl_weight, pixel_loss=train_args.pixel_loss or config.pixel_loss,
+                                  default_perceptual_weight=1.0, default_disc_start=50001)
+
+
+def build_prior_objective(train_args, model, value_range, dataset_name: str, autoencoder=None) -> PriorObjective:
+    """A code prior's cross-entropy on the code maps of `autoencoder`."""
+    return PriorObjective(autoencoder, dataset_name)
+
+
+def _adversarial_objective(train_args, model, value_range, dataset_name: str, *, vq: bool, kl_weight: float,
+                           pixel_loss: str, default_perceptual_weight: float,
+                           default_disc_start: int) -> AdversarialObjective:
+    config = model.config
     perceptual_weight, lpips_weights = train_args.perceptual_weight, train_args.lpips_weights
-    if perceptual_weight is None:  # not asked for: the KLAE's recipe uses LPIPS when its weights can be had
-        perceptual_weight = 1.0 if name == "klae" else 0.0
+    if perceptual_weight is None:  # not asked for: the default uses LPIPS when its weights can be had
+        perceptual_weight = default_perceptual_weight
         if perceptual_weight and lpips_weights is None:
             from .lpips_weights import default_lpips_weights
 
             lpips_weights, why = default_lpips_weights()
             if lpips_weights is None:
-                logger.warning("klae: training WITHOUT the LPIPS perceptual term (perceptual_weight 0): %s. Pass "
-                               "--lpips_weights DIR (see scripts/convert_lpips_weights.py) to train with it.", why)
+                logger.warning("%s: training WITHOUT the LPIPS perceptual term (perceptual_weight 0): %s. Pass "
+                               "--lpips_weights DIR (see scripts/convert_lpips_weights.py) to train with it.",
+                               train_args.model, why)
                 perceptual_weight = 0.0
-    disc_start = train_args.disc_start
-    if disc_start is None:
-        disc_start = 50001 if name == "klae" else 0
-    pixel_loss = train_args.pixel_loss or getattr(config, "pixel_loss", None) or "l1"
+    disc_start = train_args.disc_start if train_args.disc_start is not None else default_disc_start
     image_size = config.image_size
     perceptual = build_perceptual(perceptual_weight, lpips_weights, value_range, image_size)
     return AdversarialObjective(
-        vq=name == "vq_vae", in_channels=config.in_channels, image_size=image_size,
+        vq=vq, in_channels=config.in_channels, image_size=image_size,
         latent_numel=math.prod(model.latent_shape), value_range=value_range, perceptual=perceptual,
-        perceptual_weight=perceptual_weight, pixel_loss=pixel_loss, kl_weight=getattr(config, "kl_weight", 0.0),
+        perceptual_weight=perceptual_weight, pixel_loss=pixel_loss, kl_weight=kl_weight,
         disc_start=disc_start, disc_weight=train_args.disc_weight, disc_loss=train_args.disc_loss,
         disc_num_layers=train_args.disc_num_layers, disc_ndf=train_args.disc_ndf,
         logvar_init=train_args.logvar_init, learn_logvar=train_args.learn_logvar,

@@ -41,6 +41,8 @@ import types
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
+from ..families import DIFFUSERS_COMPONENT, autoencoders, get as get_family, importing, of as family_of
+
 #: What `--train_modules` accepts.
 TRAIN_MODULES = ("all", "decoder")
 
@@ -74,7 +76,7 @@ class PretrainedSource:
 
     name_or_path: str
     format: str  # "hf_vae" | "diffusers" | "diffusers_vq" | "ldm"
-    model: str  # the hf_vae variant name ("vae", ..., "klae")
+    model: str  # the hf_vae family it loads into (its model_type)
     config: Any  # the source's hf_vae config (a PretrainedConfig)
     subfolder: Optional[str] = None
     revision: Optional[str] = None
@@ -96,10 +98,8 @@ class PretrainedSource:
         Raises PretrainedSourceError when the weights do not fit the config (missing, unexpected or mis-shaped
         keys, all listed).
         """
-        import hf_vae
-
         config = config if config is not None else self.config
-        model_class = hf_vae.MODELS[self.model][1]
+        model_class = get_family(self.model).model_class
         kwargs = {"config": config}
         if self.subfolder:
             kwargs["subfolder"] = self.subfolder
@@ -130,7 +130,6 @@ class PretrainedSource:
     def _check_weights_fit(self, config) -> None:
         """Compare the shapes in model.safetensors (read from its header, no tensor loaded) with the model of
         `config`, and name every missing, unexpected or mis-shaped weight."""
-        import hf_vae
         import torch
         from safetensors import safe_open
 
@@ -143,7 +142,7 @@ class PretrainedSource:
         with safe_open(weights_file, framework="pt") as handle:
             found = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
         with torch.device("meta"):
-            model = hf_vae.MODELS[self.model][1](config)
+            model = get_family(self.model).model_class(config)
         problems = _fit_problems({key: tuple(value.shape) for key, value in model.state_dict().items()}, found)
         if problems:
             raise PretrainedSourceError(f"The weights in {weights_file} do not fit the config of {self.describe()}: "
@@ -166,10 +165,9 @@ def _fit_problems(expected: Mapping[str, tuple], found: Mapping[str, tuple], opt
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _model_names_by_type() -> Dict[str, str]:
-    import hf_vae
-
-    return {config_class.model_type: name for name, (config_class, _) in hf_vae.MODELS.items()}
+def _autoencoder_names() -> List[str]:
+    """The model_types a pretrained source may have: every autoencoder family's (its name)."""
+    return [family.name for family in autoencoders()]
 
 
 def _what_is_there(folder: str) -> str:
@@ -256,7 +254,7 @@ def resolve_source(name_or_path: str, *, subfolder: Optional[str] = None, revisi
             raise
         except ValueError as error:
             raise _neither_format(repr(source), f"weights that are not a KL autoencoder's ({error})") from error
-        return PretrainedSource(source, "ldm", "klae", config, config_file=config_file)
+        return PretrainedSource(source, "ldm", importing("ldm").name, config, config_file=config_file)
 
     if os.path.isdir(source):
         folder = os.path.join(source, subfolder) if subfolder else source
@@ -269,8 +267,8 @@ def resolve_source(name_or_path: str, *, subfolder: Optional[str] = None, revisi
                                         f"{source!r}: revisions exist only for Hub repos.")
         config_path = os.path.join(folder, "config.json")
         if not os.path.isfile(config_path):
-            hint = " (it has a vae/ folder: add --pretrained_subfolder vae)" if os.path.isdir(
-                os.path.join(folder, "vae")) else ""
+            hint = (f" (it has a {DIFFUSERS_COMPONENT}/ folder: add --pretrained_subfolder {DIFFUSERS_COMPONENT})"
+                    if os.path.isdir(os.path.join(folder, DIFFUSERS_COMPONENT)) else "")
             raise _neither_format(repr(folder), f"no config.json but {_what_is_there(folder)}{hint}")
     else:
         if not _HUB_REPO_ID.match(source):
@@ -284,14 +282,14 @@ def resolve_source(name_or_path: str, *, subfolder: Optional[str] = None, revisi
         raise _neither_format(repr(source), f"a config.json that is not JSON ({error})") from error
     if not isinstance(config_dict, dict):
         raise _neither_format(repr(source), f"a config.json holding {type(config_dict).__name__}")
-    names = _model_names_by_type()
+    names = _autoencoder_names()
     if "model_type" in config_dict:
         model_type = config_dict["model_type"]
         if model_type not in names:
             raise _neither_format(repr(source), f"config.json of model_type {model_type!r} (hf_vae's are "
                                                 f"{sorted(names)})")
-        config = _hf_vae_config(names[model_type], config_dict)
-        return PretrainedSource(source, "hf_vae", names[model_type], config, subfolder, revision, config_file)
+        config = get_family(model_type).config_class.from_dict(dict(config_dict))
+        return PretrainedSource(source, "hf_vae", model_type, config, subfolder, revision, config_file)
     class_name = config_dict.get("_class_name")
     if class_name == "VQModel":
         from ..vq_conversion import vq_config_from_diffusers
@@ -301,10 +299,12 @@ def resolve_source(name_or_path: str, *, subfolder: Optional[str] = None, revisi
         except ValueError as error:
             raise PretrainedSourceError(f"{source!r} is a diffusers VQModel that hf_vae cannot represent: {error}") \
                 from error
-        return PretrainedSource(source, "diffusers_vq", "vq_vae", config, subfolder, revision, config_file)
+        return PretrainedSource(source, "diffusers_vq", importing("diffusers_vq").name, config, subfolder, revision,
+                                config_file)
     if class_name == "AutoencoderKL":
         config = config_from_file(config_file) if config_file is not None else config_from_diffusers(config_dict)
-        return PretrainedSource(source, "diffusers", "klae", config, subfolder, revision, config_file)
+        return PretrainedSource(source, "diffusers", importing("diffusers").name, config, subfolder, revision,
+                                config_file)
     found = f"config.json of diffusers class {class_name!r}" if class_name else \
         f"a config.json without model_type or _class_name (keys {sorted(config_dict)[:8]})"
     if class_name in ("StableDiffusionPipeline", "StableDiffusionXLPipeline") or "_diffusers_version" in config_dict \
@@ -316,8 +316,6 @@ def resolve_source(name_or_path: str, *, subfolder: Optional[str] = None, revisi
 def _load_diffusers_vq(source: PretrainedSource, config):
     """A diffusers VQModel's weights in a `VQVAEModel` of `config`: every parameter from the file (the quantiser's
     usage counters, which VQModel does not have, start at their initial values)."""
-    import hf_vae
-
     from ..klae_conversion import DIFFUSERS_WEIGHTS_NAME, load_safetensors, resolve_file
     from ..vq_conversion import vq_state_dict_from_diffusers
 
@@ -327,7 +325,7 @@ def _load_diffusers_vq(source: PretrainedSource, config):
         raise PretrainedSourceError(f"Expected diffusers weights {DIFFUSERS_WEIGHTS_NAME!r} in {source.describe()}, "
                                     f"found none (pickled .bin files are never loaded).")
     weights = vq_state_dict_from_diffusers(load_safetensors(weights_file))
-    model = hf_vae.MODELS["vq_vae"][1](config)
+    model = importing("diffusers_vq").model_class(config)
     buffers = {name for name, _ in model.named_buffers()}
     problems = _fit_problems({k: v.shape for k, v in model.state_dict().items()}, {k: v.shape for k, v in weights.items()},
                              optional=buffers)
@@ -337,19 +335,12 @@ def _load_diffusers_vq(source: PretrainedSource, config):
     return model
 
 
-def _hf_vae_config(model: str, config_dict: Mapping[str, Any]):
-    import hf_vae
-
-    config_class = hf_vae.MODELS[model][0]
-    return config_class.from_dict({k: v for k, v in config_dict.items()})
-
-
 def config_from_file(path: str):
     """`--pretrained_config FILE`: a diffusers AutoencoderKL config.json, an hf_vae KLAE config.json, or latent
     diffusion's YAML (`model.params.ddconfig` + `embed_dim`, or a full SD YAML's `first_stage_config`)."""
-    from ..configuration_klae import KLAEConfig
     from ..klae_conversion import config_from_diffusers
 
+    target = importing("diffusers").config_class
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
     if path.endswith((".yaml", ".yml")):
@@ -360,19 +351,18 @@ def config_from_file(path: str):
     data = json.loads(text)
     if not isinstance(data, dict):
         raise PretrainedSourceError(f"--pretrained_config {path} holds {type(data).__name__}: expected a JSON object.")
-    if data.get("model_type") == "klae":
-        return KLAEConfig.from_dict(data)
+    if data.get("model_type") == target.model_type:
+        return target.from_dict(data)
     if data.get("_class_name", "AutoencoderKL") == "AutoencoderKL" and "model_type" not in data:
         return config_from_diffusers(data)
     raise PretrainedSourceError(f"--pretrained_config {path}: expected a KL autoencoder config (diffusers "
-                                f"AutoencoderKL or hf_vae klae), got _class_name={data.get('_class_name')!r}, "
+                                f"AutoencoderKL or hf_vae {target.model_type}), got _class_name={data.get('_class_name')!r}, "
                                 f"model_type={data.get('model_type')!r}.")
 
 
 def _config_from_ldm_yaml(data: Any, path: str):
-    """Latent diffusion's autoencoder YAML -> KLAEConfig (GroupNorm with 32 groups, as in `ldm`'s Normalize)."""
-    from ..configuration_klae import KLAEConfig
-
+    """Latent diffusion's autoencoder YAML -> the config of the family importing `ldm` checkpoints (GroupNorm with 32
+    groups, as in `ldm`'s Normalize)."""
     node = data
     for key in ("model", "params"):
         node = node.get(key, node) if isinstance(node, dict) else node
@@ -393,7 +383,7 @@ def _config_from_ldm_yaml(data: Any, path: str):
         raise PretrainedSourceError(f"--pretrained_config {path}: attention at resolutions {dd['attn_resolutions']} "
                                     f"is not part of AutoencoderKL's architecture; expected attn_resolutions [].")
     channels = [int(dd["ch"]) * int(m) for m in dd["ch_mult"]]
-    return KLAEConfig(in_channels=int(dd["in_channels"]), out_channels=int(dd["out_ch"]), block_out_channels=channels,
+    return importing("ldm").config_class(in_channels=int(dd["in_channels"]), out_channels=int(dd["out_ch"]), block_out_channels=channels,
                       down_block_types=["DownEncoderBlock2D"] * len(channels),
                       up_block_types=["UpDecoderBlock2D"] * len(channels), layers_per_block=int(dd["num_res_blocks"]),
                       latent_channels=int(dd["z_channels"]), norm_num_groups=32,
@@ -440,9 +430,10 @@ def run_config(source: PretrainedSource, overrides: Mapping[str, Any], *, image_
             or the CVAE's classes differ from the dataset's.
     """
     config = source.config
+    capabilities = family_of(config).capabilities
     values = config.to_dict()
     overrides = dict(overrides)
-    if config.model_type == "klae":
+    if capabilities.diffusers_twin:
         if "image_size" in overrides:  # the KLAE's alias of sample_size
             overrides["sample_size"] = overrides.pop("image_size")
         if pixel_loss is not None:
@@ -450,7 +441,7 @@ def run_config(source: PretrainedSource, overrides: Mapping[str, Any], *, image_
                 raise PretrainedSourceError(f"Conflicting pixel losses: --pixel_loss {pixel_loss} and the config "
                                             f"field pixel_loss={overrides['pixel_loss']!r}; give one.")
             overrides["pixel_loss"] = pixel_loss
-    size_key = "sample_size" if config.model_type == "klae" else "image_size"
+    size_key = "sample_size" if capabilities.diffusers_twin else "image_size"
     if _spatial(config) and size_key not in overrides and image_size is not None:
         overrides[size_key] = image_size
     conflicts = []
@@ -464,7 +455,7 @@ def run_config(source: PretrainedSource, overrides: Mapping[str, Any], *, image_
             f"These settings would change the architecture of the pretrained model ({source.describe()}), whose "
             f"weights would then not fit: " + "; ".join(conflicts) + ". Drop them (the architecture comes from the "
             f"source), or train a new model without --pretrained_model_name_or_path.")
-    if config.model_type == "cvae" and getattr(config, "condition_dim", None) is None and \
+    if capabilities.conditional and config.condition_dim is None and \
             dataset_num_classes is not None and dataset_num_classes != config.num_classes:
         raise PretrainedSourceError(f"The pretrained CVAE ({source.describe()}) has num_classes={config.num_classes}, "
                                     f"but dataset {dataset!r} has {dataset_num_classes} classes: expected a dataset "
@@ -479,7 +470,7 @@ def run_config(source: PretrainedSource, overrides: Mapping[str, Any], *, image_
 def restore_source_fields(model, source: PretrainedSource, overrides: Mapping[str, Any]) -> None:
     """Before publishing: the training resolution of a KLAE (`--image_size`) is not a property of the model, so the
     published config keeps the source's `sample_size` (diffusers' tile size) unless --sample_size was given."""
-    if source.model == "klae" and "sample_size" not in overrides:
+    if get_family(source.model).capabilities.diffusers_twin and "sample_size" not in overrides:
         model.config.sample_size = source.config.sample_size
 
 

@@ -15,6 +15,8 @@ from typing import Any, Dict
 
 import torch
 
+from ..families import get as get_family, names as family_names
+
 
 def load_autoencoder(source: str):
     """The VQ-VAE in `source` (a folder or a Hub repo), frozen, in eval mode, without any prior it carries.
@@ -24,8 +26,6 @@ def load_autoencoder(source: str):
     """
     from transformers import AutoConfig
 
-    import hf_vae
-
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:
@@ -33,20 +33,19 @@ def load_autoencoder(source: str):
         raise ValueError(f"--vqvae {source}: no model config found in that {where} ({error}). Expected a trained "
                          f"VQ-VAE: a folder with config.json and model.safetensors (as scripts/train.py --model "
                          f"vq_vae writes) or a Hub repo id.") from error
-    model_type = getattr(config, "model_type", None)
-    if model_type != hf_vae.VQVAEConfig.model_type:
-        raise ValueError(f"--vqvae {source} holds a {type(config).__name__} (model_type {model_type!r}); expected a "
-                         f"VQ-VAE (model_type 'vq_vae'), whose code maps the prior learns.")
-    model = hf_vae.VQVAEModel.from_pretrained(source, load_prior=False)
+    quantized = family_names(quantized=True)
+    if config.model_type not in quantized:
+        raise ValueError(f"--vqvae {source} holds a {type(config).__name__} (model_type {config.model_type!r}); "
+                         f"expected a VQ-VAE (model_type {' or '.join(map(repr, quantized))}), whose code maps the "
+                         f"prior learns.")
+    model = get_family(config.model_type).model_class.from_pretrained(source, load_prior=False)
     return model.eval().requires_grad_(False)
 
 
-def prior_config(autoencoder, fields: Dict[str, Any], dataset_info: Dict[str, Any], dataset: str):
-    """The `VQPriorConfig` for `autoencoder`'s code maps: the codebook size and code-map shape come from the VQ-VAE
+def prior_config(config_class, autoencoder, fields: Dict[str, Any], dataset_info: Dict[str, Any], dataset: str):
+    """The prior's config (of `config_class`) for `autoencoder`'s code maps: the codebook size and code-map shape come from the VQ-VAE
     (a conflicting value given by the user is an error); `num_classes` makes the prior class-conditional and needs
     a dataset with that many classes at most."""
-    import hf_vae
-
     kwargs = dict(fields)
     expected = {"num_embeddings": autoencoder.config.num_embeddings, "code_shape": list(autoencoder.code_shape)}
     for name, value in expected.items():
@@ -64,9 +63,10 @@ def prior_config(autoencoder, fields: Dict[str, Any], dataset_info: Dict[str, An
             raise ValueError(f"--num_classes {kwargs['num_classes']} is too small for dataset {dataset!r}, which has "
                              f"{found} classes.")
     try:
-        return hf_vae.VQPriorConfig(**kwargs)
+        return config_class(**kwargs)
     except TypeError as error:
-        raise ValueError(f"Bad model config for --model vq_prior (VQPriorConfig): {error}; got {kwargs}.") from error
+        raise ValueError(f"Bad model config for --model {config_class.model_type} ({config_class.__name__}): "
+                         f"{error}; got {kwargs}.") from error
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

@@ -56,3 +56,11 @@ def save_image_grid(images: torch.Tensor, path: str, nrow: int = 8, value_range:
     Image.fromarray(array).save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
+
+
+def class_sample_labels(num_classes: int, num_samples: int, device=None, per_row: int = 0) -> torch.Tensor:
+    """The class labels of a grid of class-conditional samples: the classes in turn (0 1 2 … 0 1 2 …), or with
+    `per_row`, `per_row` samples of one class after another (0 0 … 1 1 …: one row per class in a grid of that
+    width)."""
+    index = torch.arange(num_samples, device=device)
+    return index // per_row if per_row else index % num_classes
