@@ -45,7 +45,6 @@ def test_fast_path_agrees_trains_and_returns_to_the_exact_default_path(model_and
     model.eval()
 
     twin = copy.deepcopy(model)  # as the trainer's EMA copy: the copy's fast path runs the copy's weights
-    assert twin._decode_tile.owner is twin
     with torch.no_grad():
         for p in twin.parameters():
             p.mul_(0.5)
