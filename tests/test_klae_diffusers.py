@@ -404,6 +404,9 @@ def test_convert_script_all_directions(tmp_path, capsys):
         convert.parse_overrides(["scaling_factor"])
 
 
+# a fresh interpreter; fast siblings: tests/test_models.py's import check of every family's remote code and its
+# test_a_remote_code_model_behaves_like_the_installed_class
+@pytest.mark.slow
 def test_the_klae_works_without_diffusers_installed(tmp_path):
     """diffusers is optional: in an interpreter where it cannot be imported, hf_vae imports, a KLAE encodes,
     decodes, saves and loads, and only `to_diffusers` asks for it, in one line. (That the copied remote code needs

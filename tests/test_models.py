@@ -274,6 +274,10 @@ def test_save_pretrained_and_auto_model_round_trip(tmp_path, name, backbone):
         assert torch.equal(expected[key], actual[key]), key
 
 
+# a fresh interpreter loads every family's remote code; fast siblings:
+# test_model_code_imports_only_the_standard_library_torch_and_transformers (every family) and
+# test_a_remote_code_model_behaves_like_the_installed_class
+@pytest.mark.slow
 def test_trust_remote_code_loads_every_family_without_hf_vae_or_diffusers(tmp_path):
     """A fresh interpreter that can import neither hf_vae nor diffusers (an optional dependency) loads each
     checkpoint from its copied model code: transformers refuses remote code whose files import a module that is
@@ -348,7 +352,8 @@ def test_model_code_imports_only_the_standard_library_torch_and_transformers(nam
 
 def test_a_remote_code_model_behaves_like_the_installed_class(tmp_path):
     """transformers mixes GenerationMixin into remote classes that define `generate`; that must change nothing:
-    no generation_config, no custom_generate probe, the same files written by save_pretrained, the same outputs."""
+    no generation_config, no custom_generate probe, the same files written by save_pretrained, the same outputs.
+    Neither hf_vae nor diffusers (optional) can be imported there."""
     installed = {}
     for name in ("vae", "klae"):
         model = AutoModel.from_config(tiny_config(name, "conv"))
@@ -361,11 +366,11 @@ def test_a_remote_code_model_behaves_like_the_installed_class(tmp_path):
         installed[str(path)] = sorted(p.name for p in (tmp_path / f"{name}-resaved").iterdir())
     script = textwrap.dedent(f"""
         import filecmp, os, sys
-        class BlockHfVae:
+        class BlockHfVaeAndDiffusers:
             def find_spec(self, name, path=None, target=None):
-                if name == "hf_vae" or name.startswith("hf_vae."):
-                    raise ImportError("hf_vae is not installed in this environment")
-        sys.meta_path.insert(0, BlockHfVae())
+                if name.split(".")[0] in ("hf_vae", "diffusers"):
+                    raise ImportError(f"{{name}} is not installed in this environment")
+        sys.meta_path.insert(0, BlockHfVaeAndDiffusers())
         import torch
         from safetensors.torch import load_file
         from transformers import AutoModel
@@ -387,7 +392,7 @@ def test_a_remote_code_model_behaves_like_the_installed_class(tmp_path):
             for name in written:
                 assert filecmp.cmp(os.path.join(path + "-remote", name), os.path.join(path + "-resaved", name),
                                    shallow=False), name
-        assert "hf_vae" not in sys.modules
+        assert not [name for name in sys.modules if name.split(".")[0] in ("hf_vae", "diffusers")]
         print("remote-like-installed-ok")
     """)
     env = same_threads(dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home")))
