@@ -66,8 +66,9 @@ def test_forward_shapes_and_loss_terms(name, backbone, in_channels, image_size):
     out = model(pixel_values=x, labels=labels, return_loss=True)
     assert out.reconstruction.shape == x.shape
     assert out.loss.shape == ()
-    # the negative ELBO is reconstruction + regularisation; a K-sample importance-weighted bound (IWAE, MIWAE) is
-    # tighter: -log mean_k w_k <= -mean_k log w_k by Jensen's inequality (Burda et al. 2016, Theorem 1)
+    # the negative ELBO is reconstruction + regularisation; a K-sample importance-weighted bound (IWAE, MIWAE, and
+    # CIWAE's mix of it with the ELBO) is tighter: -log mean_k w_k <= -mean_k log w_k by Jensen's inequality
+    # (Burda et al. 2016, Theorem 1)
     terms = out.reconstruction_loss + out.regularisation_loss
     if getattr(config, "num_importance_samples", 1) > 1:
         assert out.loss <= terms + 1e-5 * terms.abs(), (out.loss, terms)

@@ -28,6 +28,7 @@ TINY = {
     "klae": dict(block_out_channels=[16, 32], norm_num_groups=8),
     "iwae": {},
     "miwae": {},
+    "ciwae": {},
     "vamp_vae": dict(num_pseudo_inputs=10),  # the default 500 go through the encoder every pass
     "info_vae": {},
     "wae": {},
