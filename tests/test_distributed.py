@@ -34,6 +34,7 @@ def launch(args, tmp_path):
     return result
 
 
+@pytest.mark.slow  # two `accelerate launch` processes train, checkpoint and resume
 def test_two_processes_train_evaluate_checkpoint_and_resume(tmp_path):
     out = str(tmp_path / "ddp")
     common = ["--output_dir", out, "--hidden_dims", "32", "--latent_dim", "4", "--checkpointing_steps", "4",
@@ -60,6 +61,7 @@ def test_two_processes_train_evaluate_checkpoint_and_resume(tmp_path):
     assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["checkpoint-12", "checkpoint-4", "checkpoint-8"]
 
 
+@pytest.mark.slow  # two `accelerate launch` processes
 def test_two_processes_train_the_klae_with_its_discriminator(tmp_path):
     """The discriminator and the log-variance are averaged by hand across processes (not DDP-wrapped); the
     trainer checks at the end that every replica holds the same weights."""

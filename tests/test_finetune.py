@@ -217,6 +217,8 @@ def _finetune_command(sources, output_dir):
             "latest"]
 
 
+# three fine-tuning runs in subprocesses, one killed; fast siblings: tests/test_fuzz_checkpoints.py's SIGKILL moments
+@pytest.mark.slow
 def test_sigkill_then_resume_a_finetune_gives_the_same_weights(sources, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     reference, killed = tmp_path / "reference", tmp_path / "killed"

@@ -180,6 +180,9 @@ def test_klae_output_dir_push_and_load_from_empty_cache(hub_server, tmp_path):
     assert type(namespace["model"]) is KLAEModel and namespace["reconstructions"].shape == (4, 3, 16, 16)
 
 
+# fresh interpreters load remote code and a diffusers pipeline; fast sibling:
+# test_klae_output_dir_push_and_load_from_empty_cache
+@pytest.mark.slow
 def test_load_without_hf_vae_trust_remote_code_and_diffusers(hub_server, tmp_path):
     """In a fresh process where `import hf_vae` fails: the card's trust_remote_code and diffusers snippets load the
     pushed models from an empty HF_HOME and reproduce the pushed models' outputs."""

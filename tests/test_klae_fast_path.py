@@ -26,6 +26,8 @@ def model_and_reference():
     return model, x, latents, images
 
 
+# torch.compile of the encoder and decoder; fast sibling: test_on_a_cpu_the_fast_path_is_the_default_path
+@pytest.mark.slow
 def test_fast_path_agrees_trains_and_returns_to_the_exact_default_path(model_and_reference):
     model, x, latents, images = model_and_reference
     keys = {k: v.shape for k, v in model.state_dict().items()}
@@ -45,7 +47,6 @@ def test_fast_path_agrees_trains_and_returns_to_the_exact_default_path(model_and
     model.eval()
 
     twin = copy.deepcopy(model)  # as the trainer's EMA copy: the copy's fast path runs the copy's weights
-    assert twin._decode_tile.owner is twin
     with torch.no_grad():
         for p in twin.parameters():
             p.mul_(0.5)

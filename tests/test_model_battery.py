@@ -1,7 +1,7 @@
 """The model battery: what every transformers model promises, checked on every registered family.
 
-In the spirit of transformers' ModelTesterMixin, each check runs once per family in `hf_vae.MODELS` and
-`hf_vae.PRIORS` (a new family gets the battery by being registered), on the tiny configs of
+In the spirit of transformers' ModelTesterMixin, each check runs once per family of the table
+(hf_vae/families.py: a new family gets the battery by its table entry and a tiny config), on the tiny configs of
 tests/support/tiny_models.py with the conv backbone (the one with attention, norms and resolution stages). A
 check that cannot apply to a family skips with the reason.
 
@@ -20,11 +20,12 @@ import torch.nn as nn
 from transformers import AutoModel
 
 try:
-    from tests.support.tiny_models import (FAMILY_NAMES, condition_name, example_inputs, family_classes, is_prior,
-                                           tiny_config)
+    from tests.support.tiny_models import (FAMILY_NAMES, TINY, condition_name, example_inputs, family_classes,
+                                           is_prior, tiny_config)
 except ImportError:  # `tests` not importable as a package: pytest put tests/ itself on sys.path
-    from support.tiny_models import (FAMILY_NAMES, condition_name, example_inputs, family_classes, is_prior,
+    from support.tiny_models import (FAMILY_NAMES, TINY, condition_name, example_inputs, family_classes, is_prior,
                                      tiny_config)
+from hf_vae import families as family_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -148,6 +149,14 @@ def saved(model, path, **kwargs):
 
 
 families = pytest.mark.parametrize("name", FAMILY_NAMES)
+
+
+def test_every_family_of_the_table_has_a_tiny_config():
+    """The per-family tests run over the table; a family without a tiny config would fail each of them with the
+    same KeyError, so this names the missing entries once."""
+    missing = [name for name in family_table.FAMILIES if name not in TINY]
+    assert not missing, f"families of the table without an entry in tests/support/tiny_models.py's TINY: {missing}"
+    assert sorted(FAMILY_NAMES) == sorted(family_table.FAMILIES)
 
 
 # ---- determinism and output structure ------------------------------------------------------------------------

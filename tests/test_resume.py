@@ -40,6 +40,9 @@ def _weights(output_dir):
     return load_file(os.path.join(output_dir, "model.safetensors"))
 
 
+# three training runs in subprocesses, one killed; fast siblings: the other tests here and
+# tests/test_fuzz_checkpoints.py's SIGKILL moments
+@pytest.mark.slow
 def test_sigkill_then_resume_latest_gives_bitwise_identical_weights(tmp_path):
     reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
     subprocess.run([sys.executable, TRAIN, "--output_dir", reference, *RUN], env=_env(), check=True,

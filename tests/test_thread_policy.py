@@ -152,6 +152,9 @@ def test_num_threads_zero_is_refused_by_both_command_lines(capsys):
     assert "Expected --num_threads >= 1 and <= 4096, got 0." in capsys.readouterr().err
 
 
+# scripts/train.py in a subprocess; fast sibling:
+# test_the_test_session_and_its_child_processes_run_with_the_policys_count
+@pytest.mark.slow
 def test_train_script_applies_the_policy_and_prints_it_in_the_banner(tmp_path):
     """A child process without OMP_NUM_THREADS: the trainer chooses (not PyTorch's default) and says so; then
     --num_threads wins."""

@@ -279,6 +279,7 @@ def test_a_truncated_prior_is_an_error_not_a_random_prior(tmp_path):
         VQVAEModel.from_pretrained(tmp_path)
 
 
+@pytest.mark.slow  # a fresh interpreter loads remote code; fast sibling: test_save_and_load_round_trip_with_the_prior
 def test_push_in_one_commit_then_load_with_and_without_hf_vae(hub_server, tmp_path):
     """push_model puts prior/ in the same commit as the VQ-VAE; installed hf_vae and remote code (in a process
     where hf_vae cannot be imported) both load the prior and draw the same samples. A later push without a prior
@@ -402,6 +403,9 @@ def _reset_accelerate():
     GradientState._reset_state()
 
 
+# trains a VQ-VAE and a 60-step prior, then compares sample statistics; fast sibling:
+# test_class_conditional_prior_trains_on_labelled_data
+@pytest.mark.slow
 @pytest.mark.usefixtures("fresh_accelerate_state")
 def test_a_short_run_learns_the_codes_and_samples_like_the_data(shapes_vqvae, tmp_path):
     out = tmp_path / "prior"
@@ -478,6 +482,7 @@ def test_bad_training_input_names_expected_and_given(tmp_path):
         _reset_accelerate()
 
 
+@pytest.mark.slow  # prior training runs in subprocesses, one killed
 def test_sigkill_then_resume_is_exact(tmp_path):
     """As tests/test_resume.py, for the prior: its dropout RNG and EMA state must come back too."""
     vqvae = tiny_vqvae(image_size=16, num_embeddings=16)
@@ -529,6 +534,7 @@ def test_resume_refuses_the_codes_of_another_vq_vae(tmp_path):
               dict(fields))
 
 
+@pytest.mark.slow  # two `accelerate launch` processes
 @pytest.mark.skipif(__import__("shutil").which("accelerate") is None, reason="needs the accelerate launcher")
 def test_two_processes_train_the_prior(tmp_path):
     """`accelerate launch` with two gloo processes: each encodes its shard with the frozen VQ-VAE, the prior is

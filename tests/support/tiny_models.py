@@ -1,27 +1,48 @@
-"""Tiny configurations and example inputs of every registered family, in one place.
+"""Tiny configurations and example inputs of every family in the table (hf_vae/families.py), in one place.
 
 `tiny_config(name)` builds a config small enough that a forward and backward take milliseconds on one CPU thread;
 `example_inputs(config)` the keyword arguments of one forward. Every test that needs "a small model of family X"
-takes it from here, so that a family registered in `hf_vae.MODELS` or `hf_vae.PRIORS` is covered by the model
-battery (tests/test_model_battery.py) and transformers' common tests (tests/test_transformers_common.py) without
-further edits, as long as it builds from these defaults.
+takes it from here, and the per-family tests (tests/test_models.py's battery, tests/test_model_battery.py and
+transformers' common tests in tests/test_transformers_common.py) are parametrised over the table, so a family added
+to the table is tested without further edits once it has an entry in `TINY` below. A family of the table without
+an entry fails tests/test_model_battery.py::test_every_family_of_the_table_has_a_tiny_config.
 """
 
 import inspect
 
 import torch
 
-import hf_vae
-from hf_vae import KLAEConfig, VQPriorConfig
+from hf_vae import families
 
 SMALL_CONV = dict(block_out_channels=[16, 32], norm_num_groups=8, latent_channels=4)
 SMALL_MLP = dict(hidden_dims=[64], latent_dim=8)
 
-#: every registered family: the autoencoders, then the priors
-FAMILY_NAMES = [*hf_vae.MODELS, *hf_vae.PRIORS]
+#: what each family's tiny config sets on top of the small backbone above, and under "mlp"/"conv" what it sets with
+#: that backbone only. A diffusers twin (fixed conv architecture) and a code prior (no images) take their whole
+#: tiny config from here.
+TINY = {
+    "vae": {},
+    "beta_vae": {},
+    "vq_vae": dict(num_embeddings=32, embedding_dim=4),
+    "cvae": {},
+    "klae": dict(block_out_channels=[16, 32], norm_num_groups=8),
+    "iwae": {},
+    "miwae": {},
+    "ciwae": {},
+    "vamp_vae": dict(num_pseudo_inputs=10),  # the default 500 go through the encoder every pass
+    "info_vae": {},
+    "wae": {},
+    "rae": {},
+    # the β-TCVAE's and FactorVAE's objectives read a vector latent: with the conv backbone, a dense bottleneck
+    "beta_tcvae": dict(dataset_size=100, conv=dict(latent_dim=4)),
+    "factor_vae": dict(conv=dict(latent_dim=4)),
+    "vq_prior": dict(num_embeddings=16, code_shape=(4, 4), n_embd=32, n_layer=2, n_head=2),
+    "ae": {},
+}
 
-#: families whose objective reads a vector latent: with the conv backbone they need a dense bottleneck
-VECTOR_LATENT_ONLY = ("beta_tcvae", "factor_vae")
+#: every family of the table: the autoencoders, then the priors over another family's codes
+FAMILY_NAMES = [*(f.name for f in families.autoencoders()),
+                *(name for name in families.names(code_prior=True))]
 
 #: families whose forward needs at least two examples: the MMD (InfoVAE, WAE) and the β-TCVAE's estimate of q(z)
 #: are statistics of the batch
@@ -33,36 +54,41 @@ CONDITION_NAMES = ("condition", "conditions", "class_condition", "class_labels",
 
 
 def family_classes(name: str):
-    """(config class, model class) of a registered family."""
-    return hf_vae.MODELS[name] if name in hf_vae.MODELS else hf_vae.PRIORS[name]
+    """(config class, model class) of a family of the table."""
+    family = families.get(name)
+    return family.config_class, family.model_class
 
 
 def is_prior(name: str) -> bool:
-    return name in hf_vae.PRIORS
+    return families.get(name).capabilities.code_prior
+
+
+def tiny_entry(name: str) -> dict:
+    """The family's entry of `TINY`, or one line saying where it is missing."""
+    families.get(name)  # an unknown name: the table's own error
+    if name not in TINY:
+        raise KeyError(f"Expected a tiny config of family {name!r} in tests/support/tiny_models.py's TINY "
+                       f"(every family of hf_vae/families.py needs one), got none.")
+    return TINY[name]
 
 
 def tiny_config(name: str, backbone: str = "mlp", in_channels: int = 1, image_size: int = 16, **overrides):
-    """A small config of family `name`; `backbone` and the data shape apply to the autoencoders only."""
-    if name == "vq_prior":
-        kwargs = dict(num_embeddings=16, code_shape=(4, 4), n_embd=32, n_layer=2, n_head=2)
-        kwargs.update(overrides)
-        return VQPriorConfig(**kwargs)
-    if name == "klae":
-        return KLAEConfig(in_channels=in_channels, out_channels=in_channels, block_out_channels=[16, 32],
-                          norm_num_groups=8, sample_size=image_size, **overrides)
-    config_class = family_classes(name)[0]
-    kwargs = dict(in_channels=in_channels, image_size=image_size, backbone=backbone,
-                  **(SMALL_CONV if backbone == "conv" else SMALL_MLP))
-    if name == "vq_vae":
-        kwargs.update(num_embeddings=32, embedding_dim=4)
-        if backbone == "conv":
-            kwargs.pop("latent_channels")
-    if name == "beta_tcvae":
-        kwargs["dataset_size"] = 100
-    if backbone == "conv" and name in VECTOR_LATENT_ONLY:
-        kwargs["latent_dim"] = 4
+    """A small config of family `name`; `backbone` and the data shape apply to the image autoencoders only (a
+    diffusers twin is always convolutional)."""
+    entry = tiny_entry(name)
+    capabilities = families.get(name).capabilities
+    own = {k: v for k, v in entry.items() if k not in ("mlp", "conv")}
+    if capabilities.code_prior:
+        kwargs = own
+    elif capabilities.diffusers_twin:
+        kwargs = dict(in_channels=in_channels, out_channels=in_channels, **own, sample_size=image_size)
+    else:
+        kwargs = dict(in_channels=in_channels, image_size=image_size, backbone=backbone,
+                      **(SMALL_CONV if backbone == "conv" else SMALL_MLP))
+        kwargs.update(own)
+        kwargs.update(entry.get(backbone, {}))
     kwargs.update(overrides)
-    return config_class(**kwargs)
+    return family_classes(name)[0](**kwargs)
 
 
 def condition_name(function) -> str:
@@ -77,26 +103,29 @@ def main_input_name(model_class) -> str:
 
 
 def example_images(config, batch=4, seed=0, size=None):
-    """(images, labels): images in the range the config's likelihood expects; class labels for the CVAE only."""
+    """(images, labels): images in the range the config's likelihood expects; for a conditional family its
+    condition (class labels, or condition vectors when the config has no classes), otherwise None."""
     g = torch.Generator().manual_seed(seed)
     shape = (batch, *config.data_shape) if size is None else (batch, config.data_shape[0], *size)
     x = torch.rand(shape, generator=g)
     if getattr(config, "likelihood", "bernoulli") != "bernoulli":
         x = x * 2 - 1
-    labels = torch.randint(0, 10, (batch,), generator=g) if config.model_type == "cvae" else None
+    labels = None
+    if families.of(config).capabilities.conditional:
+        labels = (torch.randint(0, config.num_classes, (batch,), generator=g) if config.num_classes is not None
+                  else torch.randn(batch, config.condition_dim, generator=g))
     return x, labels
 
 
 def example_inputs(config, batch=4, seed=0):
     """Keyword arguments of one forward of the model `config` describes: the images under the name of forward's
-    first argument (and the condition of a conditional model, under its name), or the VQ prior's `codes`."""
+    first argument (and the condition of a conditional model, under its name), or a code prior's `codes`."""
     g = torch.Generator().manual_seed(seed)
-    if config.model_type == "vq_prior":
+    family = families.of(config)
+    if family.capabilities.code_prior:
         return {"codes": torch.randint(0, config.num_embeddings, (batch, *config.code_shape), generator=g)}
-    model_class = next(m for c, m in (*hf_vae.MODELS.values(), *hf_vae.PRIORS.values())
-                       if c.model_type == config.model_type)
     x, labels = example_images(config, batch, seed)
-    inputs = {main_input_name(model_class): x}
+    inputs = {main_input_name(family.model_class): x}
     if labels is not None:
-        inputs[condition_name(model_class.forward)] = labels
+        inputs[condition_name(family.model_class.forward)] = labels
     return inputs
