@@ -6,9 +6,7 @@ without a circle.
 """
 
 import ast
-import io
 import sys
-import tokenize
 from pathlib import Path
 
 import pytest
