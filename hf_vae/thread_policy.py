@@ -4,8 +4,7 @@ PyTorch starts one intra-op thread per core. Every parallel region (one per conv
 a barrier where all threads wait for the slowest. On a machine where other processes also run, one of the threads
 is often descheduled, and the region then lasts until the scheduler gives that thread its core back (a time
 slice, milliseconds). A small model runs thousands of regions per second of work, so on a busy machine it spends
-most of its time waiting: measured on 2 shared cores under load 3–5, the default VAE recipe trained at 1.5 it/s
-with two threads and 9.9 it/s with one. A large model (an SD autoencoder at 256², ~0.6 TFLOPs per decode) does
+most of its time waiting (docs/performance.md has the measurements). A large model (an SD autoencoder at 256², ~0.6 TFLOPs per decode) does
 seconds of work per region, so the waits do not matter and every core helps, busy or not.
 
 The policy (`choose_num_threads`) is a pure function of the FLOPs of one step, the batch, the cores this process
