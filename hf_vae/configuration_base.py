@@ -248,24 +248,24 @@ class AutoencoderConfig(ValidatedConfig):
                f"Expected `local_latent_channels` = 0 unless backbone='burgess' with at least two convolutions "
                f"(the local latent sits at the last-but-one one's resolution), got local_latent_channels={channels} "
                f"with backbone={self.backbone!r} and block_out_channels={self.block_out_channels!r}.")
+        # every field is checked, also where this backbone does not read it: a bad value is never kept silently
+        check_positive_ints("hidden_dims", self.hidden_dims, allow_empty=self.backbone != "mlp")
+        check_positive_ints("block_out_channels", self.block_out_channels)
+        check_positive_int("layers_per_block", self.layers_per_block)
+        check_positive_int("norm_num_groups", self.norm_num_groups)
+        check_positive_int("latent_channels", self.latent_channels)
         if self.backbone == "mlp":
-            check_positive_ints("hidden_dims", self.hidden_dims)
             return
         # conv and burgess backbones
         _check(self.image_size is not None,
                f"The {self.backbone} backbone needs images: expected an int `image_size`, got None (flat data needs "
                f"backbone='mlp').")
-        check_positive_ints("block_out_channels", self.block_out_channels)
         if self.backbone == "burgess":
-            check_positive_ints("hidden_dims", self.hidden_dims, allow_empty=True)
             factor = self.downsampling_factor
             _check(self.image_size % factor == 0,
                    f"Expected `image_size` divisible by 2^len(block_out_channels) = {factor} (one stride-2 "
                    f"convolution per entry), got image_size={self.image_size}.")
             return
-        check_positive_int("layers_per_block", self.layers_per_block)
-        check_positive_int("norm_num_groups", self.norm_num_groups)
-        check_positive_int("latent_channels", self.latent_channels)
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         _check(not bad, f"Expected every entry of `block_out_channels` to be divisible by norm_num_groups="
                         f"{self.norm_num_groups}, got {self.block_out_channels} ({bad} are not).")

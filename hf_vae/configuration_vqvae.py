@@ -57,9 +57,11 @@ class VQVAEConfig(AutoencoderConfig):
         super().__init__(**kwargs)
 
     def validate_fields(self) -> None:
-        super().validate_fields()
+        # first: the MLP VQ-VAE's default latent_dim is derived from embedding_dim, so a bad embedding_dim would
+        # otherwise be reported as a bad latent_dim
         check_positive_int("num_embeddings", self.num_embeddings)
         check_positive_int("embedding_dim", self.embedding_dim)
+        super().validate_fields()
         check_real("commitment_cost", self.commitment_cost, low=0)
         check_real("ema_decay", self.ema_decay, low=0, high=1, low_open=True, high_open=True)
         check_real("ema_epsilon", self.ema_epsilon, low=0, low_open=True)

@@ -455,6 +455,11 @@ def _config(name, **fields):
     ("vae", {"hidden_dims": [True]}, "`hidden_dims` to be a non-empty list of positive ints, got [True]"),
     ("vae", {"likelihood_scale": 1e-300}, "`likelihood_scale` in [1e-06, 1e+06]"),
     ("vae", {"likelyhood": "gaussian"}, "Unknown VAEConfig field 'likelyhood': likely a typo of 'likelihood'"),
+    # fields the chosen backbone does not read are checked too (the MLP VAE and its conv fields)
+    ("vae", {"block_out_channels": [-4, -4]}, "`block_out_channels` to be a non-empty list of positive ints"),
+    ("ae", {"norm_num_groups": 0}, "`norm_num_groups` to be a positive int, got 0"),
+    # the MLP VQ-VAE derives latent_dim from embedding_dim: the error names the field that was given
+    ("vq_vae", {"embedding_dim": -3}, "`embedding_dim` to be a positive int, got -3"),
 ])
 def test_bad_family_fields_are_refused_naming_the_field(name, fields, expected):
     with pytest.raises(ValueError) as error:
