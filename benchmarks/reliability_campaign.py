@@ -26,6 +26,7 @@ import inspect
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -73,8 +74,7 @@ def classify(case: Case, result: Result, elapsed: float) -> str:
         return "silent"
     lines = [line for line in result.message.strip().splitlines() if line.strip()]
     named = any(token.lower() in result.message.lower() for token in case.expect)
-    usage = result.exit_code in (None, 2)  # in-process cases have no exit code
-    return "refused" if named and len(lines) == 1 and not result.traceback and usage else "unclear"
+    return "refused" if named and len(lines) == 1 and not result.traceback else "unclear"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -228,12 +228,11 @@ def flag_cases() -> List[Case]:
     """Every trainer flag with values of the wrong kind, misspelt flags and dashed flags, on the command line."""
     sys.path.insert(0, os.path.join(ROOT, "hf_vae", "training"))
     help_text = subprocess.run(TRAIN + ["--help"], capture_output=True, text=True, cwd=ROOT).stdout
-    flags = sorted({token.split()[0] for token in help_text.replace(",", " ").split("--")[1:]
-                    if token.split() and token.split()[0].replace("_", "").isalnum()})
-    numeric = [flag for flag in flags if f"--{flag} N" in help_text or f"--{flag} X" in help_text]
+    kinds = dict(re.findall(r"--(\w+) ([NX])\b", help_text))  # the numeric flags: metavar N (int) or X (real)
+    numeric = sorted(kinds)
     cases = []
     for flag in numeric:
-        kind = "N" if f"--{flag} N" in help_text else "X"
+        kind = kinds[flag]
         for label, value in (("word", "many"), ("nan", "nan"), ("inf", "inf")) + ((("fraction", "2.5"),) if kind == "N" else ()):
             cases.append(Case("command line: flag values", f"--{flag} {value}",
                               lambda f=flag, v=value: command(TRAIN + TINY_RUN + ["--output_dir", _scratch(), f"--{f}", v], 60),

@@ -19,9 +19,14 @@ ACT_FNS = ("silu", "swish", "gelu", "relu", "mish")
 DEFAULT_MLP_LATENT_DIM = 32
 
 
+class ConfigFieldError(ValueError):
+    """A config field holds a value it cannot take: a usage error, wherever the value came from (constructor,
+    config.json, a flag, a config file)."""
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise ConfigFieldError(message)
 
 
 def check_positive_int(name: str, value) -> None:
@@ -42,7 +47,7 @@ def check_real(name: str, value, low: Optional[float] = None, high: Optional[flo
         bounds.append(f"{'<' if high_open else '<='} {high}")
     expected = f"Expected `{name}` to be a finite number{' ' + ' and '.join(bounds) if bounds else ''}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{expected}, got {value!r} (a {type(value).__name__}).")
+        raise ConfigFieldError(f"{expected}, got {value!r} (a {type(value).__name__}).")
     _check(math.isfinite(value), f"{expected}, got {value!r}.")
     _check(low is None or (value > low if low_open else value >= low), f"{expected}, got {value!r}.")
     _check(high is None or (value < high if high_open else value <= high), f"{expected}, got {value!r}.")
@@ -92,7 +97,7 @@ def reject_likely_typos(config_class, kwargs: Dict[str, Any]) -> None:
             continue
         close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.8)
         if close:
-            raise ValueError(f"Unknown {config_class.__name__} field {key!r}: likely a typo of {close[0]!r} "
+            raise ConfigFieldError(f"Unknown {config_class.__name__} field {key!r}: likely a typo of {close[0]!r} "
                              f"(expected one of the config's fields; {close[0]!r} would otherwise silently keep "
                              f"its default).")
 

@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 
 from transformers import GPT2Config
 
-from .configuration_base import ValidatedConfig, _check, check_positive_int, check_real, reject_likely_typos
+from .configuration_base import ConfigFieldError, ValidatedConfig, _check, check_positive_int, check_real, reject_likely_typos
 
 
 class VQPriorConfig(ValidatedConfig):
@@ -41,7 +41,7 @@ class VQPriorConfig(ValidatedConfig):
         alias = kwargs.pop("layer_norm_eps", None)
         if alias is not None:
             if layer_norm_epsilon not in (1e-5, alias):
-                raise ValueError(f"Expected one layer-norm epsilon, got layer_norm_epsilon={layer_norm_epsilon!r} "
+                raise ConfigFieldError(f"Expected one layer-norm epsilon, got layer_norm_epsilon={layer_norm_epsilon!r} "
                                  f"and its alias layer_norm_eps={alias!r}.")
             layer_norm_epsilon = alias
         self.num_embeddings = num_embeddings

@@ -382,6 +382,26 @@ def test_a_config_too_large_for_the_machine_is_refused_before_allocation(tmp_pat
 # ------------------------------------------------------------------------------------------------------------
 
 
+def test_a_bad_model_field_on_the_command_line_is_a_usage_error(capsys, tmp_path):
+    from hf_vae.training import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--backbone", "many", "--output_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "Expected `backbone` in ('mlp', 'conv', 'burgess'), got 'many'" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_dataset_the_hub_cannot_serve_is_named(monkeypatch):
+    from hf_vae.data import source_dataset
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"Dataset 'no-such-user/no_such_set' is not a built-in dataset .* and the "
+                                         r"Hub cannot serve it"):
+        next(iter(source_dataset("no-such-user/no_such_set", image_size=16)))
+
+
 def test_flags_take_dashes_or_underscores():
     from hf_vae.training.arguments import parse_args
 

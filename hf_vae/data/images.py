@@ -292,8 +292,15 @@ def _load_stream(name_or_path: str, split: str, data_dir: Optional[str], load_kw
         return _shard_by_file(load_dataset("imagefolder", data_files={split: files[split]}, split=split,
                                            streaming=True, drop_labels=not has_labels, **load_kwargs))
     # Hub id or folder of data files; datasets' own errors ("Bad split: ... Available
-    # splits: ...", missing repo) are already explicit.
-    return load_dataset(name_or_path, data_dir=data_dir, split=split, streaming=True, **load_kwargs)
+    # splits: ...", missing repo) are already explicit, except that a Hub it cannot reach is an OSError that
+    # does not say what was asked for.
+    try:
+        return load_dataset(name_or_path, data_dir=data_dir, split=split, streaming=True, **load_kwargs)
+    except ConnectionError as error:
+        raise ValueError(f"Dataset {name_or_path!r} is not a built-in dataset ('shapes', 'fashion_mnist', 'photos') "
+                         f"or an existing local path, and the Hub cannot serve it: {str(error).splitlines()[0]}. "
+                         f"Expected a built-in name, a folder or data files, or a datasets id with the Hub "
+                         f"reachable.") from error
 
 
 def _shard_by_file(ds):

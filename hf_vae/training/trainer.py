@@ -36,6 +36,7 @@ from ..evaluation.evaluate import (
     metrics_record,
     write_json_atomic,
 )
+from ..configuration_base import ConfigFieldError
 from ..families import DEFAULT_FAMILY, DIFFUSERS_COMPONENT, get as get_family
 from .arguments import debug_requested, parse_command_line
 from .checkpoint_format import TrainingState
@@ -753,6 +754,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     quiet_progress_bars()  # transformers' shard-writing bars: noise in the run's output and its logs
     try:
         return train(train_args, data_args, model_config)
+    except ConfigFieldError as error:  # a value the command line or its --config file gave: a usage error
+        if debug_requested(argv):
+            raise
+        print(f"train.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
     except (ValueError, FileNotFoundError, FileExistsError, PerceptualWeightsMissingError,
             NonFiniteLossError, HubPushError) as error:
         if debug_requested(argv):
