@@ -441,6 +441,14 @@ def test_a_broken_config_file_is_named(tmp_path, name, text, expected):
         parse_args(["--config", str(tmp_path / name)])
 
 
+def test_a_config_file_value_of_the_wrong_type_is_refused_even_when_a_flag_overrides_it(tmp_path):
+    from hf_vae.training.arguments import parse_args
+
+    (tmp_path / "run.yaml").write_text("max_steps: many\n")
+    with pytest.raises(ValueError, match=r"run.yaml: `max_steps` expected an int, got 'many'"):
+        parse_args(["--config", str(tmp_path / "run.yaml"), "--max_steps", "1"])
+
+
 def test_yaml_config_values_are_typed_like_the_command_line(tmp_path):
     from hf_vae.training.arguments import parse_args
 

@@ -324,13 +324,22 @@ def _peek(argv: Sequence[str], name: str) -> Optional[str]:
     return value
 
 
-def _file_value(name: str, value: Any) -> Any:
-    """A trainer flag's value from a --config file, typed as on the command line (`max_steps: 1e3` is 1000)."""
-    kinds = {f.name: _field_type(f)[0] for f in fields(TrainArguments) + fields(DataArguments)}
-    if kinds.get(name) == "int" and isinstance(value, float) and value.is_integer():
+def _file_value(name: str, value: Any, path: str) -> Any:
+    """A trainer flag's value from a --config file, typed as on the command line (`max_steps: 1e3` is 1000).
+
+    Checked here even where the command line overrides it: a file with a value its key cannot take is broken."""
+    kind = {f.name: _field_type(f)[0] for f in fields(TrainArguments) + fields(DataArguments)}.get(name)
+    if kind == "int" and isinstance(value, float) and value.is_integer():
         return int(value)
-    if kinds.get(name) == "float" and isinstance(value, int) and not isinstance(value, bool):
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float, str))):
+        raise ValueError(f"{path}: `{name}` expected an {kind}, got {value!r}.")
+    if kind in ("int", "float") and isinstance(value, str):
+        try:
+            (int if kind == "int" else float)(value)
+        except ValueError:
+            raise ValueError(f"{path}: `{name}` expected an {kind}, got {value!r}.") from None
     return value
 
 
@@ -346,7 +355,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[TrainArguments, Da
     file_values = load_config_file(config_path) if config_path else {}
     known = train_data_field_names()
     parser = build_parser(_peek(argv, "model") or file_values.get("model"))
-    parser.set_defaults(**{k: _file_value(k, v) for k, v in file_values.items() if k in known})
+    parser.set_defaults(**{k: _file_value(k, v, config_path) for k, v in file_values.items() if k in known})
     namespace, remaining = parser.parse_known_args(argv)
     values = vars(namespace)
     train_args = TrainArguments(**{f.name: values[f.name] for f in fields(TrainArguments)})
