@@ -1,6 +1,16 @@
 """Configuration of the VQ-VAE (van den Oord et al. 2017)."""
 
-from .configuration_base import AutoencoderConfig, _check, check_bool, check_positive_int, check_real
+import math
+
+from .configuration_base import AutoencoderConfig, _check, check_bool, check_positive_int, check_positive_ints, check_real
+
+QUANTIZERS = ("vq", "fsq", "lfq")
+#: FSQ's levels when none are given: 8·5·5·5 = 1000 codes (Mentzer et al. 2023, table 1's ~2^10 row)
+DEFAULT_FSQ_LEVELS = (8, 5, 5, 5)
+#: LFQ's bits when the code dimension is left at the VQ default: 2^10 codes
+DEFAULT_LFQ_BITS = 10
+#: LFQ's entropy penalty compares every latent with all 2^d codes: beyond 2^16 it costs more than it is worth
+MAX_LFQ_BITS = 16
 
 
 class VQVAEConfig(AutoencoderConfig):
@@ -24,6 +34,13 @@ class VQVAEConfig(AutoencoderConfig):
         beta_on_codebook (`bool`, defaults to False): legacy placement of β on the codebook term (taming's legacy
             quantiser, diffusers' VQModel), only for reproducing such checkpoints.
         scaling_factor (`float`, defaults to 1.0): latent scale that diffusers' LDMPipeline divides by before `decode`.
+        quantizer (`str`, defaults to "vq"): "vq" (a learned codebook, the options above), "fsq" (finite scalar
+            quantisation, Mentzer et al. 2023: each code channel rounded to `fsq_levels[i]` levels; no codebook to
+            learn or collapse) or "lfq" (lookup-free quantisation, Yu et al. 2023: each channel's sign is a bit, with
+            an entropy penalty). FSQ sets `embedding_dim` = len(fsq_levels) and `num_embeddings` = their product;
+            LFQ sets `num_embeddings` = 2^embedding_dim (embedding_dim 10 unless given).
+        fsq_levels (`Sequence[int]`, defaults to (8, 5, 5, 5)): FSQ's levels per code channel.
+        lfq_entropy_weight (`float`, defaults to 0.1): weight of LFQ's entropy penalty (MAGVIT-v2's value).
         use_quant_conv (`bool`, defaults to False): 1x1 convs between the encoder's `latent_channels` and the
             `embedding_dim`-dimensional codes, and back before the decoder (`quant_conv`, `post_quant_conv`), as in
             taming's VQGAN and diffusers' VQModel (conv backbone only).
@@ -36,7 +53,21 @@ class VQVAEConfig(AutoencoderConfig):
     def __init__(self, num_embeddings: int = 512, embedding_dim: int = 64, commitment_cost: float = 0.25,
                  use_ema: bool = False, ema_decay: float = 0.99, ema_epsilon: float = 1e-5, kmeans_init: bool = False,
                  dead_code_threshold: float = 0.0, use_cosine_sim: bool = False, beta_on_codebook: bool = False,
-                 scaling_factor: float = 1.0, use_quant_conv: bool = False, **kwargs):
+                 scaling_factor: float = 1.0, use_quant_conv: bool = False, quantizer: str = "vq",
+                 fsq_levels=None, lfq_entropy_weight: float = 0.1, **kwargs):
+        self.quantizer = quantizer
+        self.fsq_levels = None if fsq_levels is None else list(fsq_levels)
+        self.lfq_entropy_weight = lfq_entropy_weight
+        # The implicit codebooks fix the code dimension and the codebook size; fields left at their defaults
+        # follow, fields given are checked against them in validate_fields.
+        if quantizer == "fsq":
+            self.fsq_levels = list(self.fsq_levels or DEFAULT_FSQ_LEVELS)
+            embedding_dim = len(self.fsq_levels) if embedding_dim == 64 else embedding_dim
+            num_embeddings = _product(self.fsq_levels) if num_embeddings == 512 else num_embeddings
+        elif quantizer == "lfq":
+            embedding_dim = DEFAULT_LFQ_BITS if embedding_dim == 64 else embedding_dim
+            num_embeddings = 2 ** embedding_dim if num_embeddings == 512 and isinstance(embedding_dim, int) \
+                and 0 < embedding_dim <= MAX_LFQ_BITS else num_embeddings
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.commitment_cost = commitment_cost
@@ -61,6 +92,7 @@ class VQVAEConfig(AutoencoderConfig):
         # otherwise be reported as a bad latent_dim
         check_positive_int("num_embeddings", self.num_embeddings)
         check_positive_int("embedding_dim", self.embedding_dim)
+        self._validate_quantizer()
         super().validate_fields()
         check_real("commitment_cost", self.commitment_cost, low=0)
         check_real("ema_decay", self.ema_decay, low=0, high=1, low_open=True, high_open=True)
@@ -81,3 +113,27 @@ class VQVAEConfig(AutoencoderConfig):
             _check(self.latent_dim % self.embedding_dim == 0,
                    f"Expected `latent_dim` divisible by `embedding_dim` ({self.embedding_dim}) for the MLP VQ-VAE, "
                    f"got {self.latent_dim}.")
+
+    def _validate_quantizer(self) -> None:
+        _check(self.quantizer in QUANTIZERS, f"Expected `quantizer` in {QUANTIZERS}, got {self.quantizer!r}.")
+        check_real("lfq_entropy_weight", self.lfq_entropy_weight, low=0)
+        if self.quantizer == "fsq":
+            check_positive_ints("fsq_levels", self.fsq_levels)
+            _check(min(self.fsq_levels) >= 2, f"Expected every FSQ level >= 2, got fsq_levels={self.fsq_levels}.")
+            _check(self.embedding_dim == len(self.fsq_levels) and self.num_embeddings == _product(self.fsq_levels),
+                   f"Expected FSQ's embedding_dim = len(fsq_levels) = {len(self.fsq_levels)} and num_embeddings = "
+                   f"their product {_product(self.fsq_levels)}, got embedding_dim={self.embedding_dim}, "
+                   f"num_embeddings={self.num_embeddings}.")
+        elif self.quantizer == "lfq":
+            _check(self.embedding_dim <= MAX_LFQ_BITS, f"Expected LFQ's embedding_dim (bits per code) <= "
+                                                       f"{MAX_LFQ_BITS}, got {self.embedding_dim}.")
+            _check(self.num_embeddings == 2 ** self.embedding_dim,
+                   f"Expected LFQ's num_embeddings = 2^embedding_dim = {2 ** self.embedding_dim}, got "
+                   f"{self.num_embeddings}.")
+        else:
+            _check(self.fsq_levels is None, f"Expected fsq_levels only with quantizer='fsq', got "
+                                            f"{self.fsq_levels} with quantizer={self.quantizer!r}.")
+
+
+def _product(values) -> int:
+    return math.prod(int(v) for v in values)

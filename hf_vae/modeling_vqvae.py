@@ -27,6 +27,7 @@ from .input_checks import is_tracing
 from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel
 from .modeling_vq_prior import VQPriorModel
 from .quantizers import VectorQuantizedPosterior, VectorQuantizer
+from .scalar_quantization import FiniteScalarQuantizer, LookupFreeQuantizer
 from .weight_init import init
 
 #: where the learned prior lives, relative to the VQ-VAE's folder or Hub repo
@@ -71,18 +72,16 @@ class VQVAEModel(AutoencoderPreTrainedModel):
             if config.use_quant_conv else None
         self.post_quant_conv = torch.nn.Conv2d(config.embedding_dim, config.latent_channels, 1) \
             if config.use_quant_conv else None
-        self.quantizer = VectorQuantizer(
-            config.num_embeddings, config.embedding_dim, commitment_cost=config.commitment_cost,
-            use_ema=config.use_ema, ema_decay=config.ema_decay, ema_epsilon=config.ema_epsilon,
-            kmeans_init=config.kmeans_init, dead_code_threshold=config.dead_code_threshold,
-            use_cosine_sim=config.use_cosine_sim, beta_on_codebook=config.beta_on_codebook,
-        )
+        self.quantizer = build_quantizer(config)
         self.likelihood = self.build_likelihood()
         self.prior = None  # a VQPriorModel once attached (a submodule then: it follows .to(), .eval(), ...)
         self.post_init()
 
     def _init_weights(self, module) -> None:
         super()._init_weights(module)
+        if isinstance(module, (FiniteScalarQuantizer, LookupFreeQuantizer)):  # grids, not weights: constants
+            for name, value in module.constant_buffers().items():
+                init.copy_(getattr(module, name), value)
         if isinstance(module, VectorQuantizer):
             # As the quantiser's constructor: codes uniform in ±1/K; the EMA statistics consistent with them (each
             # code counted once, at itself); every code in use; k-means still to run when it is asked for. An EMA
@@ -294,8 +293,7 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         """(B, C, H, W) -> (B, h, w) code indices (or (B, n) for the MLP backbone)."""
         pixel_values = self.check_pixel_values(pixel_values)
         z_e = self._to_code_layout(self._code_space(self.encoder(pixel_values, None)))
-        flat = z_e.movedim(1, -1).reshape(-1, self.config.embedding_dim)
-        return self.quantizer.nearest_codes(flat).view(z_e.shape[0], *z_e.shape[2:])
+        return self.quantizer.quantize_indices(z_e)
 
     @torch.no_grad()
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
@@ -311,6 +309,20 @@ class VQVAEModel(AutoencoderPreTrainedModel):
         flat = codes.movedim(1, -1).reshape(-1, self.config.embedding_dim)
         indices = self.quantizer.nearest_codes(flat).view(codes.shape[0], *codes.shape[2:])
         return self.indices_to_latents(indices).to(latents.dtype)
+
+
+def build_quantizer(config: VQVAEConfig) -> torch.nn.Module:
+    """The quantiser `config.quantizer` names; all three share `VectorQuantizer`'s interface."""
+    if config.quantizer == "fsq":
+        return FiniteScalarQuantizer(config.fsq_levels)
+    if config.quantizer == "lfq":
+        return LookupFreeQuantizer(config.embedding_dim, entropy_weight=config.lfq_entropy_weight)
+    return VectorQuantizer(
+        config.num_embeddings, config.embedding_dim, commitment_cost=config.commitment_cost,
+        use_ema=config.use_ema, ema_decay=config.ema_decay, ema_epsilon=config.ema_epsilon,
+        kmeans_init=config.kmeans_init, dead_code_threshold=config.dead_code_threshold,
+        use_cosine_sim=config.use_cosine_sim, beta_on_codebook=config.beta_on_codebook,
+    )
 
 
 def _is_saved_prior(folder: str) -> bool:

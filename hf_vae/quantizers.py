@@ -50,6 +50,17 @@ class QuantizerOutput:
     codebook_usage: torch.Tensor
 
 
+def code_statistics(indices: torch.Tensor, num_embeddings: int, dtype: torch.dtype):
+    """(N,) code indices -> (counts (K,), perplexity exp(H), the fraction of codes used): what every quantiser
+    reports. Counts by a scatter-add, whose output size does not depend on the data (bincount's does, which
+    `torch.compile(fullgraph=True)` cannot trace); exact in float32 up to 2^24 assignments per code."""
+    counts = torch.zeros(num_embeddings, device=indices.device).index_add_(
+        0, indices, torch.ones_like(indices, dtype=torch.float32)).to(dtype)
+    probs = counts / counts.sum()
+    perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+    return counts, perplexity, (counts > 0).float().mean()
+
+
 class Codebook(nn.Module):
     """The K code vectors e_k, a (K, D) `weight`; calling the module returns them.
 
@@ -119,6 +130,11 @@ class VectorQuantizer(nn.Module):
         """(B, ...) indices -> (B, ..., D) code vectors."""
         return F.embedding(indices, self.codebook())
 
+    def quantize_indices(self, z_e: torch.Tensor) -> torch.Tensor:
+        """(B, D, ...) encoder outputs -> (B, ...) the indices `forward` assigns them, without updating anything."""
+        flat = z_e.movedim(1, -1).reshape(-1, self.embedding_dim)
+        return self.nearest_codes(flat).view(z_e.shape[0], *z_e.shape[2:])
+
     # ----------------------------------------------------------------------------------------------------
     def forward(self, z_e: torch.Tensor) -> QuantizerOutput:
         """z_e: (B, D) or (B, D, *spatial) encoder output, channel (code) dimension at index 1."""
@@ -148,18 +164,12 @@ class VectorQuantizer(nn.Module):
         else:
             loss = codebook_loss + self.commitment_cost * commitment_loss
 
-        # Code counts by a scatter-add, whose output size does not depend on the data (bincount's does, which
-        # `torch.compile(fullgraph=True)` cannot trace); exact in float32 up to 2^24 assignments per code.
-        counts = torch.zeros(self.num_embeddings, device=flat.device).index_add_(
-            0, indices_flat, torch.ones_like(indices_flat, dtype=torch.float32)).to(flat.dtype)
+        counts, perplexity, usage = code_statistics(indices_flat, self.num_embeddings, flat.dtype)
         if updating:
             self._update_codebook(flat.detach(), indices_flat, counts)
 
         # Straight-through estimator (paper, sec. 3.1): forward uses the code, backward the identity.
         quantized = z + (codes - z).detach()
-        probs = counts / counts.sum()
-        perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
-        usage = (counts > 0).float().mean()
         return QuantizerOutput(
             quantized=quantized.movedim(-1, 1),
             latents=z_e,

@@ -5,6 +5,11 @@ vectors: there is no codebook loss, no EMA and nothing that can collapse, and ev
 of per-channel levels. Inputs and outputs are channel-first, like the VQ-VAE's feature maps: (B, d, ...) latents
 give (B, d, ...) codes and (B, ...) indices.
 
+Both have the interface of `quantizers.VectorQuantizer`, so the VQ-VAE takes either (`quantizer="fsq"` / `"lfq"`):
+`forward` returns a `QuantizerOutput` (with codebook usage and perplexity), `quantize_indices` the codes of
+encoder outputs, `nearest_codes` the code nearest to a code-space vector, and `lookup` the code of an index (what
+the GPT-2 code prior's samples are decoded through). `quantize` returns the codes and indices alone.
+
 - FSQ (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made Simple", appendix A.1): channel i is bounded
   to L_i levels by a shifted tanh and rounded with a straight-through gradient; the codebook has ∏ L_i entries.
 - LFQ (Yu et al. 2023, "Language Model Beats Diffusion — Tokenizer is Key to Visual Generation", eq. 3): channel i
@@ -14,8 +19,12 @@ give (B, d, ...) codes and (B, ...) indices.
 
 from typing import Sequence, Tuple
 
+import math
+
 import torch
 from torch import nn
+
+from .quantizers import QuantizerOutput, code_statistics
 
 
 def round_straight_through(z: torch.Tensor) -> torch.Tensor:
@@ -32,10 +41,17 @@ class FiniteScalarQuantizer(nn.Module):
         if not levels or any(level < 2 for level in levels):
             raise ValueError(f"Expected `levels` to be a non-empty list of ints >= 2, got {levels!r}.")
         self.eps = eps
+        self.level_counts = levels
         self.register_buffer("levels", torch.tensor(levels, dtype=torch.int64), persistent=False)
         # mixed-radix place values: index = Σ_i level_index_i · ∏_{j<i} L_j
-        self.register_buffer("basis", torch.cumprod(torch.tensor([1] + levels[:-1]), 0), persistent=False)
-        self.codebook_size = int(torch.tensor(levels).prod())
+        self.register_buffer("basis", torch.tensor([math.prod(levels[:i]) for i in range(len(levels))]),
+                             persistent=False)
+        self.codebook_size = math.prod(levels)
+
+    def constant_buffers(self) -> dict:
+        """The buffers' values, for a model built on the meta device (its `_init_weights` copies them in)."""
+        levels = self.level_counts
+        return {"levels": torch.tensor(levels), "basis": torch.tensor([math.prod(levels[:i]) for i in range(len(levels))])}
 
     @property
     def num_channels(self) -> int:
@@ -68,7 +84,38 @@ class FiniteScalarQuantizer(nn.Module):
         codes = (level_indices - half_width).float() / half_width
         return codes.movedim(-1, 1)
 
-    def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def num_embeddings(self) -> int:
+        return self.codebook_size
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.num_channels
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, ...) indices -> (B, ..., d) codes (channel last, as `VectorQuantizer.lookup`)."""
+        return self.indices_to_codes(indices).movedim(1, -1) if indices.dim() > 1 else \
+            self.indices_to_codes(indices[:, None]).movedim(1, -1)[:, 0]
+
+    def nearest_codes(self, flat: torch.Tensor) -> torch.Tensor:
+        """(N, d) code-space vectors -> (N,) the index of the nearest grid point."""
+        half_width = (self.levels // 2).to(flat.dtype)
+        level_indices = torch.minimum((flat * half_width + half_width).round().clamp(min=0), (self.levels - 1).to(flat.dtype))
+        return (level_indices.long() * self.basis).sum(-1)
+
+    def quantize_indices(self, z_e: torch.Tensor) -> torch.Tensor:
+        return self.quantize(z_e)[1]
+
+    def forward(self, z_e: torch.Tensor) -> QuantizerOutput:
+        """(B, d, ...) encoder outputs -> the codes, their indices and the usage statistics; no loss (FSQ has no
+        codebook to learn and nothing for the encoder to commit to)."""
+        codes, indices = self.quantize(z_e)
+        _, perplexity, usage = code_statistics(indices.reshape(-1), self.codebook_size, codes.dtype)
+        zero = codes.new_zeros(codes.shape[0])
+        return QuantizerOutput(quantized=codes, latents=z_e, indices=indices, loss=zero, codebook_loss=zero,
+                               commitment_loss=zero, perplexity=perplexity, codebook_usage=usage)
+
+    def quantize(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B, d, ...) latents -> ((B, d, ...) codes, (B, ...) indices). Quantised in float32 at least: the
         bound's tanh and the rounding decide the code, and half precision moves values across level edges."""
         if z.shape[1] != self.num_channels:
@@ -89,7 +136,7 @@ class LookupFreeQuantizer(nn.Module):
     """LFQ over `num_channels` channels: 2^num_channels codes, each channel's sign a bit (most significant first)."""
 
     def __init__(self, num_channels: int, codebook_scale: float = 1.0, diversity_weight: float = 1.0,
-                 inverse_temperature: float = 100.0):
+                 inverse_temperature: float = 100.0, entropy_weight: float = 0.1):
         super().__init__()
         if not isinstance(num_channels, int) or not 1 <= num_channels <= 24:
             raise ValueError(f"Expected 1 <= num_channels <= 24 (a codebook of 2^num_channels codes), got "
@@ -101,7 +148,13 @@ class LookupFreeQuantizer(nn.Module):
         self.diversity_weight = diversity_weight
         #: 1/τ of the soft assignment q(code | z) ∝ exp(2 z·code / τ) the entropies are computed from
         self.inverse_temperature = inverse_temperature
+        #: the weight of the entropy penalty in the loss (MAGVIT-v2 uses 0.1)
+        self.entropy_weight = entropy_weight
         self.register_buffer("bit_values", 2 ** torch.arange(num_channels - 1, -1, -1), persistent=False)
+
+    def constant_buffers(self) -> dict:
+        """The buffers' values, for a model built on the meta device (its `_init_weights` copies them in)."""
+        return {"bit_values": 2 ** torch.arange(self.num_channels - 1, -1, -1)}
 
     def codebook(self, dtype=torch.float32) -> torch.Tensor:
         """(2^d, d) every code, ±scale per channel."""
@@ -122,7 +175,37 @@ class LookupFreeQuantizer(nn.Module):
         codebook = _entropy(probabilities.mean(0))
         return per_example - self.diversity_weight * codebook
 
-    def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @property
+    def num_embeddings(self) -> int:
+        return self.codebook_size
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.num_channels
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, ...) indices -> (B, ..., d) codes (channel last, as `VectorQuantizer.lookup`)."""
+        bits = (indices.long()[..., None] & self.bit_values) != 0
+        return (bits.float() * 2 - 1) * self.codebook_scale
+
+    def nearest_codes(self, flat: torch.Tensor) -> torch.Tensor:
+        """(N, d) code-space vectors -> (N,) the index of the nearest code: each channel's sign."""
+        return ((flat > 0).long() * self.bit_values).sum(-1)
+
+    def quantize_indices(self, z_e: torch.Tensor) -> torch.Tensor:
+        return ((z_e.movedim(1, -1) > 0).long() * self.bit_values).sum(-1)
+
+    def forward(self, z_e: torch.Tensor) -> QuantizerOutput:
+        """(B, d, ...) encoder outputs -> the codes, their indices, the usage statistics and the weighted entropy
+        penalty, a term of the whole batch shared out over its examples."""
+        codes, indices, penalty = self.quantize(z_e)
+        _, perplexity, usage = code_statistics(indices.reshape(-1), self.codebook_size, codes.dtype)
+        zero = codes.new_zeros(codes.shape[0])
+        loss = zero + self.entropy_weight * penalty
+        return QuantizerOutput(quantized=codes, latents=z_e, indices=indices, loss=loss, codebook_loss=zero,
+                               commitment_loss=zero, perplexity=perplexity, codebook_usage=usage)
+
+    def quantize(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, d, ...) latents -> ((B, d, ...) codes, (B, ...) indices, the entropy penalty (0 outside training))."""
         if z.shape[1] != self.num_channels:
             raise ValueError(f"Expected latents with {self.num_channels} channels (one bit each), got shape "
@@ -131,7 +214,7 @@ class LookupFreeQuantizer(nn.Module):
         positive = last > 0
         quantized = torch.where(positive, self.codebook_scale, -self.codebook_scale).to(z.dtype)
         indices = (positive.long() * self.bit_values).sum(-1)
-        codes = last + (quantized - last).detach() if self.training else quantized
-        penalty = self.entropy_penalty(last.reshape(-1, self.num_channels).float()) if self.training \
-            else z.new_zeros(())
+        codes = last + (quantized - last).detach()  # straight through (the identity outside a graph)
+        updating = self.training and torch.is_grad_enabled()
+        penalty = self.entropy_penalty(last.reshape(-1, self.num_channels).float()) if updating else z.new_zeros(())
         return codes.movedim(-1, 1), indices, penalty
