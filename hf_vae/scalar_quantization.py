@@ -32,7 +32,32 @@ def round_straight_through(z: torch.Tensor) -> torch.Tensor:
     return z + (z.round() - z).detach()
 
 
-class FiniteScalarQuantizer(nn.Module):
+class ImplicitCodebookQuantizer(nn.Module):
+    """What FSQ and LFQ share: `VectorQuantizer`'s interface over a codebook of `codebook_size` codes of
+    `num_channels` values that is computed, not learned."""
+
+    codebook_size: int
+    num_channels: int
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.codebook_size
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.num_channels
+
+    def output(self, z_e: torch.Tensor, codes: torch.Tensor, indices: torch.Tensor, loss: torch.Tensor
+               ) -> QuantizerOutput:
+        """The forward pass's record: codes, indices, the per-example loss and the usage statistics (no codebook
+        or commitment term: nothing is learned in the codebook)."""
+        _, perplexity, usage = code_statistics(indices.reshape(-1), self.codebook_size, codes.dtype)
+        zero = codes.new_zeros(codes.shape[0])
+        return QuantizerOutput(quantized=codes, latents=z_e, indices=indices, loss=zero + loss, codebook_loss=zero,
+                               commitment_loss=zero, perplexity=perplexity, codebook_usage=usage)
+
+
+class FiniteScalarQuantizer(ImplicitCodebookQuantizer):
     """FSQ over `len(levels)` channels, channel i rounded to `levels[i]` values in [-1, 1]."""
 
     def __init__(self, levels: Sequence[int], eps: float = 1e-3):
@@ -84,14 +109,6 @@ class FiniteScalarQuantizer(nn.Module):
         codes = (level_indices - half_width).float() / half_width
         return codes.movedim(-1, 1)
 
-    @property
-    def num_embeddings(self) -> int:
-        return self.codebook_size
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.num_channels
-
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, ...) indices -> (B, ..., d) codes (channel last, as `VectorQuantizer.lookup`)."""
         return self.indices_to_codes(indices).movedim(1, -1) if indices.dim() > 1 else \
@@ -110,10 +127,7 @@ class FiniteScalarQuantizer(nn.Module):
         """(B, d, ...) encoder outputs -> the codes, their indices and the usage statistics; no loss (FSQ has no
         codebook to learn and nothing for the encoder to commit to)."""
         codes, indices = self.quantize(z_e)
-        _, perplexity, usage = code_statistics(indices.reshape(-1), self.codebook_size, codes.dtype)
-        zero = codes.new_zeros(codes.shape[0])
-        return QuantizerOutput(quantized=codes, latents=z_e, indices=indices, loss=zero, codebook_loss=zero,
-                               commitment_loss=zero, perplexity=perplexity, codebook_usage=usage)
+        return self.output(z_e, codes, indices, loss=codes.new_zeros(()))
 
     def quantize(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B, d, ...) latents -> ((B, d, ...) codes, (B, ...) indices). Quantised in float32 at least: the
@@ -132,7 +146,7 @@ def _entropy(probabilities: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return -(probabilities * probabilities.clamp(min=eps).log()).sum(-1)
 
 
-class LookupFreeQuantizer(nn.Module):
+class LookupFreeQuantizer(ImplicitCodebookQuantizer):
     """LFQ over `num_channels` channels: 2^num_channels codes, each channel's sign a bit (most significant first)."""
 
     def __init__(self, num_channels: int, codebook_scale: float = 1.0, diversity_weight: float = 1.0,
@@ -175,14 +189,6 @@ class LookupFreeQuantizer(nn.Module):
         codebook = _entropy(probabilities.mean(0))
         return per_example - self.diversity_weight * codebook
 
-    @property
-    def num_embeddings(self) -> int:
-        return self.codebook_size
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.num_channels
-
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, ...) indices -> (B, ..., d) codes (channel last, as `VectorQuantizer.lookup`)."""
         bits = (indices.long()[..., None] & self.bit_values) != 0
@@ -199,11 +205,7 @@ class LookupFreeQuantizer(nn.Module):
         """(B, d, ...) encoder outputs -> the codes, their indices, the usage statistics and the weighted entropy
         penalty, a term of the whole batch shared out over its examples."""
         codes, indices, penalty = self.quantize(z_e)
-        _, perplexity, usage = code_statistics(indices.reshape(-1), self.codebook_size, codes.dtype)
-        zero = codes.new_zeros(codes.shape[0])
-        loss = zero + self.entropy_weight * penalty
-        return QuantizerOutput(quantized=codes, latents=z_e, indices=indices, loss=loss, codebook_loss=zero,
-                               commitment_loss=zero, perplexity=perplexity, codebook_usage=usage)
+        return self.output(z_e, codes, indices, loss=self.entropy_weight * penalty)
 
     def quantize(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, d, ...) latents -> ((B, d, ...) codes, (B, ...) indices, the entropy penalty (0 outside training))."""
