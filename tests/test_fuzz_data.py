@@ -130,8 +130,8 @@ def test_a_conditional_model_without_labels_fails_before_the_first_step(tmp_path
 def test_bad_numeric_values_on_the_command_line_name_the_field(tmp_path, capsys, argv, expected):
     with pytest.raises(SystemExit) as exit_:
         main(["--output_dir", str(tmp_path / "out"), "--image_size", "16", "--report_to", "none", *argv])
-    # A trainer flag is checked while the command line is parsed (a usage error: 2, as argparse's); a model field
-    # when its config is built (1).
-    assert exit_.value.code == (2 if argv[0] in ("--learning_rate", "--max_grad_norm") else 1)
+    # A usage error either way (2, as argparse's): a trainer flag is checked while the command line is parsed, a
+    # model field when its config is built.
+    assert exit_.value.code == 2
     assert expected in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out" / "checkpoints")  # refused before anything was written
