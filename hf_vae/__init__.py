@@ -21,6 +21,8 @@ from .configuration_klae import KLAEConfig
 from .configuration_miwae import MIWAEConfig
 from .configuration_rae import RAEConfig
 from .configuration_vae import VAEConfig
+from .configuration_vae_iaf import VAEIAFConfig
+from .configuration_vae_lin_nf import VAELinNFConfig
 from .configuration_vamp_vae import VampVAEConfig
 from .configuration_vq_prior import VQPriorConfig
 from .configuration_vqvae import VQVAEConfig
@@ -39,6 +41,8 @@ from .modeling_klae import KLAEModel
 from .modeling_miwae import MIWAEModel
 from .modeling_rae import RAEModel
 from .modeling_vae import VAEModel
+from .modeling_vae_iaf import VAEIAFModel
+from .modeling_vae_lin_nf import VAELinNFModel
 from .modeling_vamp_vae import VampVAEModel
 from .modeling_vq_prior import VQPriorModel, VQPriorOutput
 from .modeling_vqvae import VQVAEModel, VQVAEOutput
@@ -106,6 +110,10 @@ __all__ = [
     "RAEModel",
     "VAEConfig",
     "VAEModel",
+    "VAEIAFConfig",
+    "VAEIAFModel",
+    "VAELinNFConfig",
+    "VAELinNFModel",
     "VQPriorConfig",
     "VQPriorModel",
     "VQPriorOutput",

@@ -25,9 +25,18 @@ class PlanarFlow(nn.Module):
 
     def __init__(self, dim: int, init_scale: float = 0.01):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(dim) * init_scale)
-        self.scale = nn.Parameter(torch.randn(dim) * init_scale)
-        self.bias = nn.Parameter(torch.zeros(()))
+        self.init_scale = init_scale
+        self.weight = nn.Parameter(torch.empty(dim))
+        self.scale = nn.Parameter(torch.empty(dim))
+        self.bias = nn.Parameter(torch.empty(()))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Near the identity: small random w and u, b = 0."""
+        with torch.no_grad():
+            self.weight.normal_(0, self.init_scale)
+            self.scale.normal_(0, self.init_scale)
+            self.bias.zero_()
 
     def constrained_scale(self) -> torch.Tensor:
         wu = self.weight @ self.scale
@@ -50,9 +59,17 @@ class RadialFlow(nn.Module):
 
     def __init__(self, dim: int, init_scale: float = 0.01):
         super().__init__()
-        self.center = nn.Parameter(torch.randn(dim) * init_scale)
-        self.raw_alpha = nn.Parameter(torch.randn(()) * init_scale)
-        self.raw_beta = nn.Parameter(torch.randn(()) * init_scale)
+        self.init_scale = init_scale
+        self.center = nn.Parameter(torch.empty(dim))
+        self.raw_alpha = nn.Parameter(torch.empty(()))
+        self.raw_beta = nn.Parameter(torch.empty(()))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Small random z₀, α̃ and β̃."""
+        with torch.no_grad():
+            for parameter in (self.center, self.raw_alpha, self.raw_beta):
+                parameter.normal_(0, self.init_scale)
 
     def forward(self, z: torch.Tensor, context: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         alpha = F.softplus(self.raw_alpha)
@@ -68,12 +85,20 @@ class RadialFlow(nn.Module):
 class MaskedLinear(nn.Linear):
     """A linear layer whose weight is multiplied by a fixed 0/1 mask (MADE, Germain et al. 2015)."""
 
-    def __init__(self, in_features: int, out_features: int, mask: torch.Tensor):
-        super().__init__(in_features, out_features)
-        self.register_buffer("mask", mask.to(self.weight.dtype), persistent=False)
+    def __init__(self, in_degrees: Sequence[int], out_degrees: Sequence[int], strict: bool):
+        super().__init__(len(in_degrees), len(out_degrees))
+        #: unit degrees (MADE): an output sees the inputs of lower degree (`strict`) or of lower or equal degree
+        self.in_degrees, self.out_degrees, self.strict = list(in_degrees), list(out_degrees), strict
+        self.register_buffer("mask", self.mask_values(), persistent=False)
+
+    def mask_values(self) -> torch.Tensor:
+        """The 0/1 mask from the degrees (a constant, rebuilt after a meta-device construction)."""
+        inputs, outputs = torch.tensor(self.in_degrees), torch.tensor(self.out_degrees)
+        allowed = outputs[:, None] > inputs[None, :] if self.strict else outputs[:, None] >= inputs[None, :]
+        return allowed.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.mask, self.bias)
+        return F.linear(x, self.weight * self.mask.to(self.weight.dtype), self.bias)
 
 
 class MADE(nn.Module):
@@ -87,18 +112,17 @@ class MADE(nn.Module):
                  order: Optional[torch.Tensor] = None):
         super().__init__()
         self.dim, self.num_outputs = dim, num_outputs
-        order = torch.arange(dim) if order is None else order
-        input_degrees = torch.empty(dim, dtype=torch.long)
-        input_degrees[order] = torch.arange(1, dim + 1)
-        self.register_buffer("input_degrees", input_degrees, persistent=False)
+        order = list(range(dim)) if order is None else [int(i) for i in order]
+        input_degrees = [0] * dim
+        for position, index in enumerate(order):
+            input_degrees[index] = position + 1
         layers, previous = [], input_degrees
         for width in hidden_dims:
-            degrees = torch.arange(width) % max(dim - 1, 1) + 1
-            layers.append(MaskedLinear(previous.numel(), width, (degrees[:, None] >= previous[None, :])))
+            degrees = [k % max(dim - 1, 1) + 1 for k in range(width)]
+            layers.append(MaskedLinear(previous, degrees, strict=False))
             previous = degrees
         self.hidden = nn.ModuleList(layers)
-        output_degrees = input_degrees.repeat(num_outputs)
-        self.output = MaskedLinear(previous.numel(), dim * num_outputs, output_degrees[:, None] > previous[None, :])
+        self.output = MaskedLinear(previous, input_degrees * num_outputs, strict=True)
         # the context reaches every unit: it is a function of x, not of z, so it breaks no autoregressive order
         self.context = nn.Linear(context_dim, hidden_dims[0]) if context_dim and hidden_dims else None
 
@@ -156,7 +180,7 @@ def build_flow(kind: str, dim: int, num_flows: int, hidden_dims: Sequence[int] =
     elif kind == "radial":
         steps = [RadialFlow(dim) for _ in range(num_flows)]
     elif kind == "iaf":
-        forward_order, reverse_order = torch.arange(dim), torch.arange(dim - 1, -1, -1)
+        forward_order, reverse_order = list(range(dim)), list(range(dim - 1, -1, -1))
         steps = [InverseAutoregressiveFlow(dim, hidden_dims, context_dim, forward_order if k % 2 == 0 else reverse_order)
                  for k in range(num_flows)]
     else:

@@ -1,0 +1,31 @@
+"""Configuration of the VAE with inverse autoregressive flows (Kingma et al. 2016)."""
+
+from .configuration_base import _check, check_positive_int, check_positive_ints
+from .configuration_vae import VAEConfig
+
+
+class VAEIAFConfig(VAEConfig):
+    r"""A VAE whose Gaussian posterior is refined by `num_flows` inverse autoregressive flow steps.
+
+    Args:
+        num_flows (`int`, defaults to 2): IAF steps (their autoregressive orders alternate).
+        flow_hidden_dims (`Sequence[int]`, defaults to (128, 128)): hidden sizes of each step's MADE network.
+        Other fields are those of [`AutoencoderConfig`]; the latent must be a vector (backbone "mlp" or "burgess",
+        without a local latent).
+    """
+
+    model_type = "vae_iaf"
+
+    def __init__(self, num_flows: int = 2, flow_hidden_dims=(128, 128), **kwargs):
+        self.num_flows = num_flows
+        self.flow_hidden_dims = list(flow_hidden_dims)
+        super().__init__(**kwargs)
+
+    def validate_fields(self) -> None:
+        super().validate_fields()
+        check_positive_int("num_flows", self.num_flows)
+        check_positive_ints("flow_hidden_dims", self.flow_hidden_dims)
+        _check(self.vector_latent and not self.local_latent_channels,
+               f"Expected a vector latent for the flows (backbone 'mlp' or 'burgess', local_latent_channels 0), got "
+               f"backbone={self.backbone!r}, latent_dim={self.latent_dim!r}, "
+               f"local_latent_channels={self.local_latent_channels}.")

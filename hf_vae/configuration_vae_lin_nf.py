@@ -1,0 +1,31 @@
+"""Configuration of the VAE with planar and radial flows (Rezende & Mohamed 2015)."""
+
+from .configuration_base import _check
+from .configuration_vae import VAEConfig
+
+FLOW_KINDS = ("planar", "radial")
+
+
+class VAELinNFConfig(VAEConfig):
+    r"""A VAE whose Gaussian posterior is refined by a sequence of planar and radial flows.
+
+    Args:
+        flows (`Sequence[str]`, defaults to ("planar", "radial", "planar", "radial")): the flow steps, in order.
+        Other fields are those of [`AutoencoderConfig`]; the latent must be a vector (backbone "mlp" or "burgess",
+        without a local latent).
+    """
+
+    model_type = "vae_lin_nf"
+
+    def __init__(self, flows=("planar", "radial", "planar", "radial"), **kwargs):
+        self.flows = list(flows)
+        super().__init__(**kwargs)
+
+    def validate_fields(self) -> None:
+        super().validate_fields()
+        _check(len(self.flows) > 0 and all(kind in FLOW_KINDS for kind in self.flows),
+               f"Expected `flows` to be a non-empty list of {FLOW_KINDS}, got {self.flows!r}.")
+        _check(self.vector_latent and not self.local_latent_channels,
+               f"Expected a vector latent for the flows (backbone 'mlp' or 'burgess', local_latent_channels 0), got "
+               f"backbone={self.backbone!r}, latent_dim={self.latent_dim!r}, "
+               f"local_latent_channels={self.local_latent_channels}.")
