@@ -169,6 +169,9 @@ FAMILIES: Dict[str, Family] = {family.name: family for family in (
            "factor_vae:build_factor_vae_objective",
            CardSpec("FactorVAE", ("factor-vae", "vae", "disentanglement", "representation-learning"),
                     "unconditional-image-generation", _DISENTANGLEMENT)),
+    Family("msssim_vae", "configuration_msssim_vae:MSSSIMVAEConfig", "modeling_msssim_vae:MSSSIMVAEModel", _ELBO,
+           CardSpec("MS-SSIM VAE", ("msssim-vae", "vae", "perceptual-loss", "generative-model"),
+                    "unconditional-image-generation", ("unconditional-image-generation", "Image generation"))),
     Family("vq_prior", "configuration_vq_prior:VQPriorConfig", "modeling_vq_prior:VQPriorModel",
            "objectives:build_prior_objective",
            None,  # published inside its VQ-VAE's card (`prior/`), not on its own

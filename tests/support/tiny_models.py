@@ -40,6 +40,7 @@ TINY = {
     "factor_vae": dict(conv=dict(latent_dim=4)),
     "vq_prior": dict(num_embeddings=16, code_shape=(4, 4), n_embd=32, n_layer=2, n_head=2),
     "ae": {},
+    "msssim_vae": {},
 }
 
 #: every family of the table: the autoencoders, then the priors over another family's codes
