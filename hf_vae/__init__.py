@@ -22,6 +22,7 @@ from .configuration_miwae import MIWAEConfig
 from .configuration_msssim_vae import MSSSIMVAEConfig
 from .configuration_rae import RAEConfig
 from .configuration_vae import VAEConfig
+from .configuration_vae_gan import VAEGANConfig
 from .configuration_vae_iaf import VAEIAFConfig
 from .configuration_vae_lin_nf import VAELinNFConfig
 from .configuration_vamp_vae import VampVAEConfig
@@ -43,6 +44,7 @@ from .modeling_miwae import MIWAEModel
 from .modeling_msssim_vae import MSSSIMVAEModel
 from .modeling_rae import RAEModel
 from .modeling_vae import VAEModel
+from .modeling_vae_gan import VAEGANModel
 from .modeling_vae_iaf import VAEIAFModel
 from .modeling_vae_lin_nf import VAELinNFModel
 from .modeling_vamp_vae import VampVAEModel
@@ -114,6 +116,8 @@ __all__ = [
     "RAEModel",
     "VAEConfig",
     "VAEModel",
+    "VAEGANConfig",
+    "VAEGANModel",
     "VAEIAFConfig",
     "VAEIAFModel",
     "VAELinNFConfig",

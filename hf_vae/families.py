@@ -172,6 +172,10 @@ FAMILIES: Dict[str, Family] = {family.name: family for family in (
     Family("msssim_vae", "configuration_msssim_vae:MSSSIMVAEConfig", "modeling_msssim_vae:MSSSIMVAEModel", _ELBO,
            CardSpec("MS-SSIM VAE", ("msssim-vae", "vae", "perceptual-loss", "generative-model"),
                     "unconditional-image-generation", ("unconditional-image-generation", "Image generation"))),
+    Family("vae_gan", "configuration_vae_gan:VAEGANConfig", "modeling_vae_gan:VAEGANModel",
+           "vae_gan:build_vae_gan_objective",
+           CardSpec("VAE-GAN", ("vae-gan", "vae", "gan", "generative-model"), "unconditional-image-generation",
+                    ("unconditional-image-generation", "Image generation"))),
     Family("vq_prior", "configuration_vq_prior:VQPriorConfig", "modeling_vq_prior:VQPriorModel",
            "objectives:build_prior_objective",
            None,  # published inside its VQ-VAE's card (`prior/`), not on its own

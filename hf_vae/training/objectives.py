@@ -13,6 +13,7 @@ Both expose the same small interface, so the training loop has one code path:
     discriminator_active(step) -> bool                            whether a discriminator step is due
     discriminator_loss(batch, output, step) -> (loss, logs)       on detached reconstructions
     extra_parameters() / discriminator_parameters()               trained outside the published model
+    generator_betas / discriminator_betas                         Adam's betas each prescribes (None: default)
 
 The discriminator and the learned log-variance are not part of the model that gets published; they live in the
 training state (checkpointed and resumed through `state_dict`).
@@ -56,6 +57,8 @@ class ElboObjective:
 
     #: Adam's betas for the model, when the objective prescribes them (None: the trainer's default)
     generator_betas = None
+    #: Adam's betas for a discriminator it trains (the GAN default of latent diffusion)
+    discriminator_betas = (0.5, 0.9)
 
     def __init__(self, is_conditional: bool, dataset_name: str = "dataset"):
         self.is_conditional = is_conditional
@@ -180,8 +183,9 @@ class AdversarialObjective:
     elements, like its pixel term, so they are divided by the number of latent elements here.
     """
 
-    #: None: the trainer's GAN default (0.5, 0.9), as in latent diffusion
+    #: None: the trainer's GAN default (0.5, 0.9), as in latent diffusion, for the model and the discriminator
     generator_betas = None
+    discriminator_betas = (0.5, 0.9)
 
     def __init__(self, *, vq: bool, in_channels: int, image_size: int, latent_numel: int, value_range,
                  perceptual: Optional[nn.Module], perceptual_weight: float, pixel_loss: str, kl_weight: float,

@@ -383,8 +383,8 @@ def _build_optimisers(run: Run) -> None:
     default_betas = objective.generator_betas or ((0.5, 0.9) if adversarial else (0.9, 0.999))
     betas = (train_args.adam_beta1 if train_args.adam_beta1 is not None else default_betas[0],
              train_args.adam_beta2 if train_args.adam_beta2 is not None else default_betas[1])
-    disc_betas = (train_args.adam_beta1 if train_args.adam_beta1 is not None else 0.5,
-                  train_args.adam_beta2 if train_args.adam_beta2 is not None else 0.9)
+    disc_betas = (train_args.adam_beta1 if train_args.adam_beta1 is not None else objective.discriminator_betas[0],
+                  train_args.adam_beta2 if train_args.adam_beta2 is not None else objective.discriminator_betas[1])
     run.generator_params = [p for p in run.model.parameters() if p.requires_grad] + objective.extra_parameters()
     optimizer = adam(run.generator_params, train_args.learning_rate, betas, train_args.weight_decay,
                       accelerator.device)

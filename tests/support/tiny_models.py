@@ -41,6 +41,7 @@ TINY = {
     "vq_prior": dict(num_embeddings=16, code_shape=(4, 4), n_embd=32, n_layer=2, n_head=2),
     "ae": {},
     "msssim_vae": {},
+    "vae_gan": dict(discriminator_hidden_dims=[8]),
 }
 
 #: every family of the table: the autoencoders, then the priors over another family's codes
