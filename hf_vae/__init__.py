@@ -8,6 +8,7 @@ not installed.
 
 from transformers import AutoConfig, AutoModel
 
+from .configuration_aae import AAEConfig
 from .configuration_ae import AEConfig
 from .configuration_base import AutoencoderConfig
 from .configuration_beta_tcvae import BetaTCVAEConfig
@@ -30,6 +31,7 @@ from .configuration_vq_prior import VQPriorConfig
 from .configuration_vqvae import VQVAEConfig
 from .configuration_wae import WAEConfig
 from .distributions import DiagonalGaussianDistribution
+from .modeling_aae import AAEModel
 from .modeling_ae import AEModel
 from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel, DecoderOutput, EncoderOutput
 from .modeling_beta_tcvae import BetaTCVAEModel
@@ -84,6 +86,8 @@ __all__ = [
     "MODELS",
     "families",
     "PRIORS",
+    "AAEConfig",
+    "AAEModel",
     "AEConfig",
     "AEModel",
     "AutoencoderConfig",

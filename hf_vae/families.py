@@ -176,6 +176,9 @@ FAMILIES: Dict[str, Family] = {family.name: family for family in (
            "vae_gan:build_vae_gan_objective",
            CardSpec("VAE-GAN", ("vae-gan", "vae", "gan", "generative-model"), "unconditional-image-generation",
                     ("unconditional-image-generation", "Image generation"))),
+    Family("aae", "configuration_aae:AAEConfig", "modeling_aae:AAEModel", "aae:build_aae_objective",
+           CardSpec("Adversarial autoencoder", ("aae", "adversarial-autoencoder", "autoencoder", "generative-model"),
+                    "unconditional-image-generation", ("unconditional-image-generation", "Image generation"))),
     Family("vq_prior", "configuration_vq_prior:VQPriorConfig", "modeling_vq_prior:VQPriorModel",
            "objectives:build_prior_objective",
            None,  # published inside its VQ-VAE's card (`prior/`), not on its own

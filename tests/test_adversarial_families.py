@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_vae import VAEGANConfig, VAEGANModel
+from hf_vae import AAEConfig, AAEModel, VAEGANConfig, VAEGANModel
 
 TINY = dict(image_size=8, in_channels=1, hidden_dims=[16], latent_dim=3)
 
@@ -147,11 +147,16 @@ def test_vae_gan_bad_fields_are_refused(fields, message):
 
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
-def test_vae_gan_trains_its_discriminator_in_the_trainer_checkpointed_not_published(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, logged", [("vae_gan", {"d_loss", "rec", "d_real", "d_fake"}), ("aae", {"d_loss", "adv"})])
+def test_discriminator_trains_in_the_trainer_checkpointed_not_published(tmp_path, monkeypatch, name, logged):
     from safetensors.torch import load_file
 
+    from hf_vae.families import get
     from hf_vae.training import DataArguments, TrainArguments, train
+    from hf_vae.training.aae import AAEObjective
     from hf_vae.training.vae_gan import VAEGANObjective
+
+    objective_class = {"vae_gan": VAEGANObjective, "aae": AAEObjective}[name]
 
     betas = []
 
@@ -161,26 +166,27 @@ def test_vae_gan_trains_its_discriminator_in_the_trainer_checkpointed_not_publis
             betas.append(tuple(self.defaults["betas"]))
 
     monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
-    args = TrainArguments(model="vae_gan", output_dir=str(tmp_path / "run"), max_steps=4, batch_size=8,
+    args = TrainArguments(model=name, output_dir=str(tmp_path / "run"), max_steps=4, batch_size=8,
                           eval_steps=0, checkpointing_steps=2, report_to="jsonl", logging_steps=1,
                           eval_importance_samples=4, final_eval_max_examples=16, eval_batch_size=16,
                           num_sample_images=4)
     fields = dict(image_size=16, hidden_dims=[16], latent_dim=3, discriminator_hidden_dims=[8])
     record = train(args, DataArguments(num_train_examples=100), fields)
-    assert {"d_loss", "rec", "d_real", "d_fake"} <= set(record["train"]["last_logs"])
+    assert logged <= set(record["train"]["last_logs"])
     published = load_file(tmp_path / "run" / "model.safetensors")
     assert not any("discriminator" in key for key in published)
     state = load_file(tmp_path / "run" / "checkpoints" / "checkpoint-4" / "training_state.safetensors")
     assert len([key for key in state if "objective" in key and "discriminator" in key]) == 4, list(state)
     assert betas == [(0.9, 0.999), (0.9, 0.999)], betas  # pythae's Adam defaults for every network
+    assert get(name).objective_factory.__module__ == objective_class.__module__
 
-    restored, original = [], VAEGANObjective.load_state_dict
+    restored, original = [], objective_class.load_state_dict
 
     def recording_load(self, saved):
         original(self, saved)
         restored.append({k: v.clone() for k, v in self.discriminator.state_dict().items()})
 
-    monkeypatch.setattr(VAEGANObjective, "load_state_dict", recording_load)
+    monkeypatch.setattr(objective_class, "load_state_dict", recording_load)
     args.max_steps, args.resume_from_checkpoint = 6, "latest"
     resumed = train(args, DataArguments(num_train_examples=100), fields)
     assert resumed["step"] == 6 and len(restored) == 1
@@ -195,3 +201,85 @@ def test_adversarial_objectives_refuse_the_patchgan_flags():
     model, _ = _vae_gan()
     with pytest.raises(ValueError, match="--disc_start"):
         build_vae_gan_objective(TrainArguments(model="vae_gan", disc_start=10), model, (0, 1), "x")
+
+
+# ---- adversarial autoencoder -----------------------------------------------------------------------------------
+def _aae(**fields):
+    from hf_vae.training.aae import AAEObjective
+
+    torch.manual_seed(0)
+    model = AAEModel(AAEConfig(**TINY, discriminator_hidden_dims=[12], **fields))
+    return model, AAEObjective(model)
+
+
+def test_aae_routes_each_network_the_gradient_of_its_own_loss():
+    """pythae's Adversarial_AE.loss_function, written out: the autoencoder minimises s·rec + λ·BCE(D(z), 1), D
+    minimises BCE(D(z_p), 1) + BCE(D(z), 0) on detached codes."""
+    model, objective = _aae(adversarial_loss_scale=0.7, reconstruction_loss_scale=2.0)
+    x = binary_images(6)
+    autoencoder = list(model.parameters())
+    discriminator = objective.discriminator_parameters()
+    torch.manual_seed(5)
+    loss, logs, output = objective.generator_loss(model, {"pixel_values": x}, 0)
+    ours = _grads(loss, autoencoder)
+    loss.backward()
+    assert all(p.grad is None for p in discriminator)
+    torch.manual_seed(6)
+    d_loss, _ = objective.discriminator_loss({"pixel_values": x}, output, 0)
+    ours_d = _grads(d_loss, discriminator)
+    assert all(g is None for g in _grads(d_loss, autoencoder))
+
+    torch.manual_seed(5)
+    mean, logvar = model.encoder(x, None).chunk(2, dim=1)
+    z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+    rec = F.binary_cross_entropy_with_logits(model.decoder(z, None), x, reduction="none").flatten(1).sum(1)
+    prob = lambda codes: torch.sigmoid(objective.discriminator.layers[1](objective.discriminator.layers[0](codes)))
+    adversarial = F.binary_cross_entropy(prob(z).squeeze(1), torch.ones(6))
+    theirs = _grads(2.0 * rec.mean() + 0.7 * adversarial, autoencoder)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    torch.manual_seed(6)
+    z_prior = torch.randn_like(z)
+    theirs_d = F.binary_cross_entropy(prob(z_prior).squeeze(1), torch.ones(6)) + \
+        F.binary_cross_entropy(prob(z.detach()).squeeze(1), torch.zeros(6))
+    for a, b in zip(ours_d, _grads(theirs_d, discriminator)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_aae_forward_is_the_reconstruction_term_alone():
+    model, _ = _aae()
+    output = model(binary_images(4), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(output.loss, output.reconstruction_loss)
+    assert float(output.regularisation_loss) == 0.0
+    assert not any("discriminator" in name for name, _ in model.named_parameters())
+
+
+def test_aae_game_pulls_the_codes_towards_the_prior():
+    """A few hundred steps of the game alone (no reconstruction) move the codes' mean and spread towards N(0, I)."""
+    model, objective = _aae(reconstruction_loss_scale=0.0, adversarial_loss_scale=1.0)
+    x = binary_images(64, seed=1)
+    generator_opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    discriminator_opt = torch.optim.Adam(objective.discriminator_parameters(), lr=3e-3)
+
+    def distance():
+        with torch.no_grad():
+            codes = model(x, generator=torch.Generator().manual_seed(0)).latents
+        return float(codes.mean(0).norm() + (codes.std(0) - 1).abs().sum())
+
+    last = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():  # codes far from the prior: mean 3, spread e^(−2)
+        last.bias[:3] += 3.0
+        last.bias[3:] = -4.0
+    before = distance()
+    for step in range(300):
+        loss, _, output = objective.generator_loss(model, {"pixel_values": x}, step)
+        d_loss, _ = objective.discriminator_loss({"pixel_values": x}, output, step)
+        generator_opt.zero_grad(), discriminator_opt.zero_grad()
+        (loss + d_loss).backward()
+        generator_opt.step(), discriminator_opt.step()
+    assert distance() < 0.5 * before, (before, distance())
+
+
+def test_aae_needs_a_vector_latent():
+    with pytest.raises(ValueError, match="vector latent"):
+        AAEConfig(backbone="conv", latent_dim=None, block_out_channels=[8], norm_num_groups=4)

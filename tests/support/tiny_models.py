@@ -42,6 +42,7 @@ TINY = {
     "ae": {},
     "msssim_vae": {},
     "vae_gan": dict(discriminator_hidden_dims=[8]),
+    "aae": dict(discriminator_hidden_dims=[8], conv=dict(latent_dim=4)),  # the discriminator reads a vector
 }
 
 #: every family of the table: the autoencoders, then the priors over another family's codes
