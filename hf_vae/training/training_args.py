@@ -95,9 +95,10 @@ class TrainArguments:
         "Linear warm-up steps (default: 5 % of max_steps).", group=OPTIM))
     min_lr_ratio: float = field(default=0.0, metadata=_help("Final learning rate of the cosine, as a fraction of the peak.", group=OPTIM))
     adam_beta1: Optional[float] = field(default=None, metadata=_help(
-        "Adam beta1 (default 0.9; 0.5 when a discriminator is trained, as in latent diffusion).", group=OPTIM))
+        "Adam beta1 (default 0.9; 0.5 when a discriminator is trained, as in latent diffusion, unless the family's "
+        "objective names its own, as pythae's adversarial families do).", group=OPTIM))
     adam_beta2: Optional[float] = field(default=None, metadata=_help(
-        "Adam beta2 (default 0.999; 0.9 when a discriminator is trained).", group=OPTIM))
+        "Adam beta2 (default 0.999; 0.9 when a discriminator is trained, unless the objective names its own).", group=OPTIM))
     weight_decay: float = field(default=0.0, metadata=_help("Decoupled weight decay (AdamW); 0 is plain Adam.", group=OPTIM))
     max_grad_norm: float = field(default=1.0, metadata=_help("Clip the gradient norm to this (0 disables clipping).", group=OPTIM))
     ema_decay: float = field(default=0.0, metadata=_help(
