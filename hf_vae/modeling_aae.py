@@ -9,7 +9,7 @@ distribution q(z) is matched to p(z) = N(0, I) by a GAN game on the latents inst
 D is a second network with its own optimiser that only shapes the loss, so it belongs to the training loop, not to
 the published model: `hf_vae.training.aae.AAEObjective` trains it through the trainer's discriminator machinery
 (checkpointed with the run) and adds λ·(−log D(z)). This model's own regulariser is zero: `model(...)` returns the
-reconstruction term, which is what a trainer without that objective (transformers' `Trainer`) minimises, a plain
+reconstruction term (and reports KL(q(z|x) ‖ p(z)) as `kl`, untrained, for the negative ELBO of evaluation), which is what a trainer without that objective (transformers' `Trainer`) minimises, a plain
 autoencoder. `generate` decodes draws of p(z), which the trained code distribution matches.
 """
 
@@ -27,5 +27,7 @@ class AAEModel(VAEModel):
     supports_local_latent = False
 
     def regularisation_loss(self, posterior, latents) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        # The adversarial term lives in the objective (it needs the discriminator).
-        return latents.new_zeros(latents.shape[:-len(self.latent_shape)]), {}
+        # The adversarial term lives in the objective (it needs the discriminator). KL(q(z|x) ‖ p(z)) is reported,
+        # not trained: with the reconstruction term it is the negative ELBO that evaluation reports.
+        kl = self.kl_divergence(posterior, latents)
+        return latents.new_zeros(latents.shape[:-len(self.latent_shape)]), {"kl": kl.mean().detach()}

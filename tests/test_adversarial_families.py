@@ -251,6 +251,9 @@ def test_aae_forward_is_the_reconstruction_term_alone():
     output = model(binary_images(4), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(output.loss, output.reconstruction_loss)
     assert float(output.regularisation_loss) == 0.0
+    posterior = model.encode(binary_images(4)).latent_dist  # the KL is reported, not trained
+    torch.testing.assert_close(output.kl, posterior.kl().mean())
+    assert not output.kl.requires_grad
     assert not any("discriminator" in name for name, _ in model.named_parameters())
 
 
