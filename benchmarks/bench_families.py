@@ -53,6 +53,9 @@ NLL_MODELS = {
     "iwae_k50": ("iwae", {"num_importance_samples": 50}),
     "miwae_m5_k10": ("miwae", {"num_bounds": 5, "num_importance_samples": 10}),
     "vamp_vae": ("vamp_vae", {"num_pseudo_inputs": 500}),
+    "ciwae_k5": ("ciwae", {"num_importance_samples": 5}),
+    "vae_lin_nf": ("vae_lin_nf", {}),
+    "vae_iaf": ("vae_iaf", {}),
 }
 FRECHET_MODELS = {  # key: (model, config, samplers: 0 = the prior, K = an ex-post K-component mixture)
     "vae": ("vae", {}, (0, 10)),

@@ -2,7 +2,7 @@
 
 from typing import Sequence
 
-from .configuration_base import _check, check_positive_ints, check_real
+from .configuration_base import check_positive_ints, check_real, check_vector_latent
 from .configuration_vae import VAEConfig
 
 
@@ -36,5 +36,4 @@ class AAEConfig(VAEConfig):
         check_real("adversarial_loss_scale", self.adversarial_loss_scale, low=0)
         check_real("reconstruction_loss_scale", self.reconstruction_loss_scale, low=0)
         check_positive_ints("discriminator_hidden_dims", self.discriminator_hidden_dims, allow_empty=True)
-        _check(self.vector_latent, "The AAE's discriminator reads a vector latent: expected an int `latent_dim` "
-                                   "(with the conv backbone, a dense bottleneck), got a spatial latent.")
+        check_vector_latent(self, "the AAE's latent discriminator")

@@ -64,6 +64,14 @@ def check_positive_ints(name: str, values, allow_empty: bool = False) -> None:
     _check(ok, f"Expected `{name}` to be a {'' if allow_empty else 'non-empty '}list of positive ints, got {values!r}.")
 
 
+def check_vector_latent(config, what: str) -> None:
+    """`config` has a vector latent without a local latent map, which `what` (e.g. "the flows") needs."""
+    _check(config.vector_latent and not config.local_latent_channels,
+           f"Expected a vector latent for {what} (backbone 'mlp' or 'burgess', local_latent_channels 0), got "
+           f"backbone={config.backbone!r}, latent_dim={config.latent_dim!r}, "
+           f"local_latent_channels={config.local_latent_channels}.")
+
+
 #: a likelihood scale outside this range is a typo: its log underflows the loss (1e-300) or flattens it (1e300)
 LIKELIHOOD_SCALE_RANGE = (1e-6, 1e6)
 

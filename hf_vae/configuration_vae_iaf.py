@@ -1,6 +1,6 @@
 """Configuration of the VAE with inverse autoregressive flows (Kingma et al. 2016)."""
 
-from .configuration_base import _check, check_positive_int, check_positive_ints
+from .configuration_base import check_positive_int, check_positive_ints, check_vector_latent
 from .configuration_vae import VAEConfig
 
 
@@ -25,7 +25,4 @@ class VAEIAFConfig(VAEConfig):
         super().validate_fields()
         check_positive_int("num_flows", self.num_flows)
         check_positive_ints("flow_hidden_dims", self.flow_hidden_dims)
-        _check(self.vector_latent and not self.local_latent_channels,
-               f"Expected a vector latent for the flows (backbone 'mlp' or 'burgess', local_latent_channels 0), got "
-               f"backbone={self.backbone!r}, latent_dim={self.latent_dim!r}, "
-               f"local_latent_channels={self.local_latent_channels}.")
+        check_vector_latent(self, "the flows")

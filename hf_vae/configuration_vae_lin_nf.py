@@ -1,6 +1,6 @@
 """Configuration of the VAE with planar and radial flows (Rezende & Mohamed 2015)."""
 
-from .configuration_base import _check
+from .configuration_base import _check, check_vector_latent
 from .configuration_vae import VAEConfig
 
 FLOW_KINDS = ("planar", "radial")
@@ -25,7 +25,4 @@ class VAELinNFConfig(VAEConfig):
         super().validate_fields()
         _check(len(self.flows) > 0 and all(kind in FLOW_KINDS for kind in self.flows),
                f"Expected `flows` to be a non-empty list of {FLOW_KINDS}, got {self.flows!r}.")
-        _check(self.vector_latent and not self.local_latent_channels,
-               f"Expected a vector latent for the flows (backbone 'mlp' or 'burgess', local_latent_channels 0), got "
-               f"backbone={self.backbone!r}, latent_dim={self.latent_dim!r}, "
-               f"local_latent_channels={self.local_latent_channels}.")
+        check_vector_latent(self, "the flows")

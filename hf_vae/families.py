@@ -13,6 +13,8 @@ learns what the family is from its `Family` entry here, never from its name:
 - `card`: what the model card says (title, tags, Hub task); its template is `model_cards/<name>.md.j2`. None for
   a family that is published inside another's card.
 - `capabilities`: what the rest of the package may rely on (see `Capabilities`).
+- `summary` and `papers`: the piece the family changes and where it comes from; the README's family list and the
+  table of docs/families.md are rendered from them (`python scripts/render_family_docs.py`).
 
 Adding a family is its configuration file, its modeling file, its objective if the existing ones do not fit, one
 entry below, a recipe and a card template (docs/adding_a_family.md).
@@ -70,6 +72,10 @@ class Family:
     objective: str
     card: Optional[CardSpec]
     capabilities: Capabilities = field(default_factory=Capabilities)
+    #: the piece of the skeleton the family changes (one sentence; markdown code spans allowed)
+    summary: str = ""
+    #: (short citation, title) of each paper the family implements
+    papers: Tuple[Tuple[str, str], ...] = ()
 
     @property
     def config_class(self):
@@ -114,75 +120,133 @@ _ELBO = "objectives:build_elbo_objective"
 FAMILIES: Dict[str, Family] = {family.name: family for family in (
     Family("vae", "configuration_vae:VAEConfig", "modeling_vae:VAEModel", _ELBO,
            CardSpec("VAE", ("vae", "variational-autoencoder", "generative-model"),
-                    "unconditional-image-generation", _GENERATION)),
+                    "unconditional-image-generation", _GENERATION),
+           summary="nothing: Gaussian posterior, N(0, I) prior, the ELBO",
+           papers=(("Kingma & Welling 2014", "Auto-Encoding Variational Bayes"),)),
     Family("beta_vae", "configuration_beta_vae:BetaVAEConfig", "modeling_beta_vae:BetaVAEModel", _ELBO,
            CardSpec("β-VAE", ("beta-vae", "vae", "disentanglement", "representation-learning"),
-                    "unconditional-image-generation", _DISENTANGLEMENT)),
+                    "unconditional-image-generation", _DISENTANGLEMENT),
+           summary="β·KL, or the capacity objective γ·|KL − C(t)|",
+           papers=(("Higgins et al. 2017", "β-VAE"),
+                   ("Burgess et al. 2018", "Understanding disentangling in β-VAE"))),
     Family("vq_vae", "configuration_vqvae:VQVAEConfig", "modeling_vqvae:VQVAEModel",
            "objectives:build_vq_objective",
            CardSpec("VQ-VAE", ("vq-vae", "vector-quantization", "autoencoder", "image-tokenizer"),
                     "image-to-image", _RECONSTRUCTION),
-           Capabilities(quantized=True, imports_from=("diffusers_vq",))),
+           Capabilities(quantized=True, imports_from=("diffusers_vq",)),
+           summary='a learned codebook, straight-through estimator, commitment loss; or an implicit codebook: '
+                   '`quantizer="fsq"` (finite scalar quantisation) or `"lfq"` (lookup-free quantisation)',
+           papers=(("van den Oord et al. 2017", "Neural Discrete Representation Learning"),
+                   ("Mentzer et al. 2023", "Finite Scalar Quantization"),
+                   ("Yu et al. 2023", "Language Model Beats Diffusion"))),
     Family("cvae", "configuration_cvae:CVAEConfig", "modeling_cvae:CVAEModel", _ELBO,
            CardSpec("Conditional VAE", ("cvae", "conditional-vae", "vae", "generative-model"), None,
                     ("unconditional-image-generation", "Conditional density estimation")),
-           Capabilities(conditional=True)),
+           Capabilities(conditional=True),
+           summary="q(z|x, c), p(x|z, c)",
+           papers=(("Sohn et al. 2015",
+                    "Learning Structured Output Representation using Deep Conditional Generative Models"),)),
     Family("klae", "configuration_klae:KLAEConfig", "modeling_klae:KLAEModel",
            "objectives:build_adversarial_objective",
            CardSpec("KL autoencoder (latent diffusion VAE)",
                     ("autoencoder-kl", "latent-diffusion", "stable-diffusion", "vae"), "image-to-image",
                     _RECONSTRUCTION),
-           Capabilities(diffusers_twin=True, compilable=True, imports_from=("ldm", "diffusers"))),
+           Capabilities(diffusers_twin=True, compilable=True, imports_from=("ldm", "diffusers")),
+           summary="Stable Diffusion's compressor; diffusers' `AutoencoderKL` under another name",
+           papers=(("Rombach et al. 2022", "High-Resolution Image Synthesis with Latent Diffusion Models"),)),
     Family("iwae", "configuration_iwae:IWAEConfig", "modeling_iwae:IWAEModel", _ELBO,
-           CardSpec("IWAE", ("iwae", "vae", "generative-model"), "unconditional-image-generation", _GENERATION)),
+           CardSpec("IWAE", ("iwae", "vae", "generative-model"), "unconditional-image-generation", _GENERATION),
+           summary="K posterior samples combined by a log-mean-exp: the importance-weighted bound",
+           papers=(("Burda et al. 2016", "Importance Weighted Autoencoders"),)),
     Family("miwae", "configuration_miwae:MIWAEConfig", "modeling_miwae:MIWAEModel", _ELBO,
            CardSpec("MIWAE", ("miwae", "iwae", "vae", "generative-model"), "unconditional-image-generation",
-                    _GENERATION)),
+                    _GENERATION),
+           summary="M×K samples, the average of M K-sample bounds",
+           papers=(("Rainforth et al. 2018", "Tighter Variational Bounds are Not Necessarily Better"),)),
     Family("ciwae", "configuration_ciwae:CIWAEConfig", "modeling_ciwae:CIWAEModel", _ELBO,
            CardSpec("CIWAE", ("ciwae", "iwae", "vae", "generative-model"), "unconditional-image-generation",
-                    _GENERATION)),
+                    _GENERATION),
+           summary="β·ELBO + (1 − β)·L_K from the same K samples",
+           papers=(("Rainforth et al. 2018", "Tighter Variational Bounds are Not Necessarily Better"),)),
     Family("vae_lin_nf", "configuration_vae_lin_nf:VAELinNFConfig", "modeling_vae_lin_nf:VAELinNFModel", _ELBO,
            CardSpec("VAE with planar and radial flows", ("vae", "normalizing-flows", "generative-model"),
-                    "unconditional-image-generation", _GENERATION)),
+                    "unconditional-image-generation", _GENERATION),
+           summary="the Gaussian posterior's sample pushed through planar and radial flows shared by all examples; "
+                   "the KL estimated at the sample",
+           papers=(("Rezende & Mohamed 2015", "Variational Inference with Normalizing Flows"),)),
     Family("vae_iaf", "configuration_vae_iaf:VAEIAFConfig", "modeling_vae_iaf:VAEIAFModel", _ELBO,
            CardSpec("VAE with inverse autoregressive flows", ("vae", "iaf", "normalizing-flows", "generative-model"),
-                    "unconditional-image-generation", _GENERATION)),
+                    "unconditional-image-generation", _GENERATION),
+           summary="the Gaussian posterior's sample pushed through inverse autoregressive flows (MADE, alternating "
+                   "orders); the KL estimated at the sample",
+           papers=(("Kingma et al. 2016", "Improved Variational Inference with Inverse Autoregressive Flow"),)),
     Family("vamp_vae", "configuration_vamp_vae:VampVAEConfig", "modeling_vamp_vae:VampVAEModel", _ELBO,
            CardSpec("VAE with a VampPrior", ("vampprior", "vae", "generative-model"),
-                    "unconditional-image-generation", _GENERATION)),
+                    "unconditional-image-generation", _GENERATION),
+           summary="the prior: a mixture of the posteriors of learned pseudo-inputs",
+           papers=(("Tomczak & Welling 2018", "VAE with a VampPrior"),)),
     Family("info_vae", "configuration_info_vae:InfoVAEConfig", "modeling_info_vae:InfoVAEModel", _ELBO,
            CardSpec("InfoVAE", ("info-vae", "mmd-vae", "vae", "generative-model"),
-                    "unconditional-image-generation", _GENERATION)),
+                    "unconditional-image-generation", _GENERATION),
+           summary="(1 − α)·KL + (α + λ − 1)·MMD(q(z), p(z)) over the batch",
+           papers=(("Zhao et al. 2019", "InfoVAE"),)),
     Family("wae", "configuration_wae:WAEConfig", "modeling_wae:WAEModel", _ELBO,
            CardSpec("Wasserstein autoencoder (MMD)", ("wae", "autoencoder", "generative-model"),
-                    "unconditional-image-generation", ("unconditional-image-generation", "Image generation"))),
+                    "unconditional-image-generation", ("unconditional-image-generation", "Image generation")),
+           summary="deterministic encoder, λ·MMD(q(z), p(z)) (IMQ or RBF kernel, unbiased U-statistic)",
+           papers=(("Tolstikhin et al. 2018", "Wasserstein Auto-Encoders"),)),
     Family("rae", "configuration_rae:RAEConfig", "modeling_rae:RAEModel", _ELBO,
            CardSpec("Regularised autoencoder", ("rae", "autoencoder", "generative-model"),
-                    "unconditional-image-generation", ("unconditional-image-generation", "Image generation"))),
+                    "unconditional-image-generation", ("unconditional-image-generation", "Image generation")),
+           summary="deterministic encoder, β·½‖z‖² + λ·(‖θ_D‖² or ‖∇_z D(z)‖²), sampled through an ex-post mixture",
+           papers=(("Ghosh et al. 2020", "From Variational to Deterministic Autoencoders"),)),
     Family("ae", "configuration_ae:AEConfig", "modeling_ae:AEModel", _ELBO,
            CardSpec("Autoencoder", ("autoencoder", "representation-learning", "generative-model"),
-                    "unconditional-image-generation", ("unconditional-image-generation", "Image generation"))),
+                    "unconditional-image-generation", ("unconditional-image-generation", "Image generation")),
+           summary="deterministic encoder, reconstruction only: the plain autoencoder every comparison needs",
+           papers=(("Hinton & Salakhutdinov 2006",
+                    "Reducing the Dimensionality of Data with Neural Networks"),)),
     Family("beta_tcvae", "configuration_beta_tcvae:BetaTCVAEConfig", "modeling_beta_tcvae:BetaTCVAEModel", _ELBO,
            CardSpec("β-TCVAE", ("beta-tcvae", "vae", "disentanglement", "representation-learning"),
-                    "unconditional-image-generation", _DISENTANGLEMENT)),
+                    "unconditional-image-generation", _DISENTANGLEMENT),
+           summary="the KL split into MI + β·TC + dimension-wise KL, q(z) estimated from the minibatch",
+           papers=(("Chen et al. 2018", "Isolating Sources of Disentanglement in VAEs"),)),
     Family("factor_vae", "configuration_factor_vae:FactorVAEConfig", "modeling_factor_vae:FactorVAEModel",
            "factor_vae:build_factor_vae_objective",
            CardSpec("FactorVAE", ("factor-vae", "vae", "disentanglement", "representation-learning"),
-                    "unconditional-image-generation", _DISENTANGLEMENT)),
+                    "unconditional-image-generation", _DISENTANGLEMENT),
+           summary="+ γ·TC from a latent discriminator, trained by the trainer (own optimiser, checkpointed, not "
+                   "published)",
+           papers=(("Kim & Mnih 2018", "Disentangling by Factorising"),)),
     Family("msssim_vae", "configuration_msssim_vae:MSSSIMVAEConfig", "modeling_msssim_vae:MSSSIMVAEModel", _ELBO,
            CardSpec("MS-SSIM VAE", ("msssim-vae", "vae", "perceptual-loss", "generative-model"),
-                    "unconditional-image-generation", ("unconditional-image-generation", "Image generation"))),
+                    "unconditional-image-generation", ("unconditional-image-generation", "Image generation")),
+           summary="the reconstruction term 1 − MS-SSIM(x̂, x) instead of −log p(x|z) (a pixel loss built by "
+                   "`build_likelihood`), + β·KL",
+           papers=(("Snell et al. 2017", "Learning to Generate Images with Perceptual Similarity Metrics"),
+                   ("Wang et al. 2003", "Multiscale Structural Similarity for Image Quality Assessment"))),
     Family("vae_gan", "configuration_vae_gan:VAEGANConfig", "modeling_vae_gan:VAEGANModel",
            "vae_gan:build_vae_gan_objective",
            CardSpec("VAE-GAN", ("vae-gan", "vae", "gan", "generative-model"), "unconditional-image-generation",
-                    ("unconditional-image-generation", "Image generation"))),
+                    ("unconditional-image-generation", "Image generation")),
+           summary="the reconstruction measured in a discriminator's layer-l features, + a GAN game on decoded "
+                   "prior samples; the discriminator trained by the trainer (own optimiser, checkpointed, not "
+                   "published)",
+           papers=(("Larsen et al. 2016", "Autoencoding beyond pixels using a learned similarity metric"),)),
     Family("aae", "configuration_aae:AAEConfig", "modeling_aae:AAEModel", "aae:build_aae_objective",
            CardSpec("Adversarial autoencoder", ("aae", "adversarial-autoencoder", "autoencoder", "generative-model"),
-                    "unconditional-image-generation", ("unconditional-image-generation", "Image generation"))),
+                    "unconditional-image-generation", ("unconditional-image-generation", "Image generation")),
+           summary="no KL: q(z) matched to N(0, I) by a latent discriminator, trained by the trainer (own "
+                   "optimiser, checkpointed, not published)",
+           papers=(("Makhzani et al. 2016", "Adversarial Autoencoders"),)),
     Family("vq_prior", "configuration_vq_prior:VQPriorConfig", "modeling_vq_prior:VQPriorModel",
            "objectives:build_prior_objective",
            None,  # published inside its VQ-VAE's card (`prior/`), not on its own
-           Capabilities(code_prior=True)),
+           Capabilities(code_prior=True),
+           summary="not an autoencoder: a GPT-2 prior over a trained VQ-VAE's code maps, so that the VQ-VAE can "
+                   "sample",
+           papers=(("van den Oord et al. 2017", "Neural Discrete Representation Learning"),
+                   ("Esser et al. 2021", "Taming Transformers for High-Resolution Image Synthesis"))),
 )}
 
 #: the family a run trains when the command line names none

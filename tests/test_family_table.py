@@ -34,6 +34,24 @@ def test_every_family_is_complete(name):
     assert set(family.capabilities.imports_from) <= {"ldm", "diffusers", "diffusers_vq"}
     if not family.capabilities.code_prior:  # the model layer's own statement (its data contract) agrees
         assert config_class.quantized == family.capabilities.quantized
+    assert family.summary and family.papers, f"{name} has no summary or papers for the documents' family tables"
+
+
+def test_the_documents_family_tables_are_rendered_from_the_table():
+    from hf_vae.integrations.family_docs import DOCUMENTS, render_into
+
+    for relative, kind in DOCUMENTS.items():
+        text = (ROOT / relative).read_text(encoding="utf-8")
+        assert render_into(text, kind) == text, f"{relative} is out of date: run python scripts/render_family_docs.py"
+
+
+def test_family_docs_list_the_fields_a_config_adds():
+    from hf_vae.integrations.family_docs import own_fields
+
+    assert own_fields(families.get("vae").config_class) == []
+    # inherited from IWAEConfig (the default of the nearest class wins), after the class's own field
+    assert own_fields(families.get("ciwae").config_class) == [("elbo_weight", 0.5), ("num_importance_samples", 5)]
+    assert dict(own_fields(families.get("miwae").config_class))["num_importance_samples"] == 8
 
 
 def test_package_face_is_read_from_the_table():
