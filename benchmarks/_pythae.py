@@ -46,3 +46,35 @@ def pythae_mlp_pieces(pythae_site=None):
             return DatasetOutput(data=torch.bernoulli(self.data[index]))
 
     return Encoder, Decoder, Binarised
+
+
+def pythae_mlp_discriminator(hidden_dims, pythae_site=None):
+    """A pythae discriminator of hf_vae's VAE-GAN shape (flatten -> [Linear -> ReLU] per hidden size -> Linear ->
+    sigmoid), pythae's `Discriminator_MLP` with other widths; its layers are numbered from 1 as pythae's are."""
+    if pythae_site and pythae_site not in sys.path:
+        sys.path.insert(0, pythae_site)
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDiscriminator
+
+    class Discriminator(BaseDiscriminator):
+        def __init__(self):
+            super().__init__()
+            layers, width = [], 784
+            for hidden in hidden_dims:
+                layers.append(nn.Sequential(nn.Linear(width, hidden), nn.ReLU()))
+                width = hidden
+            layers.append(nn.Sequential(nn.Linear(width, 1), nn.Sigmoid()))
+            self.layers = nn.ModuleList(layers)
+            self.depth = len(layers)
+
+        def forward(self, x, output_layer_levels=None):
+            output, out = ModelOutput(), x.reshape(x.shape[0], -1)
+            for level, layer in enumerate(self.layers, start=1):
+                out = layer(out)
+                if output_layer_levels is not None and level in output_layer_levels:
+                    output[f"embedding_layer_{level}"] = out
+            output["embedding"] = out
+            return output
+
+    return Discriminator()
+

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """hf_vae and pythae 0.1.2 side by side: the same networks, the same initial weights, the same data and recipe.
 
-For each model (VAE_IAF; VAE-GAN when the table has it), on Fashion-MNIST with the MLP 784-512-512-32 of the family
+For each model (VAE_IAF, VAE-GAN), on Fashion-MNIST with the MLP 784-512-512-32 of the family
 benchmarks (Bernoulli decoder, batch 128, Adam 1e-3 constant, --epochs epochs):
 
 1. quality   hf_vae's model is built with seed 0 and saved; pythae's encoder and decoder get copies of its
@@ -17,6 +17,7 @@ benchmarks (Bernoulli decoder, batch 128, Adam 1e-3 constant, --epochs epochs):
 
     pip install --no-deps --target /tmp/pythae_site pythae==0.1.2     # keeps this torch; no torchvision
     python benchmarks/bench_pythae.py --models vae_iaf --epochs 10 --nll_examples 2000 --threads 1
+    python benchmarks/bench_pythae.py --models vae_gan --epochs 10 --classifier fid_classifier --threads 1
 
 Writes benchmarks/results/pythae_side_by_side.json (models of earlier runs with the same recipe are kept).
 """
@@ -105,7 +106,65 @@ class IAFPair:
         return {"nll_hf_vae": round(ours_nll, 3), "nll_pythae": round(pythae_nll, 3)}
 
 
-PAIRS = {"vae_iaf": IAFPair}
+#: hf_vae's VAE-GAN recipe network: a discriminator of [1024, 512] whose first layer's features are compared
+GAN_DISCRIMINATOR = [1024, 512]
+
+
+class VAEGANPair(IAFPair):
+    """VAE-GAN in both libraries: the same encoder/decoder weights, the same discriminator architecture (hf_vae's
+    is built by its objective at the start of training, so its initial weights are its own), γ = 0.5, the
+    equilibrium switches of pythae's defaults, every network at the same learning rate."""
+
+    key, family = "vae_gan", "vae_gan"
+
+    def __init__(self, pythae_site):
+        super().__init__(pythae_site)
+        self.pythae_site = pythae_site
+
+    def our_config(self):
+        return {**MLP, "discriminator_hidden_dims": GAN_DISCRIMINATOR, "reconstruction_layer": 1}
+
+    def pythae_model(self, initial):
+        from _pythae import pythae_mlp_discriminator
+        from pythae.models import VAEGAN, VAEGANConfig
+
+        config = VAEGANConfig(input_dim=(1, 28, 28), latent_dim=32, reconstruction_loss="bce", reconstruction_layer=1,
+                              adversarial_loss_scale=0.5, equilibrium=0.68, margin=0.4)
+        model = VAEGAN(config, encoder=self.Encoder(), decoder=self.Decoder(),
+                       discriminator=pythae_mlp_discriminator(GAN_DISCRIMINATOR, self.pythae_site))
+        if initial is not None:
+            missing, unexpected = model.load_state_dict(mlp_state_to_pythae(initial), strict=False)
+            assert not unexpected and all(k.startswith("discriminator.") for k in missing), (missing, unexpected)
+        return model
+
+    def pythae_trainer(self, model, images, workdir, epochs, optimizer="Adam", optimizer_params=None):
+        from pythae.trainers import CoupledOptimizerAdversarialTrainer, CoupledOptimizerAdversarialTrainerConfig
+
+        config = CoupledOptimizerAdversarialTrainerConfig(
+            output_dir=workdir, per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH,
+            num_epochs=epochs, encoder_learning_rate=LR, decoder_learning_rate=LR, discriminator_learning_rate=LR,
+            steps_saving=None, no_cuda=True)
+        return CoupledOptimizerAdversarialTrainer(model, self.Binarised(images, torch.zeros(len(images))),
+                                                  training_config=config)
+
+    def score(self, ours, theirs, test_binary, args):
+        """Fréchet distance of 10,000 prior samples of each to the test images, in the offline classifier's
+        features (bench_families.py --part frechet's protocol)."""
+        from hf_vae.evaluation.fid import (ClassifierFeatures, FeatureStatistics, features_of_batches,
+                                           frechet_distance, real_statistics, sample_statistics)
+
+        features = ClassifierFeatures.from_pretrained(args.classifier)
+        real = real_statistics(features, "fashion_mnist", "test", max_examples=args.frechet_examples)
+        ours_fd = frechet_distance(real, sample_statistics(ours, features, args.frechet_examples, seed=0))
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            batches = (theirs.decoder(torch.randn(500, 32, generator=generator))["reconstruction"]
+                       for _ in range(args.frechet_examples // 500))
+            theirs_fd = frechet_distance(real, FeatureStatistics.of(features_of_batches(features, batches, (0.0, 1.0))))
+        return {"frechet_hf_vae": round(ours_fd, 2), "frechet_pythae": round(theirs_fd, 2)}
+
+
+PAIRS = {"vae_iaf": IAFPair, "vae_gan": VAEGANPair}
 
 
 def initial_model(pair, workdir):
@@ -179,6 +238,9 @@ def main():
     parser.add_argument("--part", choices=["quality", "speed", "both"], default="both")
     parser.add_argument("--epochs", type=float, default=10.0)
     parser.add_argument("--nll_examples", type=int, default=2000)
+    parser.add_argument("--classifier", default="fid_classifier",
+                        help="folder of the Fréchet feature classifier (scripts/train_fid_classifier.py)")
+    parser.add_argument("--frechet_examples", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
     parser.add_argument("--steps", type=int, default=200, help="training steps per throughput round")
     parser.add_argument("--pythae_site", default="/tmp/pythae_site",
@@ -196,7 +258,7 @@ def main():
     test = torch.from_numpy(load_fashion_mnist_arrays("test")[0][: args.nll_examples].copy()).float().div_(255)
     test_binary = torch.bernoulli(test.view(-1, 1, 28, 28), generator=torch.Generator().manual_seed(0))
     recipe = {"epochs": args.epochs, "batch_size": BATCH, "learning_rate": LR, "nll_examples": args.nll_examples,
-              "rounds": args.rounds, "steps_per_round": args.steps}
+              "frechet_examples": args.frechet_examples, "rounds": args.rounds, "steps_per_round": args.steps}
     rows = {}
     with tempfile.TemporaryDirectory() as workdir:
         for key in args.models:
