@@ -75,10 +75,14 @@ class VQVAEModel(AutoencoderPreTrainedModel):
             if config.use_quant_conv else None
         self.post_quant_conv = torch.nn.Conv2d(config.embedding_dim, config.latent_channels, 1) \
             if config.use_quant_conv else None
-        self.quantizer = build_quantizer(config)
+        self.quantizer = self.build_quantizer()
         self.likelihood = self.build_likelihood()
         self.prior = None  # a VQPriorModel once attached (a submodule then: it follows .to(), .eval(), ...)
         self.post_init()
+
+    def build_quantizer(self) -> torch.nn.Module:
+        """The quantiser (a family with its own, the HRQ-VAE, overrides this)."""
+        return build_quantizer(self.config)
 
     def _init_weights(self, module) -> None:
         super()._init_weights(module)

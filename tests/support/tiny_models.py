@@ -40,6 +40,8 @@ TINY = {
     "factor_vae": dict(conv=dict(latent_dim=4)),
     "vq_prior": dict(num_embeddings=16, code_shape=(4, 4), n_embd=32, n_layer=2, n_head=2),
     "ae": {},
+    # min_temperature 1 holds the Gumbel temperature at 1, so that two training passes compute the same gradients
+    "hrq_vae": dict(num_embeddings=8, embedding_dim=4, num_quantizers=2, min_temperature=1.0),
 }
 
 #: every family of the table: the autoencoders, then the priors over another family's codes
