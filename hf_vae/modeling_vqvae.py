@@ -49,7 +49,8 @@ class VQVAEOutput(AutoencoderOutput):
         commitment_loss (`()`): ‖z_e − sg[e]‖² per example, before the β weight.
         perplexity (`()`): exp(entropy) of the code distribution on this batch (K when all codes are used evenly).
         codebook_usage (`()`): fraction of the codes used on this batch.
-        indices (`(B, h, w)` or `(B, n)`): the code of every latent position.
+        indices (`(B, h, w)` or `(B, n)`): the code of every latent position (with a last dimension of levels,
+            coarse to fine, for the residual quantiser).
     """
 
     codebook_loss: Optional[torch.FloatTensor] = None
