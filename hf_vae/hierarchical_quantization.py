@@ -88,7 +88,7 @@ class HierarchicalResidualQuantizer(ResidualVectorQuantizer):
             codebook = level.codebook().to(flat.dtype)
             logits = -(residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ codebook.t() + codebook.pow(2).sum(-1))
             if sampling:
-                onehot = F.gumbel_softmax(logits, tau=float(temperatures[depth]), hard=True, dim=-1)
+                onehot = F.gumbel_softmax(logits, tau=temperatures[depth].to(logits.dtype), hard=True, dim=-1)
             else:
                 onehot = F.one_hot(logits.argmax(-1), self.num_embeddings).to(flat.dtype)
             kl = kl + uniform_kl(logits)
