@@ -15,6 +15,7 @@ from .configuration_beta_tcvae import BetaTCVAEConfig
 from .configuration_beta_vae import BetaVAEConfig
 from .configuration_ciwae import CIWAEConfig
 from .configuration_cvae import CVAEConfig
+from .configuration_hrq_vae import HRQVAEConfig
 from .configuration_info_vae import InfoVAEConfig
 from .configuration_factor_vae import FactorVAEConfig
 from .configuration_iwae import IWAEConfig
@@ -39,6 +40,7 @@ from .modeling_beta_vae import BetaVAEModel
 from .modeling_ciwae import CIWAEModel
 from .modeling_cvae import CVAEModel
 from .modeling_factor_vae import FactorVAEModel
+from .modeling_hrq_vae import HRQVAEModel, HRQVAEOutput
 from .modeling_info_vae import InfoVAEModel
 from .modeling_iwae import IWAEModel
 from .modeling_klae import KLAEModel
@@ -54,6 +56,7 @@ from .modeling_vq_prior import VQPriorModel, VQPriorOutput
 from .modeling_vqvae import VQVAEModel, VQVAEOutput
 from .modeling_wae import WAEModel
 from .quantizers import VectorQuantizer
+from .residual_quantization import ResidualVectorQuantizer
 
 __version__ = "0.1.0"
 
@@ -106,6 +109,9 @@ __all__ = [
     "EncoderOutput",
     "FactorVAEConfig",
     "FactorVAEModel",
+    "HRQVAEConfig",
+    "HRQVAEModel",
+    "HRQVAEOutput",
     "IWAEConfig",
     "IWAEModel",
     "InfoVAEConfig",
@@ -118,6 +124,7 @@ __all__ = [
     "MSSSIMVAEModel",
     "RAEConfig",
     "RAEModel",
+    "ResidualVectorQuantizer",
     "VAEConfig",
     "VAEModel",
     "VAEGANConfig",

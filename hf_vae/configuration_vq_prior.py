@@ -20,7 +20,8 @@ class VQPriorConfig(ValidatedConfig):
     Args:
         num_embeddings (`int`, defaults to 512): codebook size K of the VQ-VAE.
         code_shape (`Sequence[int]`, defaults to (7, 7)): shape of one code map, (h, w) for a conv VQ-VAE or (n,)
-            for an MLP one.
+            for an MLP one, with a last dimension of levels for a residual quantiser ((h, w, depth) or (n, depth)),
+            read in raster order.
         num_classes (`int` or None): number of classes C of a class-conditional prior (the sequence starts with
             the class token instead of the start token); None for an unconditional prior.
         n_embd (`int`, defaults to 256), n_layer (`int`, defaults to 4), n_head (`int`, defaults to 8),
@@ -90,8 +91,9 @@ class VQPriorConfig(ValidatedConfig):
 
     def validate_fields(self) -> None:
         check_positive_int("num_embeddings", self.num_embeddings)
-        _check(len(self.code_shape) in (1, 2) and all(isinstance(s, int) and s > 0 for s in self.code_shape),
-               f"Expected `code_shape` to be (h, w) or (n,) positive ints, got {self.code_shape!r}.")
+        _check(len(self.code_shape) in (1, 2, 3) and all(isinstance(s, int) and s > 0 for s in self.code_shape),
+               f"Expected `code_shape` to be (h, w), (n,), (h, w, depth) or (n, depth) positive ints, got "
+               f"{self.code_shape!r}.")
         if self.num_classes is not None:
             check_positive_int("num_classes", self.num_classes)
         for name in ("n_embd", "n_layer", "n_head"):

@@ -4,7 +4,11 @@ import math
 
 from .configuration_base import AutoencoderConfig, _check, check_bool, check_positive_int, check_positive_ints, check_real
 
-QUANTIZERS = ("vq", "fsq", "lfq")
+QUANTIZERS = ("vq", "fsq", "lfq", "rvq")
+#: the quantisers with learned codebooks, which the codebook options apply to
+LEARNED_CODEBOOKS = ("vq", "rvq")
+#: RVQ's levels when none are given (SoundStream's smallest configurations use a handful of levels)
+DEFAULT_RVQ_DEPTH = 4
 #: FSQ's levels when none are given: 8·5·5·5 = 1000 codes (Mentzer et al. 2023, table 1's ~2^10 row)
 DEFAULT_FSQ_LEVELS = (8, 5, 5, 5)
 #: LFQ's bits when the code dimension is left at the VQ default: 2^10 codes
@@ -31,13 +35,24 @@ class VQVAEConfig(AutoencoderConfig):
         dead_code_threshold (`float`, defaults to 0.0): restart codes whose moving-average count per batch falls
             below this (0 disables restarts).
         use_cosine_sim (`bool`, defaults to False): nearest codes by cosine similarity on l2-normalised vectors.
+        codebook_dim (`int`, *optional*): a code dimension below `embedding_dim`: linear maps take the encoder
+            output down to the codes and the codes back up (Yu et al. 2021's factorised codes); None keeps the codes
+            `embedding_dim`-dimensional. "vq" and "rvq" only.
+        rotation_trick (`bool`, defaults to False): pass the decoder's gradient to the encoder through the rotation
+            and rescaling from z_e to its code (Fifty et al. 2024) instead of the identity. "vq" and "rvq" only.
+        orthogonal_reg_weight (`float`, defaults to 0.0): weight of the penalty on the codes' squared pairwise
+            cosine similarities (Shin et al. 2021, eq. 2), added once per example; needs a learned codebook
+            (use_ema False). "vq" and "rvq" only.
+        num_quantizers (`int`, *optional*): RVQ's levels (4 when not given): each position's code is that many
+            indices, each into its level's codebook of `num_embeddings` codes ("rvq" only).
         beta_on_codebook (`bool`, defaults to False): legacy placement of β on the codebook term (taming's legacy
             quantiser, diffusers' VQModel), only for reproducing such checkpoints.
         scaling_factor (`float`, defaults to 1.0): latent scale that diffusers' LDMPipeline divides by before `decode`.
         quantizer (`str`, defaults to "vq"): "vq" (a learned codebook, the options above), "fsq" (finite scalar
             quantisation, Mentzer et al. 2023: each code channel rounded to `fsq_levels[i]` levels; no codebook to
-            learn or collapse) or "lfq" (lookup-free quantisation, Yu et al. 2023: each channel's sign is a bit, with
-            an entropy penalty). FSQ sets `embedding_dim` = len(fsq_levels) and `num_embeddings` = their product;
+            learn or collapse), "lfq" (lookup-free quantisation, Yu et al. 2023: each channel's sign is a bit, with
+            an entropy penalty) or "rvq" (residual VQ, Zeghidour et al. 2021: `num_quantizers` codebooks, each
+            quantising what the ones before it left; codes (h, w, num_quantizers)). FSQ sets `embedding_dim` = len(fsq_levels) and `num_embeddings` = their product;
             LFQ sets `num_embeddings` = 2^embedding_dim (embedding_dim 10 unless given).
         fsq_levels (`Sequence[int]`, defaults to (8, 5, 5, 5)): FSQ's levels per code channel.
         lfq_entropy_weight (`float`, defaults to 0.1): weight of LFQ's entropy penalty (MAGVIT-v2's value).
@@ -54,8 +69,13 @@ class VQVAEConfig(AutoencoderConfig):
                  use_ema: bool = False, ema_decay: float = 0.99, ema_epsilon: float = 1e-5, kmeans_init: bool = False,
                  dead_code_threshold: float = 0.0, use_cosine_sim: bool = False, beta_on_codebook: bool = False,
                  scaling_factor: float = 1.0, use_quant_conv: bool = False, quantizer: str = "vq",
-                 fsq_levels=None, lfq_entropy_weight: float = 0.1, **kwargs):
+                 fsq_levels=None, lfq_entropy_weight: float = 0.1, codebook_dim=None, rotation_trick: bool = False,
+                 orthogonal_reg_weight: float = 0.0, num_quantizers=None, **kwargs):
         self.quantizer = quantizer
+        self.codebook_dim = codebook_dim
+        self.rotation_trick = rotation_trick
+        self.orthogonal_reg_weight = orthogonal_reg_weight
+        self.num_quantizers = DEFAULT_RVQ_DEPTH if quantizer == "rvq" and num_quantizers is None else num_quantizers
         self.fsq_levels = None if fsq_levels is None else list(fsq_levels)
         self.lfq_entropy_weight = lfq_entropy_weight
         # The implicit codebooks fix the code dimension and the codebook size; fields left at their defaults
@@ -99,7 +119,7 @@ class VQVAEConfig(AutoencoderConfig):
         check_real("ema_epsilon", self.ema_epsilon, low=0, low_open=True)
         check_real("dead_code_threshold", self.dead_code_threshold, low=0)
         check_real("scaling_factor", self.scaling_factor, low=0, low_open=True)
-        for name in ("use_ema", "kmeans_init", "use_cosine_sim", "beta_on_codebook", "use_quant_conv"):
+        for name in ("use_ema", "kmeans_init", "use_cosine_sim", "beta_on_codebook", "use_quant_conv", "rotation_trick"):
             check_bool(name, getattr(self, name))
         if self.backbone == "conv":
             _check(self.latent_dim is None, "The conv VQ-VAE has spatial codes: expected `latent_dim` None, "
@@ -133,6 +153,26 @@ class VQVAEConfig(AutoencoderConfig):
         else:
             _check(self.fsq_levels is None, f"Expected fsq_levels only with quantizer='fsq', got "
                                             f"{self.fsq_levels} with quantizer={self.quantizer!r}.")
+        self._validate_codebook_options()
+
+    def _validate_codebook_options(self) -> None:
+        check_real("orthogonal_reg_weight", self.orthogonal_reg_weight, low=0)
+        if self.quantizer == "rvq":
+            check_positive_int("num_quantizers", self.num_quantizers)
+        else:
+            _check(self.num_quantizers is None, f"Expected num_quantizers only with quantizer='rvq', got "
+                                                f"{self.num_quantizers} with quantizer={self.quantizer!r}.")
+        if self.codebook_dim is not None:
+            check_positive_int("codebook_dim", self.codebook_dim)
+        if self.quantizer not in LEARNED_CODEBOOKS:
+            given = [name for name, value in (("codebook_dim", self.codebook_dim is not None),
+                                              ("rotation_trick", self.rotation_trick is True),
+                                              ("orthogonal_reg_weight", self.orthogonal_reg_weight != 0)) if value]
+            _check(not given, f"Expected {given} only with a learned codebook (quantizer in {LEARNED_CODEBOOKS}), "
+                              f"got quantizer={self.quantizer!r}.")
+        _check(not (self.use_ema is True and self.orthogonal_reg_weight), "Expected orthogonal_reg_weight 0 with "
+               f"use_ema=True (the penalty moves the codebook by its gradient, which EMA updates replace), got "
+               f"{self.orthogonal_reg_weight}.")
 
 
 def _product(values) -> int:

@@ -134,11 +134,22 @@ FAMILIES: Dict[str, Family] = {family.name: family for family in (
            CardSpec("VQ-VAE", ("vq-vae", "vector-quantization", "autoencoder", "image-tokenizer"),
                     "image-to-image", _RECONSTRUCTION),
            Capabilities(quantized=True, imports_from=("diffusers_vq",)),
-           summary='a learned codebook, straight-through estimator, commitment loss; or an implicit codebook: '
-                   '`quantizer="fsq"` (finite scalar quantisation) or `"lfq"` (lookup-free quantisation)',
+           summary='a learned codebook, straight-through estimator, commitment loss; or another quantiser: '
+                   '`quantizer="fsq"` (finite scalar), `"lfq"` (lookup-free) or `"rvq"` (residual); cosine codebook, '
+                   'lower codebook dimension, rotation trick, orthogonal codebook penalty',
            papers=(("van den Oord et al. 2017", "Neural Discrete Representation Learning"),
                    ("Mentzer et al. 2023", "Finite Scalar Quantization"),
-                   ("Yu et al. 2023", "Language Model Beats Diffusion"))),
+                   ("Yu et al. 2023", "Language Model Beats Diffusion"),
+                   ("Zeghidour et al. 2021", "SoundStream"),
+                   ("Fifty et al. 2024", "Restructuring Vector Quantization with the Rotation Trick"))),
+    Family("hrq_vae", "configuration_hrq_vae:HRQVAEConfig", "modeling_hrq_vae:HRQVAEModel",
+           "objectives:build_vq_objective",
+           CardSpec("HRQ-VAE", ("hrq-vae", "residual-quantization", "vector-quantization", "autoencoder",
+                                "image-tokenizer"), "image-to-image", _RECONSTRUCTION),
+           Capabilities(quantized=True),
+           summary="the quantiser: hierarchical residual codes drawn by Gumbel-softmax, with depth dropout, "
+                   "shrinking level radii and a norm loss",
+           papers=(("Hosking et al. 2022", "Hierarchical Sketch Induction for Paraphrase Generation"),)),
     Family("cvae", "configuration_cvae:CVAEConfig", "modeling_cvae:CVAEModel", _ELBO,
            CardSpec("Conditional VAE", ("cvae", "conditional-vae", "vae", "generative-model"), None,
                     ("unconditional-image-generation", "Conditional density estimation")),

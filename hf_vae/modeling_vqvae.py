@@ -27,6 +27,7 @@ from .input_checks import is_tracing
 from .modeling_base import AutoencoderOutput, AutoencoderPreTrainedModel
 from .modeling_vq_prior import VQPriorModel
 from .quantizers import VectorQuantizedPosterior, VectorQuantizer
+from .residual_quantization import ResidualVectorQuantizer
 from .scalar_quantization import FiniteScalarQuantizer, LookupFreeQuantizer
 from .weight_init import init
 
@@ -48,7 +49,8 @@ class VQVAEOutput(AutoencoderOutput):
         commitment_loss (`()`): ‖z_e − sg[e]‖² per example, before the β weight.
         perplexity (`()`): exp(entropy) of the code distribution on this batch (K when all codes are used evenly).
         codebook_usage (`()`): fraction of the codes used on this batch.
-        indices (`(B, h, w)` or `(B, n)`): the code of every latent position.
+        indices (`(B, h, w)` or `(B, n)`): the code of every latent position (with a last dimension of levels,
+            coarse to fine, for the residual quantiser).
     """
 
     codebook_loss: Optional[torch.FloatTensor] = None
@@ -61,6 +63,8 @@ class VQVAEOutput(AutoencoderOutput):
 class VQVAEModel(AutoencoderPreTrainedModel):
     config_class = VQVAEConfig
     output_class = VQVAEOutput
+    #: the residual quantiser's levels are summed: one device
+    _no_split_modules = AutoencoderPreTrainedModel._no_split_modules + ["ResidualVectorQuantizer"]
 
     def __init__(self, config: VQVAEConfig):
         super().__init__(config)
@@ -72,10 +76,14 @@ class VQVAEModel(AutoencoderPreTrainedModel):
             if config.use_quant_conv else None
         self.post_quant_conv = torch.nn.Conv2d(config.embedding_dim, config.latent_channels, 1) \
             if config.use_quant_conv else None
-        self.quantizer = build_quantizer(config)
+        self.quantizer = self.build_quantizer()
         self.likelihood = self.build_likelihood()
         self.prior = None  # a VQPriorModel once attached (a submodule then: it follows .to(), .eval(), ...)
         self.post_init()
+
+    def build_quantizer(self) -> torch.nn.Module:
+        """The quantiser (a family with its own, the HRQ-VAE, overrides this)."""
+        return build_quantizer(self.config)
 
     def _init_weights(self, module) -> None:
         super()._init_weights(module)
@@ -108,10 +116,14 @@ class VQVAEModel(AutoencoderPreTrainedModel):
 
     @property
     def code_shape(self) -> Tuple[int, ...]:
-        """Shape of one example's code map: (h, w) for conv, (n,) for MLP."""
+        """Shape of one example's code map: (h, w) for conv, (n,) for MLP, with the residual quantiser's levels as a
+        last dimension ((h, w, depth) or (n, depth)); a code prior reads it as a sequence in raster order, a
+        position's levels coarse to fine."""
         if self.config.vector_latent:
-            return (self.config.latent_dim // self.config.embedding_dim,)
-        return self.latent_shape[1:]
+            positions = (self.config.latent_dim // self.config.embedding_dim,)
+        else:
+            positions = tuple(self.latent_shape[1:])
+        return positions + ((self.config.num_quantizers,) if self.config.quantizer == "rvq" else ())
 
     @property
     def latent_map_channels(self) -> int:
@@ -307,22 +319,28 @@ class VQVAEModel(AutoencoderPreTrainedModel):
             return latents
         codes = self._to_code_layout(latents)
         flat = codes.movedim(1, -1).reshape(-1, self.config.embedding_dim)
-        indices = self.quantizer.nearest_codes(flat).view(codes.shape[0], *codes.shape[2:])
+        indices = self.quantizer.nearest_codes(flat)
+        indices = indices.view(codes.shape[0], *codes.shape[2:], *indices.shape[1:])  # (+ RVQ's levels)
         return self.indices_to_latents(indices).to(latents.dtype)
 
 
 def build_quantizer(config: VQVAEConfig) -> torch.nn.Module:
-    """The quantiser `config.quantizer` names; all three share `VectorQuantizer`'s interface."""
+    """The quantiser `config.quantizer` names; all four share `VectorQuantizer`'s interface."""
     if config.quantizer == "fsq":
         return FiniteScalarQuantizer(config.fsq_levels)
     if config.quantizer == "lfq":
         return LookupFreeQuantizer(config.embedding_dim, entropy_weight=config.lfq_entropy_weight)
-    return VectorQuantizer(
-        config.num_embeddings, config.embedding_dim, commitment_cost=config.commitment_cost,
-        use_ema=config.use_ema, ema_decay=config.ema_decay, ema_epsilon=config.ema_epsilon,
-        kmeans_init=config.kmeans_init, dead_code_threshold=config.dead_code_threshold,
+    codebook = dict(
+        commitment_cost=config.commitment_cost, use_ema=config.use_ema, ema_decay=config.ema_decay,
+        ema_epsilon=config.ema_epsilon, kmeans_init=config.kmeans_init, dead_code_threshold=config.dead_code_threshold,
         use_cosine_sim=config.use_cosine_sim, beta_on_codebook=config.beta_on_codebook,
-    )
+        orthogonal_reg_weight=config.orthogonal_reg_weight)
+    if config.quantizer == "rvq":
+        return ResidualVectorQuantizer(config.num_quantizers, config.num_embeddings, config.embedding_dim,
+                                       codebook_dim=config.codebook_dim, rotation_trick=config.rotation_trick,
+                                       **codebook)
+    return VectorQuantizer(config.num_embeddings, config.embedding_dim, codebook_dim=config.codebook_dim,
+                           rotation_trick=config.rotation_trick, **codebook)
 
 
 def _is_saved_prior(folder: str) -> bool:

@@ -14,6 +14,12 @@ The codebook term moves only the codebook, the commitment term only the encoder.
   * `dead_code_threshold`: a code whose moving-average assignment count per batch falls below the threshold is
     re-initialised from a random encoder output of the current batch ("codebook restart").
   * `use_cosine_sim`: codes and encoder outputs are compared on the unit sphere (Yu et al. 2021, ViT-VQGAN).
+  * `codebook_dim`: the codes live in a lower-dimensional space; linear maps take the encoder output there and
+    the code back (Yu et al. 2021, sec. 3.2 "factorized codes"), and the losses are taken in the code space.
+  * `rotation_trick`: the gradient reaches the encoder through the rotation and rescaling that take z_e to its
+    code instead of the identity (Fifty et al. 2024, "Restructuring Vector Quantization with the Rotation Trick").
+  * `orthogonal_reg_weight`: a penalty on the codes' pairwise cosine similarities (Shin et al. 2021, eq. 2),
+    pushing the codebook towards orthogonal directions.
   * `beta_on_codebook`: legacy placement of β on the codebook term instead of the commitment term. taming-
     transformers' "legacy" quantiser and diffusers' VQModel after it do this; offer it only to reproduce such
     checkpoints exactly.
@@ -56,9 +62,53 @@ def code_statistics(indices: torch.Tensor, num_embeddings: int, dtype: torch.dty
     `torch.compile(fullgraph=True)` cannot trace); exact in float32 up to 2^24 assignments per code."""
     counts = torch.zeros(num_embeddings, device=indices.device).index_add_(
         0, indices, torch.ones_like(indices, dtype=torch.float32)).to(dtype)
-    probs = counts / counts.sum()
-    perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
-    return counts, perplexity, (counts > 0).float().mean()
+    return (counts, *usage_statistics(counts))
+
+
+def usage_statistics(counts: torch.Tensor):
+    """(..., K) code counts -> (perplexity exp(H) of the code frequencies, the fraction of codes used), over the
+    last dimension."""
+    probs = counts / counts.sum(-1, keepdim=True)
+    perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum(-1))
+    return perplexity, (counts > 0).float().mean(-1)
+
+
+@dataclass
+class Assignment:
+    """One codebook's answer for (B, ..., d) code-space vectors: `inputs` (l2-normalised with the cosine codebook),
+    their `codes` (with the codebook's gradient) and `indices` (B, ...), and the per-example losses (B,)."""
+
+    inputs: torch.Tensor
+    codes: torch.Tensor
+    indices: torch.Tensor
+    loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+    #: (K,) how often each code was assigned
+    counts: torch.Tensor
+
+
+def rotate_to(source: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The rotation trick (Fifty et al. 2024, sec. 4.2): `target`'s value forwards, and backwards the gradient of
+    λR·source, with R the rotation taking source/‖source‖ to target/‖target‖ and λ = ‖target‖/‖source‖, both held
+    constant. R is applied without forming it (their eq. 9, w = (u + q)/‖u + q‖):
+
+        R e = e − 2 (e·w) w + 2 (e·u) q,   u = source/‖source‖, q = target/‖target‖
+    """
+    source_norm = source.norm(dim=-1, keepdim=True)
+    target_norm = target.norm(dim=-1, keepdim=True)
+    u = (source / source_norm.clamp(min=eps)).detach()
+    q = (target / target_norm.clamp(min=eps)).detach()
+    w = F.normalize(u + q, dim=-1, eps=eps)
+    rotated = source - 2 * (source * w).sum(-1, keepdim=True) * w + 2 * (source * u).sum(-1, keepdim=True) * q
+    return rotated * (target_norm / source_norm.clamp(min=eps)).detach()
+
+
+def straight_through(inputs: torch.Tensor, codes: torch.Tensor, rotation_trick: bool = False) -> torch.Tensor:
+    """The codes forwards; backwards the identity (van den Oord et al. 2017, sec. 3.1) or the rotation trick."""
+    if rotation_trick:
+        return rotate_to(inputs, codes)
+    return inputs + (codes - inputs).detach()
 
 
 class Codebook(nn.Module):
@@ -82,7 +132,8 @@ class Codebook(nn.Module):
 class VectorQuantizer(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, commitment_cost: float = 0.25, use_ema: bool = False,
                  ema_decay: float = 0.99, ema_epsilon: float = 1e-5, kmeans_init: bool = False, kmeans_iters: int = 10,
-                 dead_code_threshold: float = 0.0, use_cosine_sim: bool = False, beta_on_codebook: bool = False):
+                 dead_code_threshold: float = 0.0, use_cosine_sim: bool = False, beta_on_codebook: bool = False,
+                 codebook_dim: Optional[int] = None, rotation_trick: bool = False, orthogonal_reg_weight: float = 0.0):
         super().__init__()
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
@@ -95,8 +146,12 @@ class VectorQuantizer(nn.Module):
         self.dead_code_threshold = dead_code_threshold
         self.use_cosine_sim = use_cosine_sim
         self.beta_on_codebook = beta_on_codebook
+        #: the dimension of the codes themselves (embedding_dim, the encoder output's, unless projected)
+        self.codebook_dim = codebook_dim or embedding_dim
+        self.rotation_trick = rotation_trick
+        self.orthogonal_reg_weight = orthogonal_reg_weight
 
-        self.embedding = Codebook(num_embeddings, embedding_dim)
+        self.embedding = Codebook(num_embeddings, self.codebook_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / num_embeddings, 1.0 / num_embeddings)
         #: whether the codes above hold their values (not so when built on the meta device); see VQVAEModel's
         #: `_init_weights`, which draws an EMA codebook only when they do not
@@ -111,14 +166,25 @@ class VectorQuantizer(nn.Module):
         # Moving-average assignment count per batch, for dead-code detection (kept whatever the update rule).
         self.register_buffer("code_usage", torch.ones(num_embeddings))
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        projected = self.codebook_dim != embedding_dim
+        self.project_in = nn.Linear(embedding_dim, self.codebook_dim) if projected else None
+        self.project_out = nn.Linear(self.codebook_dim, embedding_dim) if projected else None
 
     # ----------------------------------------------------------------------------------------------------
     def codebook(self) -> torch.Tensor:
         weight = self.embedding()
         return F.normalize(weight, dim=-1) if self.use_cosine_sim else weight
 
-    def nearest_codes(self, flat: torch.Tensor) -> torch.Tensor:
-        """(N, D) -> (N,) indices of the nearest codes (Euclidean, or cosine with `use_cosine_sim`)."""
+    def to_code_space(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., embedding_dim) -> (..., codebook_dim): the input projection, where there is one."""
+        return self.project_in(z) if self.project_in is not None else z
+
+    def from_code_space(self, codes: torch.Tensor) -> torch.Tensor:
+        """(..., codebook_dim) -> (..., embedding_dim): the output projection, where there is one."""
+        return self.project_out(codes) if self.project_out is not None else codes
+
+    def nearest_in_code_space(self, flat: torch.Tensor) -> torch.Tensor:
+        """(N, codebook_dim) -> (N,) indices of the nearest codes (Euclidean, or cosine with `use_cosine_sim`)."""
         codebook = self.codebook().to(flat.dtype)
         if self.use_cosine_sim:
             return (F.normalize(flat, dim=-1) @ codebook.t()).argmax(dim=-1)
@@ -126,31 +192,58 @@ class VectorQuantizer(nn.Module):
         distances = codebook.pow(2).sum(-1)[None, :] - 2.0 * flat @ codebook.t()
         return distances.argmin(dim=-1)
 
+    def nearest_codes(self, flat: torch.Tensor) -> torch.Tensor:
+        """(N, embedding_dim) -> (N,) indices of the nearest codes, after the input projection."""
+        return self.nearest_in_code_space(self.to_code_space(flat))
+
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, ...) indices -> (B, ..., D) code vectors."""
-        return F.embedding(indices, self.codebook())
+        """(B, ...) indices -> (B, ..., embedding_dim) code vectors (through the output projection)."""
+        return self.from_code_space(F.embedding(indices, self.codebook()))
 
     def quantize_indices(self, z_e: torch.Tensor) -> torch.Tensor:
         """(B, D, ...) encoder outputs -> (B, ...) the indices `forward` assigns them, without updating anything."""
         flat = z_e.movedim(1, -1).reshape(-1, self.embedding_dim)
         return self.nearest_codes(flat).view(z_e.shape[0], *z_e.shape[2:])
 
+    def orthogonal_loss(self) -> torch.Tensor:
+        """Shin et al. 2021, eq. 2, as vector-quantize-pytorch computes it: the mean squared cosine similarity of
+        every pair of codes (the diagonal included) minus its value 1/K for an orthonormal codebook."""
+        normed = F.normalize(self.embedding(), dim=-1, eps=1e-6)
+        k = normed.shape[0]
+        return (normed @ normed.t()).pow(2).sum() / k ** 2 - 1.0 / k
+
     # ----------------------------------------------------------------------------------------------------
     def forward(self, z_e: torch.Tensor) -> QuantizerOutput:
         """z_e: (B, D) or (B, D, *spatial) encoder output, channel (code) dimension at index 1."""
         if z_e.shape[1] != self.embedding_dim:
             raise ValueError(f"Expected encoder output with {self.embedding_dim} channels at dim 1, got {tuple(z_e.shape)}.")
-        z = z_e.movedim(1, -1)  # (B, ..., D)
-        flat = z.reshape(-1, self.embedding_dim)
+        assigned = self.assign(self.to_code_space(z_e.movedim(1, -1)))
+        quantized = straight_through(assigned.inputs, assigned.codes, self.rotation_trick)
+        perplexity, usage = usage_statistics(assigned.counts)
+        return QuantizerOutput(
+            quantized=self.from_code_space(quantized).movedim(-1, 1),
+            latents=z_e,
+            indices=assigned.indices,
+            loss=assigned.loss,
+            codebook_loss=assigned.codebook_loss,
+            commitment_loss=assigned.commitment_loss,
+            perplexity=perplexity,
+            codebook_usage=usage,
+        )
 
+    def assign(self, z: torch.Tensor) -> "Assignment":
+        """(B, ..., codebook_dim) vectors in code space -> their codes (no straight-through: the codebook's own
+        tensor, with its gradient), indices and per-example losses; a training pass also updates the codebook's
+        state. The residual quantiser calls this once per level."""
+        flat = z.reshape(-1, self.codebook_dim)
         # The codebook's own state (k-means, EMA, restarts) moves only in a training pass with autograd on, so
         # that `reconstruct`, evaluation and `torch.no_grad()` calls never change the model.
         updating = self.training and torch.is_grad_enabled()
         if updating and not bool(self.initialized):  # (a training pass only: eval and traced passes skip the sync)
             self._kmeans_initialise(flat.detach())
 
-        indices_flat = self.nearest_codes(flat.detach())
-        codes = self.lookup(indices_flat).to(z.dtype).view_as(z)
+        indices_flat = self.nearest_in_code_space(flat.detach())
+        codes = F.embedding(indices_flat, self.codebook()).to(z.dtype).view_as(z)
         if self.use_cosine_sim:
             z = F.normalize(z, dim=-1)
 
@@ -163,23 +256,13 @@ class VectorQuantizer(nn.Module):
             loss = commitment_loss + self.commitment_cost * codebook_loss
         else:
             loss = codebook_loss + self.commitment_cost * commitment_loss
+        if self.orthogonal_reg_weight > 0:  # a term of the codebook, shared out over the examples
+            loss = loss + self.orthogonal_reg_weight * self.orthogonal_loss()
 
-        counts, perplexity, usage = code_statistics(indices_flat, self.num_embeddings, flat.dtype)
+        counts, _, _ = code_statistics(indices_flat, self.num_embeddings, flat.dtype)
         if updating:
             self._update_codebook(flat.detach(), indices_flat, counts)
-
-        # Straight-through estimator (paper, sec. 3.1): forward uses the code, backward the identity.
-        quantized = z + (codes - z).detach()
-        return QuantizerOutput(
-            quantized=quantized.movedim(-1, 1),
-            latents=z_e,
-            indices=indices_flat.view(z.shape[:-1]),
-            loss=loss,
-            codebook_loss=codebook_loss,
-            commitment_loss=commitment_loss,
-            perplexity=perplexity,
-            codebook_usage=usage,
-        )
+        return Assignment(z, codes, indices_flat.view(z.shape[:-1]), loss, codebook_loss, commitment_loss, counts)
 
     # ----------------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -151,7 +151,7 @@ def test_implicit_codebooks_set_the_code_dimension_and_the_codebook_size():
         VQVAEConfig(quantizer="fsq", fsq_levels=[7, 5, 5], embedding_dim=4)
     with pytest.raises(ValueError, match="Expected LFQ's embedding_dim \\(bits per code\\) <= 16"):
         VQVAEConfig(quantizer="lfq", embedding_dim=20)
-    with pytest.raises(ValueError, match="Expected `quantizer` in \\('vq', 'fsq', 'lfq'\\)"):
-        VQVAEConfig(quantizer="rvq")
+    with pytest.raises(ValueError, match="Expected `quantizer` in \\('vq', 'fsq', 'lfq', 'rvq'\\)"):
+        VQVAEConfig(quantizer="bsq")
     with pytest.raises(ValueError, match="Expected fsq_levels only with quantizer='fsq'"):
         VQVAEConfig(fsq_levels=[8, 5])

@@ -468,7 +468,7 @@ def test_bad_training_input_names_expected_and_given(tmp_path):
     VAEModel(VAEConfig(image_size=8, hidden_dims=[8], latent_dim=2)).save_pretrained(tmp_path / "vae")
     tiny_vqvae(image_size=16).save_pretrained(tmp_path / "vq")
     cases = [
-        (str(tmp_path / "vae"), {}, r"holds a VAEConfig \(model_type 'vae'\); expected a VQ-VAE \(model_type 'vq_vae'\)"),
+        (str(tmp_path / "vae"), {}, r"holds a VAEConfig \(model_type 'vae'\); expected a VQ-VAE \(model_type 'vq_vae'"),
         (str(tmp_path / "missing"), {}, "no model config found"),
         (str(tmp_path / "vq"), {"num_embeddings": 64}, "--num_embeddings 64 does not match the VQ-VAE, whose "
                                                        "num_embeddings is 16"),

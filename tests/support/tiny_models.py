@@ -43,6 +43,8 @@ TINY = {
     "msssim_vae": {},
     "vae_gan": dict(discriminator_hidden_dims=[8]),
     "aae": dict(discriminator_hidden_dims=[8], conv=dict(latent_dim=4)),  # the discriminator reads a vector
+    # min_temperature 1 holds the Gumbel temperature at 1, so that two training passes compute the same gradients
+    "hrq_vae": dict(num_embeddings=8, embedding_dim=4, num_quantizers=2, min_temperature=1.0),
 }
 
 #: every family of the table: the autoencoders, then the priors over another family's codes
