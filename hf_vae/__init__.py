@@ -19,6 +19,7 @@ from .configuration_factor_vae import FactorVAEConfig
 from .configuration_iwae import IWAEConfig
 from .configuration_klae import KLAEConfig
 from .configuration_miwae import MIWAEConfig
+from .configuration_poincare_vae import PoincareVAEConfig
 from .configuration_rae import RAEConfig
 from .configuration_svae import SVAEConfig
 from .configuration_vae import VAEConfig
@@ -40,6 +41,7 @@ from .modeling_info_vae import InfoVAEModel
 from .modeling_iwae import IWAEModel
 from .modeling_klae import KLAEModel
 from .modeling_miwae import MIWAEModel
+from .modeling_poincare_vae import PoincareVAEModel
 from .modeling_rae import RAEModel
 from .modeling_svae import SVAEModel
 from .modeling_vae import VAEModel
@@ -108,6 +110,8 @@ __all__ = [
     "KLAEModel",
     "MIWAEConfig",
     "MIWAEModel",
+    "PoincareVAEConfig",
+    "PoincareVAEModel",
     "RAEConfig",
     "RAEModel",
     "SVAEConfig",

@@ -36,7 +36,7 @@ def test_prior_over_posterior_averages_to_one_under_the_posterior():
     log p(x) then estimates the right quantity."""
     generator = torch.Generator().manual_seed(0)
     loc = torch.nn.functional.normalize(torch.randn(3, 5, generator=generator, dtype=torch.float64), dim=-1)
-    vmf = VonMisesFisher(loc, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    vmf = VonMisesFisher(loc, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))  # p/q bounded on the sphere
     z = vmf.sample_stack(200000, generator)
     assert z.shape == (200000, 3, 5)
     ratio = (UniformSpherePrior(5).log_prob(z) - vmf.log_prob(z)).exp()
