@@ -226,3 +226,11 @@ def test_wrapped_normal_density_matches_pythae():
     theirs = reference.WrappedNormal(loc, scale, ball)
     torch.testing.assert_close(ours.log_prob(z), theirs.log_prob(z).squeeze(-1))
     torch.testing.assert_close(log_map(loc, z, c), ball.logmap(loc, z))
+
+
+def test_model_card_describes_the_ball_and_the_density():
+    from hf_vae.integrations.model_card import render_model_card
+
+    card = render_model_card(tiny_model(curvature=0.5), repo_id="alice/poincare", metrics={"nll": 80.0})
+    assert "PoincareVAEModel" in card.text and "## Training objective" in card.text
+    assert "on the ball of curvature −0.5" in card.text and "log(sinh(√c‖u‖) / (√c‖u‖))" in card.text

@@ -88,3 +88,11 @@ def test_forward_draws_on_the_sphere_and_reports_the_closed_form_kl():
 def test_config_refuses_latents_off_a_sphere(fields, expected):
     with pytest.raises(ConfigFieldError, match=expected):
         SVAEConfig(in_channels=1, image_size=8, **fields)
+
+
+def test_model_card_describes_the_sphere_and_the_kl():
+    from hf_vae.integrations.model_card import render_model_card
+
+    card = render_model_card(tiny_model(latent_dim=5), repo_id="alice/svae", metrics={"nll": 80.0})
+    assert "SVAEModel" in card.text and "## Training objective" in card.text
+    assert "vMF(μ(x), κ(x)) on S^4" in card.text and "KL(vMF(μ, κ) ‖ U(S^{m−1}))" in card.text
