@@ -25,8 +25,8 @@ import torch
 
 from .distributions import DiagonalGaussianDistribution, randn_tensor
 
-#: relative distance from the boundary the points are kept at: λ_z stays below 2/(2·1e-5), artanh's argument
-#: below 1 − 1e-5 (geodesic distances from the origin up to about 12/√c)
+#: relative distance from the boundary the points are kept at, per dtype: in float32, λ_z stays below 1e5 and
+#: artanh's argument below 1 − 1e-5 (geodesic distances from the origin up to about 12/√c); float64 to about 24/√c
 _BOUNDARY_MARGIN = {torch.float64: 1e-10}
 _DEFAULT_MARGIN = 1e-5
 #: below this √c·r, log(sinh(x)/x) is its Taylor series x²/6 − x⁴/180 (the closed form loses digits near 0)
