@@ -1,6 +1,6 @@
 """Configuration of the Poincaré VAE (Mathieu et al. 2019)."""
 
-from .configuration_base import AutoencoderConfig, _check, check_real
+from .configuration_base import AutoencoderConfig, check_real, check_vector_latent
 
 
 class PoincareVAEConfig(AutoencoderConfig):
@@ -34,7 +34,4 @@ class PoincareVAEConfig(AutoencoderConfig):
         super().validate_fields()
         check_real("curvature", self.curvature, low=0, low_open=True)
         check_real("prior_scale", self.prior_scale, low=0, low_open=True)
-        _check(self.vector_latent and not self.local_latent_channels,
-               f"Expected a vector latent on the ball (backbone 'mlp' or 'burgess', or a latent_dim; "
-               f"local_latent_channels 0), got backbone={self.backbone!r}, latent_dim={self.latent_dim!r}, "
-               f"local_latent_channels={self.local_latent_channels}.")
+        check_vector_latent(self, "points on the ball")

@@ -1,6 +1,6 @@
 """Configuration of the hyperspherical VAE (Davidson et al. 2018)."""
 
-from .configuration_base import AutoencoderConfig, _check
+from .configuration_base import AutoencoderConfig, _check, check_vector_latent
 
 
 class SVAEConfig(AutoencoderConfig):
@@ -24,9 +24,6 @@ class SVAEConfig(AutoencoderConfig):
 
     def validate_fields(self) -> None:
         super().validate_fields()
-        _check(self.vector_latent and not self.local_latent_channels,
-               f"Expected a vector latent on the sphere (backbone 'mlp' or 'burgess', or a latent_dim; "
-               f"local_latent_channels 0), got backbone={self.backbone!r}, latent_dim={self.latent_dim!r}, "
-               f"local_latent_channels={self.local_latent_channels}.")
+        check_vector_latent(self, "points on the sphere")
         _check(self.latent_dim >= 2, f"Expected latent_dim >= 2 for a latent on the sphere S^(latent_dim-1), got "
                                      f"{self.latent_dim}.")

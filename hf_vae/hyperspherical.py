@@ -124,8 +124,8 @@ class VonMisesFisher:
 
     def sample_stack(self, k: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """k reparameterised samples per direction, (k, N, m)."""
-        expanded = VonMisesFisher(self.loc.expand(k, *self.loc.shape), self.concentration.expand(k, *self.loc.shape[:-1]))
-        return expanded.sample(generator)
+        loc = self.loc.expand(k, *self.loc.shape)
+        return VonMisesFisher(loc, self.concentration.expand(loc.shape[:-1])).sample(generator)
 
     def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         w = self._sample_w(generator)

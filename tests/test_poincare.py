@@ -187,7 +187,8 @@ def test_forward_draws_in_the_ball_and_estimates_the_kl_at_the_sample():
 
 
 @pytest.mark.parametrize("fields,expected", [
-    (dict(backbone="conv", block_out_channels=[8, 16], norm_num_groups=4), "Expected a vector latent on the ball"),
+    (dict(backbone="conv", block_out_channels=[8, 16], norm_num_groups=4),
+     "Expected a vector latent for points on the ball"),
     (dict(curvature=0.0, hidden_dims=[8]), "Expected `curvature` to be a finite number > 0"),
     (dict(prior_scale=-1.0, hidden_dims=[8]), "Expected `prior_scale` to be a finite number > 0"),
 ])

@@ -82,7 +82,8 @@ def test_forward_draws_on_the_sphere_and_reports_the_closed_form_kl():
 
 
 @pytest.mark.parametrize("fields,expected", [
-    (dict(backbone="conv", block_out_channels=[8, 16], norm_num_groups=4), "Expected a vector latent on the sphere"),
+    (dict(backbone="conv", block_out_channels=[8, 16], norm_num_groups=4),
+     "Expected a vector latent for points on the sphere"),
     (dict(latent_dim=1, hidden_dims=[8]), "Expected latent_dim >= 2"),
 ])
 def test_config_refuses_latents_off_a_sphere(fields, expected):
