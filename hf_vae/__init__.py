@@ -22,7 +22,9 @@ from .configuration_iwae import IWAEConfig
 from .configuration_klae import KLAEConfig
 from .configuration_miwae import MIWAEConfig
 from .configuration_msssim_vae import MSSSIMVAEConfig
+from .configuration_poincare_vae import PoincareVAEConfig
 from .configuration_rae import RAEConfig
+from .configuration_svae import SVAEConfig
 from .configuration_vae import VAEConfig
 from .configuration_vae_gan import VAEGANConfig
 from .configuration_vae_iaf import VAEIAFConfig
@@ -46,7 +48,9 @@ from .modeling_iwae import IWAEModel
 from .modeling_klae import KLAEModel
 from .modeling_miwae import MIWAEModel
 from .modeling_msssim_vae import MSSSIMVAEModel
+from .modeling_poincare_vae import PoincareVAEModel
 from .modeling_rae import RAEModel
+from .modeling_svae import SVAEModel
 from .modeling_vae import VAEModel
 from .modeling_vae_gan import VAEGANModel
 from .modeling_vae_iaf import VAEIAFModel
@@ -122,9 +126,13 @@ __all__ = [
     "MIWAEModel",
     "MSSSIMVAEConfig",
     "MSSSIMVAEModel",
+    "PoincareVAEConfig",
+    "PoincareVAEModel",
     "RAEConfig",
     "RAEModel",
     "ResidualVectorQuantizer",
+    "SVAEConfig",
+    "SVAEModel",
     "VAEConfig",
     "VAEModel",
     "VAEGANConfig",

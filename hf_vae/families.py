@@ -191,6 +191,19 @@ FAMILIES: Dict[str, Family] = {family.name: family for family in (
            summary="the Gaussian posterior's sample pushed through inverse autoregressive flows (MADE, alternating "
                    "orders); the KL estimated at the sample",
            papers=(("Kingma et al. 2016", "Improved Variational Inference with Inverse Autoregressive Flow"),)),
+    Family("svae", "configuration_svae:SVAEConfig", "modeling_svae:SVAEModel", _ELBO,
+           CardSpec("Hyperspherical VAE", ("svae", "hyperspherical-vae", "von-mises-fisher", "vae", "generative-model"),
+                    "unconditional-image-generation", _GENERATION),
+           summary="the latent space: a von Mises–Fisher posterior on the unit sphere and the uniform prior on it; "
+                   "the KL in closed form",
+           papers=(("Davidson et al. 2018", "Hyperspherical Variational Auto-Encoders"),)),
+    Family("poincare_vae", "configuration_poincare_vae:PoincareVAEConfig", "modeling_poincare_vae:PoincareVAEModel",
+           _ELBO, CardSpec("Poincaré VAE", ("poincare-vae", "hyperbolic", "vae", "generative-model"),
+                           "unconditional-image-generation", _GENERATION),
+           summary="the latent space: wrapped normal posterior and prior on the Poincaré ball (curvature −c); the KL "
+                   "estimated at the sample",
+           papers=(("Mathieu et al. 2019",
+                    "Continuous Hierarchical Representations with Poincaré Variational Auto-Encoders"),)),
     Family("vamp_vae", "configuration_vamp_vae:VampVAEConfig", "modeling_vamp_vae:VampVAEModel", _ELBO,
            CardSpec("VAE with a VampPrior", ("vampprior", "vae", "generative-model"),
                     "unconditional-image-generation", _GENERATION),

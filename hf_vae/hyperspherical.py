@@ -9,6 +9,9 @@ orthogonal to μ, and a Householder reflection from e₁ to μ (Davidson et al.,
 does not depend on κ, so z = h(ε, κ) carries the reparameterised gradient of the accepted draws (their g_rep).
 Every draw comes from the given generator: Beta((m−1)/2, (m−1)/2) is the ratio of two χ²(m−1) sums of squared
 normals, which needs nothing but `torch.randn`.
+
+Both densities here, the vMF's and the uniform prior's 1/|S^{m−1}|, are with respect to the sphere's surface
+measure, so their ratio is the importance weight of log p(x) (importance_sampling.py).
 """
 
 import math
@@ -56,8 +59,27 @@ def log_sphere_area(dim: int) -> float:
     return math.log(2) + dim / 2 * math.log(math.pi) - math.lgamma(dim / 2)
 
 
+def _draw(draw, shape, generator: Optional[torch.Generator], like: torch.Tensor) -> torch.Tensor:
+    """`draw` (torch.randn or torch.rand) of `shape` on the generator's device, moved to `like`'s: a CPU generator
+    seeds the same draws whatever device the model is on (as distributions.randn_tensor)."""
+    device = generator.device if generator is not None else like.device
+    return draw(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def _log_bessel_at_least_float32(order: float, x: torch.Tensor) -> torch.Tensor:
+    """`log_bessel_iv` computed in float32 or wider (its series sums hundreds of terms, beyond a half-precision
+    mantissa), returned in x's dtype."""
+    wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    return log_bessel_iv(order, wide).to(x.dtype)
+
+
 class VonMisesFisher:
-    """vMF(μ, κ) with mean direction `loc` (N, m), unit norm, and concentration `concentration` (N,) or (N, 1)."""
+    """vMF(μ, κ) with mean direction `loc` (N, m), unit norm, and concentration `concentration` (N,) or (N, 1).
+
+    As a posterior of the skeleton (modeling_base.py) it answers `sample`, `sample_stack`, `mode`, `log_prob` and
+    `kl` (to the uniform prior), and its `mean` is the mean direction μ."""
+
+    deterministic = False
 
     def __init__(self, loc: torch.Tensor, concentration: torch.Tensor):
         self.loc = loc
@@ -66,18 +88,29 @@ class VonMisesFisher:
         if self.dim < 2:
             raise ValueError(f"Expected directions on a sphere of dimension >= 2 (loc.shape[-1] >= 2), got {self.dim}.")
 
+    @property
+    def mean(self) -> torch.Tensor:
+        """The mean direction μ (E[z] itself is A_m(κ)·μ, inside the ball)."""
+        return self.loc
+
     def log_normaliser(self) -> torch.Tensor:
         """log C_m(κ)."""
         m, kappa = self.dim, self.concentration
-        return (m / 2 - 1) * torch.log(kappa) - m / 2 * math.log(2 * math.pi) - log_bessel_iv(m / 2 - 1, kappa)
+        return ((m / 2 - 1) * torch.log(kappa) - m / 2 * math.log(2 * math.pi)
+                - _log_bessel_at_least_float32(m / 2 - 1, kappa))
 
     def mean_resultant_length(self) -> torch.Tensor:
         """E[μᵀz] = I_{m/2}(κ) / I_{m/2−1}(κ)."""
         m, kappa = self.dim, self.concentration
-        return torch.exp(log_bessel_iv(m / 2, kappa) - log_bessel_iv(m / 2 - 1, kappa))
+        return torch.exp(_log_bessel_at_least_float32(m / 2, kappa) - _log_bessel_at_least_float32(m / 2 - 1, kappa))
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log vMF(z; μ, κ) w.r.t. the surface measure, (...,) for z (..., N, m) (leading sample dims allowed)."""
         return self.log_normaliser() + self.concentration * (self.loc * z).sum(-1)
+
+    def kl(self) -> torch.Tensor:
+        """KL(q || U(S^{m−1})) per example (the skeleton's closed-form KL)."""
+        return self.kl_to_uniform()
 
     def entropy(self) -> torch.Tensor:
         return -self.log_normaliser() - self.concentration * self.mean_resultant_length()
@@ -89,10 +122,14 @@ class VonMisesFisher:
     def mode(self) -> torch.Tensor:
         return self.loc
 
+    def sample_stack(self, k: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """k reparameterised samples per direction, (k, N, m)."""
+        loc = self.loc.expand(k, *self.loc.shape)
+        return VonMisesFisher(loc, self.concentration.expand(loc.shape[:-1])).sample(generator)
+
     def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         w = self._sample_w(generator)
-        direction = torch.randn(self.loc.shape[:-1] + (self.dim - 1,), generator=generator,
-                                device=self.loc.device, dtype=self.loc.dtype)
+        direction = _draw(torch.randn, self.loc.shape[:-1] + (self.dim - 1,), generator, self.loc)
         direction = direction / direction.norm(dim=-1, keepdim=True)
         z = torch.cat([w[..., None], torch.sqrt((1 - w ** 2).clamp(min=0))[..., None] * direction], -1)
         return self._householder(z)
@@ -114,12 +151,11 @@ class VonMisesFisher:
         c = kappa * x0 + m1 * torch.log(1 - x0 ** 2)
         w = torch.zeros_like(kappa)
         pending = torch.ones_like(kappa, dtype=torch.bool)
-        options = dict(generator=generator, device=kappa.device, dtype=kappa.dtype)
         for _ in range(MAX_REJECTION_ROUNDS):
-            chi_a = torch.randn(kappa.shape + (m1,), **options).pow(2).sum(-1)
-            chi_b = torch.randn(kappa.shape + (m1,), **options).pow(2).sum(-1)
+            chi_a = _draw(torch.randn, kappa.shape + (m1,), generator, kappa).pow(2).sum(-1)
+            chi_b = _draw(torch.randn, kappa.shape + (m1,), generator, kappa).pow(2).sum(-1)
             eps = chi_a / (chi_a + chi_b)  # Beta((m−1)/2, (m−1)/2)
-            u = torch.rand(kappa.shape, **options)
+            u = _draw(torch.rand, kappa.shape, generator, kappa)
             candidate = (1 - (1 + b) * eps) / (1 - (1 - b) * eps)
             accept = kappa * candidate + m1 * torch.log(1 - x0 * candidate) - c >= torch.log(u)
             take = pending & accept
@@ -130,3 +166,23 @@ class VonMisesFisher:
         raise RuntimeError(f"Wood's vMF sampler rejected {MAX_REJECTION_ROUNDS} proposals in a row for "
                            f"{int(pending.sum())} example(s); expected acceptance > 1/2 each round (concentration "
                            f"{kappa[pending][:3].tolist()}).")
+
+
+class UniformSpherePrior:
+    """p(z) = U(S^{m−1}) = 1/|S^{m−1}| w.r.t. the surface measure: the p(z) component (latent_priors.py's interface)
+    of the hyperspherical VAE."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def kl(self, posterior: VonMisesFisher, latents: torch.Tensor) -> torch.Tensor:
+        """KL(vMF || U) per example, in closed form."""
+        return posterior.kl_to_uniform()
+
+    def sample(self, num_samples: int, generator: Optional[torch.Generator], device, dtype) -> torch.Tensor:
+        """Normalised standard normal draws (their direction is uniform by rotational symmetry)."""
+        z = _draw(torch.randn, (num_samples, self.dim), generator, torch.empty((), device=device, dtype=dtype))
+        return z / z.norm(dim=-1, keepdim=True)
+
+    def log_prob(self, latents: torch.Tensor) -> torch.Tensor:
+        return torch.full(latents.shape[:-1], -log_sphere_area(self.dim), dtype=latents.dtype, device=latents.device)

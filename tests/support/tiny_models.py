@@ -31,6 +31,8 @@ TINY = {
     "ciwae": {},
     "vae_lin_nf": {"latent_dim": 4},  # flows act on vectors: the conv build gets a dense bottleneck
     "vae_iaf": {"latent_dim": 4, "flow_hidden_dims": [8]},
+    "svae": {"latent_dim": 4},  # a latent on the sphere is a vector: the conv build gets a dense bottleneck
+    "poincare_vae": {"latent_dim": 4},  # a point of the ball is a vector: the conv build gets a dense bottleneck
     "vamp_vae": dict(num_pseudo_inputs=10),  # the default 500 go through the encoder every pass
     "info_vae": {},
     "wae": {},
