@@ -250,14 +250,15 @@ def main():
     result["picture"] = os.path.relpath(picture, ROOT)
     result["picture_columns"] = list(sampled_images)
 
+    output = args.output or os.path.join(ROOT, "benchmarks", "results", f"vq_prior{quick}.json")
+    write_result(result, output)  # written again with the Fréchet distances, which take the longest
     if args.fid_features:
         result["frechet_distance"] = _frechet_distances(models, args.fid_features, args.fid_samples, eval_examples,
                                                         args.seed)
         for name, row in rows.items():
             row["frechet_distance"] = result["frechet_distance"][name]
 
-    output = args.output or os.path.join(ROOT, "benchmarks", "results", f"vq_prior{quick}.json")
-    write_result(result, output)
+        write_result(result, output)
     table_rows = [[name, f"{row['nll_per_code']:.3f}", f"{row['bound_nats']:.1f}", f"{row['bound_bits_per_dim']:.4f}",
                    f"{row['code_histogram_tv']:.3f}", f"{row['frechet_distance']:.2f}" if "frechet_distance" in row
                    else "-", str(row["sampling"]["seconds"]) if "sampling" in row else "-"]

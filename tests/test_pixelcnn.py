@@ -8,6 +8,10 @@ the trainer fits it (`--prior_type pixelcnn`); bad input is refused with one lin
 
 import itertools
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -214,6 +218,46 @@ def test_save_and_load_inside_the_vq_vae(tmp_path):
                                                  model.prior.state_dict().values()))
     assert torch.equal(loaded.generate(4, generator=torch.Generator().manual_seed(0)), expected)
     torch.testing.assert_close(loaded.log_likelihood(x), model.log_likelihood(x))
+
+
+@pytest.mark.slow  # a fresh interpreter loads remote code; fast sibling: test_save_and_load_inside_the_vq_vae
+def test_remote_code_loads_the_pixelcnn_prior_without_hf_vae(tmp_path):
+    """The saved folder carries pixelcnn.py: a process where hf_vae cannot be imported loads the VQ-VAE and its
+    PixelCNN prior with trust_remote_code and draws the same samples."""
+    from safetensors.torch import save_file
+
+    model = tiny_vqvae().attach_prior(tiny_pixelcnn(seed=1, num_classes=2))
+    expected = model.generate(3, labels=1, generator=torch.Generator().manual_seed(0))
+    model.save_pretrained(tmp_path / "folder")
+    save_file({"expected": expected}, tmp_path / "expected.safetensors")
+    child = textwrap.dedent("""
+        import sys
+
+        class Block:  # hf_vae may be installed: make it unimportable
+            def find_spec(self, name, path=None, target=None):
+                if name == "hf_vae" or name.startswith("hf_vae."):
+                    raise ImportError("hf_vae is blocked in this test")
+
+        sys.meta_path.insert(0, Block())
+        import torch
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(sys.argv[2], trust_remote_code=True)
+        assert type(model.prior).__module__.startswith("transformers_modules."), type(model.prior).__module__
+        assert model.prior.config.prior_type == "pixelcnn"
+        samples = model.generate(3, labels=1, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(samples, load_file(sys.argv[1])["expected"])
+        assert not [m for m in sys.modules if m == "hf_vae" or m.startswith("hf_vae.")]
+        print("ok")
+    """)
+    env = {**os.environ, "PYTHONPATH": "", "HF_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", child, str(tmp_path / "expected.safetensors"),
+                             str(tmp_path / "folder")], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
 
 
 def test_meta_construction_then_init_gives_pytorch_default_scales():
