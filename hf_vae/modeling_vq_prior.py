@@ -292,7 +292,9 @@ class VQPriorModel(PreTrainedModel):
         draw_on = generator.device if generator is not None else self.device
         for position in range(config.num_codes):
             row, column = divmod(position, width)
-            logits = self.pixelcnn(codes, classes)[:, :, row, column].float()
+            # Row r depends only on rows ≤ r (the convolutions pad above, never below): the rows after it are
+            # left out of the pass.
+            logits = self.pixelcnn(codes[:, : row + 1], classes)[:, :, row, column].float()
             scores = warpers(codes.view(num_samples, -1), logits)
             probabilities = torch.softmax(scores, dim=-1).to(draw_on)
             drawn = torch.multinomial(probabilities, 1, generator=generator).view(num_samples)

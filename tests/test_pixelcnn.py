@@ -97,6 +97,17 @@ def test_the_prior_is_causal_through_its_codes_and_class_bias():
         assert not torch.equal(prior(codes, labels=torch.tensor([1, 1, 2, 1])).logits[0, 0], base[0, 0])
 
 
+def test_the_first_rows_alone_give_the_same_logits():
+    """What sampling relies on: the rows up to r, run without the rows after them, give the same logits there."""
+    prior = tiny_pixelcnn(code_shape=(5, 3), num_classes=2)
+    codes = torch.randint(0, 16, (3, 5, 3), generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        full = prior.pixelcnn(codes, labels)
+        for row in range(5):
+            torch.testing.assert_close(prior.pixelcnn(codes[:, : row + 1], labels), full[:, :, : row + 1])
+
+
 # ------------------------------------------------------------------------------------------------------------
 # the likelihood and the samples
 # ------------------------------------------------------------------------------------------------------------
