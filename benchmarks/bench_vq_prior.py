@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""VQ-VAE on Fashion-MNIST (512 codes), then its GPT-2 prior: likelihood bound, samples, code statistics.
+"""VQ-VAE on Fashion-MNIST (512 codes), then its GPT-2 and PixelCNN priors: likelihood bound, samples, code
+statistics.
 
-Two runs of `hf_vae.training.train`, as `scripts/train.py` would do them:
+Three runs of `hf_vae.training.train`, as `scripts/train.py` would do them:
 
     1. vq_vae    a convolutional VQ-VAE on dynamically binarised 28x28 Fashion-MNIST (Bernoulli decoder), a 7x7
                  map of 16-dimensional codes, K = 512, EMA codebook with dead-code restarts
     2. vq_prior  a GPT-2 over the 49 raster-ordered codes of each training image (codes computed on the fly by
                  the frozen VQ-VAE); the run publishes the VQ-VAE with the prior in prior/
+    3. vq_prior  a gated PixelCNN (--prior_type pixelcnn, van den Oord et al. 2016) on the same codes, same steps
+                 and learning rate
 
 Reported on the test split (10k images):
 
@@ -18,13 +21,15 @@ Reported on the test split (10k images):
                            test set's code maps, for the learned and the uniform prior
     wall time              of each run (training + final evaluation)
 
-and writes benchmarks/results/vq_prior_samples.png: 64 samples of the uniform prior (left) and of the learned prior
-(right), same decoder. With --fid_features DIR (a classifier trained by scripts/train_fid_classifier.py), the
-Fréchet distance between 2,000 samples of each prior and the test split in that classifier's features is added.
+for the uniform prior and each learned one, and writes benchmarks/results/vq_prior_samples.png: 64 samples of the
+uniform prior (left), the GPT-2 prior and the PixelCNN prior (right), same decoder. With --fid_features DIR (a
+classifier trained by scripts/train_fid_classifier.py), the Fréchet distance between 2,000 samples of each prior
+and the test split in that classifier's features is added.
 
     python benchmarks/bench_vq_prior.py --threads 1             # 1500 + 2500 steps
     python benchmarks/bench_vq_prior.py --quick                 # 150 + 200 steps, 2000 test images
-    python benchmarks/bench_vq_prior.py --vqvae DIR             # reuse a trained VQ-VAE, train only the prior
+    python benchmarks/bench_vq_prior.py --vqvae DIR             # reuse a trained VQ-VAE, train only the priors
+    python benchmarks/bench_vq_prior.py --priors pixelcnn       # one prior kind only
 """
 
 from __future__ import annotations
@@ -50,6 +55,11 @@ VQVAE = {"backbone": "conv", "image_size": 28, "block_out_channels": [16, 32, 32
          "layers_per_block": 1, "mid_block_add_attention": False, "num_embeddings": 512, "embedding_dim": 16,
          "use_ema": True, "dead_code_threshold": 1.0}
 PRIOR = {"n_embd": 128, "n_layer": 4, "n_head": 4, "dropout": 0.0}
+#: the gated PixelCNN on the same codes (about as many weights as the GPT-2 above)
+PIXELCNN = {"prior_type": "pixelcnn", "pixelcnn_channels": 64, "pixelcnn_layers": 8, "pixelcnn_kernel_size": 3,
+            "pixelcnn_first_kernel_size": 7}
+#: each prior kind: its model config and the run's folder in --workdir
+PRIORS = {"gpt2": (PRIOR, "vq_prior"), "pixelcnn": (PIXELCNN, "pixelcnn_prior")}
 
 
 def _reset_accelerate():
@@ -99,21 +109,25 @@ def _test_code_histogram(model, num_examples):
     return counts
 
 
-def _frechet_distances(model, fid_features, num_samples, eval_examples, seed):
-    """Fréchet distance in the classifier's features between the test split and samples of the learned prior, and
-    of the uniform prior (the same VQ-VAE without its prior)."""
+def _frechet_distances(models, fid_features, num_samples, eval_examples, seed):
+    """Fréchet distance in the classifier's features between the test split and samples of each learned prior
+    (`models`: name -> the VQ-VAE with that prior), and of the uniform prior (the same VQ-VAE without a prior)."""
     import copy
 
     from hf_vae.evaluation.fid import frechet_distance_of_samples, load_fid_features, real_statistics
 
     features = load_fid_features(fid_features)
     real = real_statistics(features, "fashion_mnist", "test", max_examples=eval_examples)
-    uniform = copy.deepcopy(model).attach_prior(None)
+    uniform = copy.deepcopy(next(iter(models.values()))).attach_prior(None)
+    distances = {"samples": num_samples, "features": fid_features}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the uniform prior's "samples are noise" warning: that is the point here
-        return {"learned": frechet_distance_of_samples(model, features, real, num_samples, seed=seed),
-                "uniform": frechet_distance_of_samples(uniform, features, real, num_samples, seed=seed),
-                "samples": num_samples, "features": fid_features}
+        distances["uniform"] = frechet_distance_of_samples(uniform, features, real, num_samples, seed=seed)
+    for name, model in models.items():
+        start = time.perf_counter()
+        distances[name] = frechet_distance_of_samples(model, features, real, num_samples, seed=seed)
+        print(f"Fréchet distance {name}: {distances[name]:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return distances
 
 
 def _total_variation(counts_a, counts_b) -> float:
@@ -127,6 +141,8 @@ def main():
     parser.add_argument("--vqvae_steps", type=int, default=None, help="VQ-VAE steps (default 1500; quick 150)")
     parser.add_argument("--prior_steps", type=int, default=None, help="prior steps (default 2500; quick 200)")
     parser.add_argument("--vqvae", default=None, help="a trained VQ-VAE folder: skip stage 1")
+    parser.add_argument("--priors", default="gpt2,pixelcnn",
+                        help=f"comma-separated prior kinds to train on the VQ-VAE, of {', '.join(PRIORS)}")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--prior_learning_rate", type=float, default=5e-4)
     parser.add_argument("--num_samples", type=int, default=1000, help="sampled code maps for the histogram")
@@ -139,6 +155,9 @@ def main():
     parser.add_argument("--workdir", default=None, help="where the two runs are written (default: a temp folder)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
+    kinds = [kind.strip() for kind in args.priors.split(",") if kind.strip()]
+    if not kinds or set(kinds) - set(PRIORS):
+        parser.error(f"--priors: expected a comma-separated subset of {', '.join(PRIORS)}, got {args.priors!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -154,7 +173,7 @@ def main():
 
     result = {"benchmark": "vq_prior", "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
               "machine": machine(),
-              "recipe": {"vqvae": VQVAE, "prior": PRIOR, "vqvae_steps": vqvae_steps,
+              "recipe": {"vqvae": VQVAE, "prior": PRIOR, "pixelcnn_prior": PIXELCNN, "vqvae_steps": vqvae_steps,
                          "prior_steps": prior_steps, "batch_size": args.batch_size,
                          "optimizer": "Adam, 5% warm-up, cosine; VQ-VAE 1e-3, prior "
                                       f"{args.prior_learning_rate:g}",
@@ -174,65 +193,81 @@ def main():
         with open(os.path.join(vqvae_dir, "metrics.json")) as f:
             result["vqvae"] = {"source": vqvae_dir, "metrics": json.load(f)["metrics"]}
 
-    # -- 2. its prior ----------------------------------------------------------------------------------------
-    prior_dir = os.path.join(workdir, "vq_prior")
-    record, seconds = _train("vq_prior", prior_dir, prior_steps, args.batch_size, args.prior_learning_rate, args.seed,
-                             eval_examples, dict(PRIOR), vqvae=vqvae_dir)
-    metrics = record["metrics"]
-    print(f"prior: {metrics} in {seconds:.0f} s", flush=True)
-    model = VQVAEModel.from_pretrained(prior_dir).eval()
-    num_codes = model.prior.config.num_codes
-    num_dims = math.prod(model.config.data_shape)
-    log_k = math.log(model.config.num_embeddings)
-    # The reconstruction term is the same for both priors, so the uniform prior's bound follows exactly.
-    uniform_bound = metrics["neg_elbo"] + num_codes * (log_k - metrics["prior_nll_per_code"])
-    bounds = {"learned": metrics["neg_elbo"], "uniform": uniform_bound}
-    result["prior"] = {"seconds": round(seconds, 1), "steps": record["step"],
-                       "resumed_from": record["train"]["resumed_from"], "metrics": metrics,
-                       "bound_nats": bounds, "bound_bits_per_dim": {k: v / (num_dims * math.log(2))
-                                                                    for k, v in bounds.items()}}
+    # -- 2. its priors: each trained, scored and sampled -------------------------------------------------------
+    data_counts, models, rows, sampled_images = None, {}, {}, {}
+    for kind in kinds:
+        model_config, folder = PRIORS[kind]
+        prior_dir = os.path.join(workdir, folder)
+        record, seconds = _train("vq_prior", prior_dir, prior_steps, args.batch_size, args.prior_learning_rate,
+                                 args.seed, eval_examples, dict(model_config), vqvae=vqvae_dir)
+        metrics = record["metrics"]
+        print(f"{kind} prior: {metrics} in {seconds:.0f} s", flush=True)
+        model = VQVAEModel.from_pretrained(prior_dir).eval()
+        num_codes = model.prior.config.num_codes
+        num_dims = math.prod(model.config.data_shape)
+        log_k = math.log(model.config.num_embeddings)
+        # The reconstruction term is the same for every prior, so the uniform prior's bound follows exactly.
+        uniform_bound = metrics["neg_elbo"] + num_codes * (log_k - metrics["prior_nll_per_code"])
+        if data_counts is None:
+            data_counts = _test_code_histogram(model, eval_examples)
+            rows["uniform"] = {"nll_per_code": log_k, "bound_nats": uniform_bound,
+                               "bound_bits_per_dim": uniform_bound / (num_dims * math.log(2))}
+        generator = torch.Generator().manual_seed(args.seed)
+        start = time.perf_counter()
+        sampled = torch.cat([model.prior.sample_codes(min(250, args.num_samples - i), generator=generator)
+                             for i in range(0, args.num_samples, 250)])
+        sample_seconds = time.perf_counter() - start
+        if "code_histogram_tv" not in rows["uniform"]:
+            uniform = torch.randint(0, model.config.num_embeddings, sampled.shape, generator=generator)
+            rows["uniform"]["code_histogram_tv"] = _total_variation(
+                torch.bincount(uniform.flatten(), minlength=model.config.num_embeddings), data_counts)
+            with torch.no_grad():
+                sampled_images["uniform"] = model.decode_indices(uniform[:64])
+        with torch.no_grad():
+            sampled_images[kind] = model.decode_indices(sampled[:64])
+        rows[kind] = {"seconds": round(seconds, 1), "steps": record["step"],
+                      "resumed_from": record["train"]["resumed_from"], "metrics": metrics,
+                      "parameters": model.prior.num_parameters(), "nll_per_code": metrics["prior_nll_per_code"],
+                      "bound_nats": metrics["neg_elbo"],
+                      "bound_bits_per_dim": metrics["neg_elbo"] / (num_dims * math.log(2)),
+                      "code_histogram_tv": _total_variation(
+                          torch.bincount(sampled.flatten(), minlength=model.config.num_embeddings), data_counts),
+                      "sampling": {"code_maps": args.num_samples, "seconds": round(sample_seconds, 1)}}
+        models[kind] = model
+    result["priors"] = rows
 
-    # -- samples: histograms and the picture -------------------------------------------------------------
-    data_counts = _test_code_histogram(model, eval_examples)
-    generator = torch.Generator().manual_seed(args.seed)
-    start = time.perf_counter()
-    sampled = torch.cat([model.prior.sample_codes(min(250, args.num_samples - i), generator=generator)
-                         for i in range(0, args.num_samples, 250)])
-    sample_seconds = time.perf_counter() - start
-    uniform = torch.randint(0, model.config.num_embeddings, sampled.shape, generator=generator)
-    histogram = {name: _total_variation(torch.bincount(codes.flatten(), minlength=model.config.num_embeddings),
-                                        data_counts)
-                 for name, codes in (("learned", sampled), ("uniform", uniform))}
-    result["code_histogram_tv"] = histogram
-    result["sampling"] = {"code_maps": args.num_samples, "seconds": round(sample_seconds, 1)}
-
-    with torch.no_grad():
-        learned_images = model.decode_indices(sampled[:64])
-        uniform_images = model.decode_indices(uniform[:64])
-    picture = os.path.join(ROOT, "benchmarks", "results", f"vq_prior_samples{quick}.png")
-    left, right = image_grid(uniform_images, (0.0, 1.0), nrow=8), image_grid(learned_images, (0.0, 1.0), nrow=8)
+    # -- samples: the picture, uniform | GPT-2 | PixelCNN ----------------------------------------------------
     from PIL import Image
 
+    picture = os.path.join(ROOT, "benchmarks", "results", f"vq_prior_samples{quick}.png")
+    grids = [image_grid(images, (0.0, 1.0), nrow=8).convert("RGB") for images in sampled_images.values()]
     gap = 16
-    canvas = Image.new("RGB", (left.width + gap + right.width, max(left.height, right.height)), "white")
-    canvas.paste(left.convert("RGB"), (0, 0))
-    canvas.paste(right.convert("RGB"), (left.width + gap, 0))
+    canvas = Image.new("RGB", (sum(g.width for g in grids) + gap * (len(grids) - 1), max(g.height for g in grids)),
+                       "white")
+    for i, grid in enumerate(grids):
+        canvas.paste(grid, (sum(g.width + gap for g in grids[:i]), 0))
     canvas.save(picture)
     result["picture"] = os.path.relpath(picture, ROOT)
-
-    if args.fid_features:
-        result["frechet_distance"] = _frechet_distances(model, args.fid_features, args.fid_samples, eval_examples,
-                                                        args.seed)
-        print(f"Fréchet distance: {result['frechet_distance']}", flush=True)
+    result["picture_columns"] = list(sampled_images)
 
     output = args.output or os.path.join(ROOT, "benchmarks", "results", f"vq_prior{quick}.json")
-    write_result(result, output)
-    rows = [[name, f"{metrics['prior_nll_per_code'] if name == 'learned' else log_k:.3f}",
-             f"{bounds[name]:.1f}", f"{result['prior']['bound_bits_per_dim'][name]:.4f}", f"{histogram[name]:.3f}"]
-            for name in ("uniform", "learned")]
+    write_result(result, output)  # written again with the Fréchet distances, which take the longest
+    if args.fid_features:
+        result["frechet_distance"] = _frechet_distances(models, args.fid_features, args.fid_samples, eval_examples,
+                                                        args.seed)
+        for name, row in rows.items():
+            row["frechet_distance"] = result["frechet_distance"][name]
+
+        write_result(result, output)
+    table_rows = [[name, f"{row['nll_per_code']:.3f}", f"{row['bound_nats']:.1f}", f"{row['bound_bits_per_dim']:.4f}",
+                   f"{row['code_histogram_tv']:.3f}", f"{row['frechet_distance']:.2f}" if "frechet_distance" in row
+                   else "-", str(row["sampling"]["seconds"]) if "sampling" in row else "-"]
+                  for name, row in rows.items()]
     print()
-    print(table(rows, ["prior", "NLL / code (nats)", "bound (nats)", "bits/dim", "code histogram TV"]))
-    print(f"\nVQ-VAE {result.get('vqvae', {}).get('seconds', '-')} s, prior {seconds:.0f} s; picture {picture}; "
+    print(table(table_rows, ["prior", "NLL / code (nats)", "bound (nats)", "bits/dim", "code histogram TV",
+                             "Fréchet distance", f"sampling {args.num_samples} (s)"]))
+    times = ", ".join(f"{kind} {rows[kind]['seconds']} s" for kind in kinds)
+    print(f"\nVQ-VAE {result.get('vqvae', {}).get('seconds', '-')} s, priors {times}; picture {picture}; "
           f"written to {output}")
 
 

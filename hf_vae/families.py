@@ -267,9 +267,10 @@ FAMILIES: Dict[str, Family] = {family.name: family for family in (
            "objectives:build_prior_objective",
            None,  # published inside its VQ-VAE's card (`prior/`), not on its own
            Capabilities(code_prior=True),
-           summary="not an autoencoder: a GPT-2 prior over a trained VQ-VAE's code maps, so that the VQ-VAE can "
-                   "sample",
-           papers=(("van den Oord et al. 2017", "Neural Discrete Representation Learning"),
+           summary="not an autoencoder: an autoregressive prior over a trained VQ-VAE's code maps, a GPT-2 "
+                   '(`prior_type="gpt2"`) or a gated PixelCNN (`"pixelcnn"`), so that the VQ-VAE can sample',
+           papers=(("van den Oord et al. 2016", "Conditional Image Generation with PixelCNN Decoders"),
+                   ("van den Oord et al. 2017", "Neural Discrete Representation Learning"),
                    ("Esser et al. 2021", "Taming Transformers for High-Resolution Image Synthesis"))),
 )}
 

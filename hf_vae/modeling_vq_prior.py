@@ -1,4 +1,4 @@
-"""A learned prior for the VQ-VAE: a transformers GPT-2 over raster-ordered code maps.
+"""A learned prior for the VQ-VAE: a transformers GPT-2 or a gated PixelCNN over raster-ordered code maps.
 
 The VQ-VAE is trained with a uniform prior over codes; afterwards an autoregressive model is fit to the codes of
 the training data and sampled to generate (van den Oord et al. 2017 use a PixelCNN, taming-transformers a GPT):
@@ -8,18 +8,33 @@ the training data and sampled to generate (van den Oord et al. 2017 use a PixelC
 The GPT-2 reads [start or class token, z_1, …, z_{n−1}] and predicts z_1 … z_n. Its likelihood is restricted to
 the K codes (the start and class tokens are never predicted), so `log_prob` is a normalised distribution over
 code maps, and sampling goes through transformers' `generate` with those tokens suppressed.
+
+With `prior_type="pixelcnn"` the network is a gated PixelCNN (van den Oord et al. 2016; hf_vae.pixelcnn), as the
+VQ-VAE paper fit: it reads the code map itself and gives the logits of every z_i given z_<i in one pass. The
+likelihood is the same cross-entropy; sampling fills the map in raster order, one pass per code, with the same
+temperature, top-k and top-p controls (transformers' logits warpers, in `generate`'s order).
 """
 
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import math
+
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, GPT2LMHeadModel, PreTrainedModel
+from transformers.generation.logits_process import (
+    LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 from transformers.utils import ModelOutput
 
 from .configuration_vq_prior import VQPriorConfig
 from .input_checks import is_tracing
+from .pixelcnn import GatedPixelCNN
+
+try:  # transformers >= 5 guards initialisers so that weights loaded from a checkpoint are never overwritten
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover - transformers 4.x
+    init = torch.nn.init
 
 
 @dataclass
@@ -30,7 +45,8 @@ class VQPriorOutput(ModelOutput):
         loss (`()`): cross-entropy in nats per code, averaged over codes and batch (the training objective).
         nll (`(B,)`): −log p(z) of each code map in nats (summed over its codes).
         logits (`(B, n, K)`): unnormalised log-probabilities of each code given the codes before it.
-        hidden_states, attentions: the GPT-2's, with `output_hidden_states` / `output_attentions`.
+        hidden_states, attentions: the GPT-2's, with `output_hidden_states` / `output_attentions` (None for the
+            PixelCNN).
     """
 
     loss: Optional[torch.FloatTensor] = None
@@ -41,7 +57,8 @@ class VQPriorOutput(ModelOutput):
 
 
 class VQPriorModel(PreTrainedModel):
-    """GPT-2 prior over the code maps of a VQ-VAE. Attach it with `VQVAEModel.attach_prior` to sample images."""
+    """GPT-2 or PixelCNN prior over the code maps of a VQ-VAE (`config.prior_type`). Attach it with
+    `VQVAEModel.attach_prior` to sample images."""
 
     config_class = VQPriorConfig
     base_model_prefix = "prior"
@@ -54,29 +71,46 @@ class VQPriorModel(PreTrainedModel):
 
     def __init__(self, config: VQPriorConfig):
         super().__init__(config)
-        gpt2_config = config.gpt2_config()
-        gpt2_config._attn_implementation = config._attn_implementation
-        self.gpt = GPT2LMHeadModel(gpt2_config)
-        # The head is untied by design (see `VQPriorConfig.gpt2_config`), so GPT-2's declaration that it is tied to
-        # the token embedding does not hold here.
-        self.gpt._tied_weights_keys = {}
+        # One network per prior: `gpt` (GPT-2) or `pixelcnn`; the other attribute is None.
+        self.gpt = self.pixelcnn = None
+        if config.prior_type == "pixelcnn":
+            self.pixelcnn = GatedPixelCNN(
+                config.num_embeddings, config.pixelcnn_channels, config.pixelcnn_layers,
+                kernel_size=config.pixelcnn_kernel_size, first_kernel_size=config.pixelcnn_first_kernel_size,
+                num_classes=config.num_classes)
+        else:
+            gpt2_config = config.gpt2_config()
+            gpt2_config._attn_implementation = config._attn_implementation
+            self.gpt = GPT2LMHeadModel(gpt2_config)
+            # The head is untied by design (see `VQPriorConfig.gpt2_config`), so GPT-2's declaration that it is tied
+            # to the token embedding does not hold here.
+            self.gpt._tied_weights_keys = {}
         self.post_init()
 
     def set_attn_implementation(self, attn_implementation, *args, **kwargs):
         """transformers' `set_attn_implementation`, passed on to the GPT-2 (whose config is built, not nested)."""
         super().set_attn_implementation(attn_implementation, *args, **kwargs)
-        self.gpt.set_attn_implementation(self.config._attn_implementation)
+        if self.gpt is not None:
+            self.gpt.set_attn_implementation(self.config._attn_implementation)
 
     def get_input_embeddings(self) -> torch.nn.Module:
-        return self.gpt.get_input_embeddings()
+        return self.gpt.get_input_embeddings() if self.gpt is not None else self.pixelcnn.embedding
 
     def set_input_embeddings(self, value: torch.nn.Module) -> None:
-        self.gpt.set_input_embeddings(value)
+        if self.gpt is not None:
+            self.gpt.set_input_embeddings(value)
+        else:
+            self.pixelcnn.embedding = value
 
     def _init_weights(self, module) -> None:
-        # The only weights are the GPT-2's, which transformers initialises with GPT-2's own scheme (N(0, 0.02),
-        # residual projections scaled by 1/√(2·n_layer)).
-        pass
+        # The GPT-2's weights are initialised by transformers with GPT-2's own scheme (N(0, 0.02), residual
+        # projections scaled by 1/√(2·n_layer)); only the PixelCNN's modules reach this method: PyTorch's defaults
+        # (convolutions Kaiming-uniform, embeddings N(0, 1)), also after a construction on the meta device.
+        if isinstance(module, torch.nn.Embedding):
+            init.normal_(module.weight)
+        elif isinstance(module, torch.nn.Conv2d):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            init.uniform_(module.bias, -1 / math.sqrt(module.weight[0].numel()), 1 / math.sqrt(module.weight[0].numel()))
 
     @property
     def is_conditional(self) -> bool:
@@ -143,6 +177,9 @@ class VQPriorModel(PreTrainedModel):
         self.check_codes(codes)
         batch = codes.shape[0]
         targets = codes.reshape(batch, -1).long()
+        if self.pixelcnn is not None:
+            logits = self.pixelcnn_logits(codes, labels)
+            return self._output(logits, targets, None, None, return_dict)
         tokens = torch.cat([self.first_tokens(batch, labels, codes.device), targets[:, :-1]], dim=1)
         config = self.config
         gpt = self.gpt(input_ids=tokens, use_cache=False,
@@ -151,10 +188,29 @@ class VQPriorModel(PreTrainedModel):
                        output_attentions=output_attentions if output_attentions is not None else config.output_attentions)
         # Only codes are predicted: the start and class tokens' logits are not part of the distribution.
         logits = gpt.logits[..., : self.config.num_embeddings]
+        return self._output(logits, targets, gpt.hidden_states, gpt.attentions, return_dict)
+
+    @staticmethod
+    def _output(logits, targets, hidden_states, attentions, return_dict):
         nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none").sum(1)
         output = VQPriorOutput(loss=nll.mean() / targets.shape[1], nll=nll, logits=logits,
-                               hidden_states=gpt.hidden_states, attentions=gpt.attentions)
+                               hidden_states=hidden_states, attentions=attentions)
         return output if return_dict else output.to_tuple()
+
+    def pixelcnn_logits(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
+        """(B, *code_shape) codes -> (B, n, K): the PixelCNN's logits of every code given the codes before it in
+        raster order."""
+        batch = codes.shape[0]
+        labels = self.class_indices(batch, labels, codes.device)
+        logits = self.pixelcnn(codes.reshape(batch, *self.config.code_map_shape).long(), labels)
+        return logits.flatten(2).transpose(1, 2)
+
+    def class_indices(self, batch_size: int, labels, device) -> Optional[torch.LongTensor]:
+        """(B,) class indices of a class-conditional prior (None for an unconditional one), checked as the
+        GPT-2's class tokens are."""
+        if labels is None and not self.is_conditional:
+            return None
+        return self.first_tokens(batch_size, labels, device).view(batch_size) - (self.config.num_embeddings + 1)
 
     def log_prob(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
         """log p(z) of each code map, (B,), in nats."""
@@ -192,10 +248,15 @@ class VQPriorModel(PreTrainedModel):
                 and seeded from this generator; the caller's RNG state is left as it was).
             temperature, top_k, top_p: the usual sampling controls (the defaults sample the prior itself).
             generation_config: a full `GenerationConfig` instead of the three controls (it must sample exactly
-                n = h·w new tokens).
+                n = h·w new tokens); the GPT-2 prior's only.
         """
         if not isinstance(num_samples, int) or num_samples <= 0:
             raise ValueError(f"Expected a positive int `num_samples`, got {num_samples!r}.")
+        if self.pixelcnn is not None:
+            if generation_config is not None:
+                raise ValueError("Expected temperature, top_k and top_p for the PixelCNN prior, got a "
+                                 "generation_config (it configures transformers' `generate`, the GPT-2 prior's).")
+            return self._sample_pixelcnn(num_samples, labels, generator, temperature, top_k, top_p)
         config = self.config
         first = self.first_tokens(num_samples, labels)
         if generation_config is None:
@@ -211,4 +272,31 @@ class VQPriorModel(PreTrainedModel):
             raise ValueError(f"The generation config produced {codes.shape[1]} tokens per sample; expected exactly "
                              f"{config.num_codes} codes in [0, {config.num_embeddings}) (set max_new_tokens = "
                              f"min_new_tokens = {config.num_codes} and suppress the tokens >= {config.num_embeddings}).")
+        return codes.reshape(num_samples, *config.code_shape)
+
+    def _sample_pixelcnn(self, num_samples, labels, generator, temperature, top_k, top_p) -> torch.LongTensor:
+        """Ancestral sampling in raster order: one pass of the PixelCNN per code, each code drawn from its warped
+        conditional (temperature, then top-k, then top-p, the order of transformers' `generate`) with `generator`."""
+        config = self.config
+        settings = self.generation_config_for(temperature, top_k, top_p)  # checks the three controls
+        warpers = LogitsProcessorList()
+        if settings.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_k:
+            warpers.append(TopKLogitsWarper(settings.top_k))
+        if settings.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(settings.top_p))
+        classes = self.class_indices(num_samples, labels, self.device)
+        height, width = config.code_map_shape
+        codes = torch.zeros(num_samples, height, width, dtype=torch.long, device=self.device)
+        draw_on = generator.device if generator is not None else self.device
+        for position in range(config.num_codes):
+            row, column = divmod(position, width)
+            # Row r depends only on rows ≤ r (the convolutions pad above, never below): the rows after it are
+            # left out of the pass.
+            logits = self.pixelcnn(codes[:, : row + 1], classes)[:, :, row, column].float()
+            scores = warpers(codes.view(num_samples, -1), logits)
+            probabilities = torch.softmax(scores, dim=-1).to(draw_on)
+            drawn = torch.multinomial(probabilities, 1, generator=generator).view(num_samples)
+            codes[:, row, column] = drawn.to(self.device)
         return codes.reshape(num_samples, *config.code_shape)

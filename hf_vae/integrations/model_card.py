@@ -498,7 +498,8 @@ def _describe_prior(model) -> Optional[str]:
     prior = model.prior
     config = prior.config
     classes = f", class-conditional ({config.num_classes} classes)" if config.num_classes else ""
-    return (f"GPT-2 ({config.n_layer} layers of width {config.n_embd}, {_human(prior.num_parameters())} parameters) "
+    network, _, shape = config.network_description.partition(", ")
+    return (f"{network} ({shape}, {_human(prior.num_parameters())} parameters) "
             f"over the {'×'.join(map(str, config.code_shape))} code map in raster order{classes}, in `prior/`")
 
 

@@ -1,8 +1,8 @@
 """Training a prior over a trained autoencoder's latents: `scripts/train.py --model vq_prior --vqvae DIR_OR_REPO`.
 
-The VQ-VAE is loaded once and frozen; every training batch is encoded to its code map on the fly, and the GPT-2
-prior (hf_vae.modeling_vq_prior) learns them with the same loop, checkpoints and evaluations as the autoencoders
-(the objective is `hf_vae.training.objectives.PriorObjective`). The run publishes the VQ-VAE with the prior
+The VQ-VAE is loaded once and frozen; every training batch is encoded to its code map on the fly, and the prior
+(hf_vae.modeling_vq_prior: a GPT-2, or a gated PixelCNN with --prior_type pixelcnn) learns them with the same loop,
+checkpoints and evaluations as the autoencoders (the objective is `hf_vae.training.objectives.PriorObjective`). The run publishes the VQ-VAE with the prior
 attached (its config.json and weights at the root, the prior in prior/), so that `from_pretrained` of the output
 folder gives a VQ-VAE whose `generate` samples from the prior.
 """

@@ -25,7 +25,7 @@ def startup_banner(train_args: TrainArguments, data_args: DataArguments, model, 
     num_params = sum(p.numel() for p in model.parameters())
     shape = "x".join(str(d) for d in (config if autoencoder is None else autoencoder.config).data_shape)
     if autoencoder is not None:  # a prior over the autoencoder's codes
-        arch = (f"GPT-2, {config.n_layer} layers of width {config.n_embd}, over "
+        arch = (f"{config.network_description}, over "
                 f"{'x'.join(map(str, config.code_shape))} maps of {config.num_embeddings} codes of {train_args.vqvae}")
     else:
         from ..integrations.model_card import describe_architecture

@@ -66,7 +66,8 @@ class TrainArguments:
         f"default {DEFAULT_FAMILY}, or with --pretrained_model_name_or_path the source's.",
         group=MODEL, choices=MODEL_NAMES, metavar="NAME"))
     vqvae: Optional[str] = field(default=None, metadata=_help(
-        f"With --model {_CODE_PRIOR}: the trained VQ-VAE (a folder or Hub repo) whose code maps the GPT-2 prior "
+        f"With --model {_CODE_PRIOR}: the trained VQ-VAE (a folder or Hub repo) whose code maps the prior (GPT-2 or "
+        "PixelCNN, --prior_type) "
         "learns; "
         "the run publishes that VQ-VAE with the prior in prior/.", group=MODEL, metavar="DIR_OR_REPO"))
     output_dir: Optional[str] = field(default=None, metadata=_help(
