@@ -52,6 +52,16 @@ def test_feature_classifier_round_trips_through_safetensors(tmp_path):
         ClassifierFeatures.from_pretrained(str(tmp_path / "missing"))
 
 
+def test_train_feature_classifier_publishes_its_folder(tmp_path):
+    """The training function writes through the trainer's publishing step (atomic, recorded in the manifest)."""
+    from hf_vae.evaluation.fid import FeatureClassifier, train_feature_classifier
+
+    record = train_feature_classifier("shapes", str(tmp_path / "clf"), epochs=0, image_size=16, max_eval_examples=50,
+                                      log=lambda *_: None)
+    assert 0.0 <= record["test_accuracy"] <= 1.0
+    assert FeatureClassifier.from_pretrained(str(tmp_path / "clf")).config["image_size"] == 16
+
+
 def test_inception_loads_pytorch_fid_key_names_from_safetensors(tmp_path):
     torch.manual_seed(0)
     state = FIDInceptionV3().state_dict()  # random convolutions (PyTorch's initialisation) ...

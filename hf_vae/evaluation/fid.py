@@ -90,9 +90,13 @@ class FeatureClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
 
-    def save_pretrained(self, directory: str) -> None:
+    def save_pretrained(self, directory: str, safe_serialization: bool = True) -> None:
+        """Weights as safetensors and the config as JSON (the only formats: a classifier is shared, so loaded
+        from untrusted places)."""
         from safetensors.torch import save_file
 
+        if not safe_serialization:
+            raise ValueError("Expected safe_serialization=True: the feature classifier is saved as safetensors only.")
         os.makedirs(directory, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, os.path.join(directory, CLASSIFIER_WEIGHTS))
         with open(os.path.join(directory, CLASSIFIER_CONFIG), "w") as f:
