@@ -123,7 +123,12 @@ class VQVAEModel(AutoencoderPreTrainedModel):
             positions = (self.config.latent_dim // self.config.embedding_dim,)
         else:
             positions = tuple(self.latent_shape[1:])
-        return positions + ((self.config.num_quantizers,) if self.config.quantizer == "rvq" else ())
+        return positions + ((self.code_levels,) if self.code_levels > 1 else ())
+
+    @property
+    def code_levels(self) -> int:
+        """Codes per position: the residual quantiser's levels, each with its own codebook (1 otherwise)."""
+        return self.config.num_quantizers if self.config.quantizer == "rvq" else 1
 
     @property
     def latent_map_channels(self) -> int:

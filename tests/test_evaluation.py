@@ -31,7 +31,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny(kind):
+def tiny(kind, **fields):
     torch.manual_seed(0)
     if kind == "vae":
         return VAEModel(VAEConfig(image_size=16, hidden_dims=[32], latent_dim=4))
@@ -39,7 +39,7 @@ def tiny(kind):
         return CVAEModel(CVAEConfig(image_size=16, hidden_dims=[32], latent_dim=4, num_classes=3))
     if kind == "vq_vae":
         return VQVAEModel(VQVAEConfig(image_size=16, backbone="conv", block_out_channels=[8, 16], norm_num_groups=4,
-                                      num_embeddings=16, embedding_dim=4, mid_block_add_attention=False))
+                                      num_embeddings=16, embedding_dim=4, mid_block_add_attention=False, **fields))
     return KLAEModel(KLAEConfig(in_channels=1, out_channels=1, sample_size=16, block_out_channels=[8, 16],
                                 norm_num_groups=4, latent_channels=2, mid_block_add_attention=False))
 
@@ -192,6 +192,22 @@ def test_codebook_usage_and_perplexity_are_over_the_whole_split():
     assert metrics["perplexity"] == pytest.approx(expected["perplexity"])
     with pytest.raises(ValueError, match="Unknown metrics"):
         evaluate(model, "shapes", "test", metrics=["fid"])
+
+
+def test_a_residual_quantisers_codebook_statistics_are_per_level():
+    """Each level of a residual quantiser has its own codebook: its usage and perplexity are that level's, averaged
+    over the levels (pooling the levels' indices would count level 2's code 3 as level 1's)."""
+    from hf_vae.data import build_dataset, collate_batch
+
+    model = tiny("vq_vae", quantizer="rvq", num_quantizers=2)
+    metrics = evaluate(model, "shapes", "test", max_examples=40, batch_size=16, metrics=["codebook_usage",
+                                                                                          "perplexity"])
+    rows = list(build_dataset("shapes", "test", image_size=16, value_range=(0, 1), binarize=True).take(40))
+    codes = model.encode_to_indices(collate_batch(rows)["pixel_values"])
+    assert codes.shape[-1] == 2
+    levels = [codebook_stats(codes[..., level], 16) for level in range(2)]
+    assert metrics["codebook_usage"] == pytest.approx(sum(s["usage"] for s in levels) / 2)
+    assert metrics["perplexity"] == pytest.approx(sum(s["perplexity"] for s in levels) / 2)
 
 
 def test_a_conditional_model_needs_labels():

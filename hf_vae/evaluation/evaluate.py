@@ -150,6 +150,13 @@ def _has_vector_gaussian_latent(model) -> bool:
 
 
 @torch.no_grad()
+
+def _code_counts(indices: torch.Tensor, levels: int, num_embeddings: int) -> torch.Tensor:
+    """(levels, K) counts of each code at each level: the last dimension of `indices` holds a position's levels when
+    there are several."""
+    per_level = indices.reshape(-1, levels) if levels > 1 else indices.reshape(-1, 1)
+    return torch.stack([torch.bincount(per_level[:, level], minlength=num_embeddings) for level in range(levels)])
+
 def evaluate(
     model,
     dataset,
@@ -317,8 +324,7 @@ def evaluate(
                 latents.append(posterior.latent_dist.mean.float().cpu())
                 factors.append(batch["factors"].cpu())
             if want_codes:
-                counts = torch.bincount(model.encode_to_indices(x).flatten().cpu(),
-                                        minlength=model.config.num_embeddings)
+                counts = _code_counts(model.encode_to_indices(x).cpu(), model.code_levels, model.config.num_embeddings)
                 code_counts = counts if code_counts is None else code_counts + counts
             if bar is not None:
                 bar.update(b)
@@ -331,7 +337,7 @@ def evaluate(
     keys = sorted(sums)
     totals = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
     if code_counts is None and want_codes:
-        code_counts = torch.zeros(model.config.num_embeddings, dtype=torch.long)
+        code_counts = torch.zeros(model.code_levels, model.config.num_embeddings, dtype=torch.long)
     if num_processes > 1:
         totals = _all_reduce_sum(totals, accelerator)
         if want_codes:
@@ -362,10 +368,11 @@ def evaluate(
         if z.shape[1] >= 2:
             result["mig"] = float(mutual_information_gap(z.numpy(), v.numpy(), num_bins=mig_num_bins)["mig"])
     if want_codes:
-        stats = codebook_stats(torch.repeat_interleave(torch.arange(len(code_counts)), code_counts),
-                               model.config.num_embeddings)
-        result["codebook_usage"] = float(stats["usage"])
-        result["perplexity"] = float(stats["perplexity"])
+        # a residual quantiser's levels have a codebook each: the statistics of each, averaged over the levels
+        levels = [codebook_stats(torch.repeat_interleave(torch.arange(len(counts)), counts),
+                                 model.config.num_embeddings) for counts in code_counts]
+        result["codebook_usage"] = sum(float(stats["usage"]) for stats in levels) / len(levels)
+        result["perplexity"] = sum(float(stats["perplexity"]) for stats in levels) / len(levels)
     if want_bound:
         result["prior_nll_per_code"] = sums["code_nll"] / (n * model.prior.config.num_codes)
         result["uniform_nll_per_code"] = math.log(model.config.num_embeddings)
