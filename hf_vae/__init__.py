@@ -16,6 +16,7 @@ from .configuration_ciwae import CIWAEConfig
 from .configuration_cvae import CVAEConfig
 from .configuration_info_vae import InfoVAEConfig
 from .configuration_factor_vae import FactorVAEConfig
+from .configuration_hvae import HVAEConfig
 from .configuration_iwae import IWAEConfig
 from .configuration_klae import KLAEConfig
 from .configuration_miwae import MIWAEConfig
@@ -36,6 +37,7 @@ from .modeling_ciwae import CIWAEModel
 from .modeling_cvae import CVAEModel
 from .modeling_factor_vae import FactorVAEModel
 from .modeling_info_vae import InfoVAEModel
+from .modeling_hvae import HVAEModel
 from .modeling_iwae import IWAEModel
 from .modeling_klae import KLAEModel
 from .modeling_miwae import MIWAEModel
@@ -98,6 +100,8 @@ __all__ = [
     "EncoderOutput",
     "FactorVAEConfig",
     "FactorVAEModel",
+    "HVAEConfig",
+    "HVAEModel",
     "IWAEConfig",
     "IWAEModel",
     "InfoVAEConfig",

@@ -58,3 +58,40 @@ def test_energy_is_nearly_conserved_without_tempering():
         z, rho = leapfrog(z, rho, potential, 0.01, create_graph=False)
         z = z.detach()
     assert abs((energy(z, rho) - start).item()) < 1e-3  # the leapfrog's error is O(ε²)
+
+
+def _tempered_step(roots, k):
+    """Leapfrog step k of the tempered flow followed by its cooling ρ ← √(β_{k−1}/β_k)·ρ, on the state (z, ρ)."""
+
+    def step(s):
+        z, rho = leapfrog(s[:D][None], s[D:][None], potential, 0.25)
+        return torch.cat([z[0], roots[k - 1] / roots[k] * rho[0]])
+
+    return step
+
+
+def test_one_tempered_step_scales_volume_by_its_tempering_factor():
+    beta_zero, num_steps = 0.3, 4
+    roots = [float(r) for r in tempering_schedule(beta_zero, num_steps)]
+    state = torch.tensor([0.4, -1.2, 0.7, 0.3, 0.9, -0.5], dtype=torch.float64)
+    for k in range(1, num_steps + 1):
+        # |det J| = (√β_{k−1}/√β_k)^d: log of it is d·log(√β_{k−1}/√β_k)
+        expected = D * math.log(roots[k - 1] / roots[k])
+        assert math.isclose(_jacobian_log_det(_tempered_step(roots, k), state), expected, abs_tol=1e-10)
+
+
+def test_untempered_step_keeps_volume():
+    roots = [float(r) for r in tempering_schedule(1.0, 3)]  # β₀ = 1: every β_k = 1
+    assert roots == [1.0] * 4
+    state = torch.tensor([1.4, 0.2, -0.7, -0.3, 0.1, 0.5], dtype=torch.float64)
+    assert abs(_jacobian_log_det(_tempered_step(roots, 2), state)) < 1e-10
+
+
+def test_gradient_without_a_graph_is_the_same_and_detached():
+    z = torch.tensor([[0.4, -1.2, 0.7]], dtype=torch.float64, requires_grad=True)
+    rho = torch.tensor([[0.3, 0.9, -0.5]], dtype=torch.float64)
+    with_graph = leapfrog(z, rho, potential, 0.1, create_graph=True)
+    without = leapfrog(z, rho, potential, 0.1, create_graph=False)
+    for a, b in zip(with_graph, without):
+        torch.testing.assert_close(b, a.detach())
+        assert not b.requires_grad

@@ -40,6 +40,7 @@ TINY = {
     "factor_vae": dict(conv=dict(latent_dim=4)),
     "vq_prior": dict(num_embeddings=16, code_shape=(4, 4), n_embd=32, n_layer=2, n_head=2),
     "ae": {},
+    "hvae": dict(num_leapfrog_steps=2, leapfrog_step_size=0.05, learn_leapfrog_step_size=True, learn_beta_zero=True),
 }
 
 #: every family of the table: the autoencoders, then the priors over another family's codes
