@@ -117,25 +117,21 @@ class TemperedLeapfrog(nn.Module):
 
 
 class HamiltonianPosterior:
-    """q(z₀|x) with the flow's draw: the initial point z₀, the momentum noise γ and the end point (z_K, ρ_K).
-
-    The map (z₀, γ) -> (z_K, ρ_K) keeps volume (tests/test_hamiltonian.py), so the extended proposal's density at
-    (z_K, ρ_K) is q(z₀|x)·N(γ; 0, I), and the target p(x, z_K)·N(ρ_K; 0, I) has p(x, z) as its marginal: the
-    effective log-density of z_K in the ELBO (Caterini et al. 2018, eq. 21) is
+    """q(z₀|x) with the end point z_K of a flow's draw and the effective log-density of z_K in the bound: the
+    extended proposal's log-density at the flow's end point, from which the momentum's target density is taken
+    out, so that with log p(x, z_K) it is the integrand of the ELBO over the extended space. For the HVAE
+    (Caterini et al. 2018, eq. 21) it is
 
         log q(z₀|x) + log N(γ; 0, I) − log N(ρ_K; 0, I)
 
-    known at the posterior's own draw only.
+    (the map (z₀, γ) -> (z_K, ρ_K) keeps volume: tests/test_hamiltonian.py). Known at the posterior's own draw only.
     """
 
     deterministic = False
 
-    def __init__(self, base: DiagonalGaussianDistribution, z_zero: torch.Tensor, gamma: torch.Tensor,
-                 z_k: torch.Tensor, rho_k: torch.Tensor, event_dims: int):
-        self.base, self.latents = base, z_k
+    def __init__(self, base: DiagonalGaussianDistribution, z_k: torch.Tensor, log_density: torch.Tensor):
+        self.base, self.latents, self._log_density = base, z_k, log_density
         self.mean, self.logvar = base.mean, base.logvar
-        self._log_density = (base.log_prob(z_zero) + momentum_log_prob(gamma, event_dims)
-                             - momentum_log_prob(rho_k, event_dims))
 
     def log_prob(self, latents: torch.Tensor) -> torch.Tensor:
         if latents is not self.latents:

@@ -44,22 +44,24 @@ class HVAEModel(AutoencoderPreTrainedModel):
         """U(z) = −log p(x, z) = −log p(x|z) − log p(z), per example: the Hamiltonian's potential energy."""
         return lambda z: self.likelihood(pixel_values, self._decode(z, condition)) - self.prior_log_prob(z)
 
-    def hamiltonian_draw(self, pixel_values, posterior, z_zero, condition, generator) -> HamiltonianPosterior:
-        gamma = draw_momentum_noise(z_zero, generator)
+    def flow(self, pixel_values, z_zero, gamma, condition):
+        """(z₀, γ) -> (z_K, log N(γ; 0, I) − log N(ρ_K; 0, I)): the end point and what the momentum adds to the
+        effective log-density of z_K (HamiltonianPosterior)."""
         with twice_differentiable(self.decoder, torch.is_grad_enabled()):
             z_k, rho_k = self.leapfrog(z_zero, gamma, self.potential(pixel_values, condition))
-        return HamiltonianPosterior(posterior, z_zero, gamma, z_k, rho_k, len(self.latent_shape))
+        event_dims = len(self.latent_shape)
+        return z_k, momentum_log_prob(gamma, event_dims) - momentum_log_prob(rho_k, event_dims)
 
     def refine_latents(self, pixel_values, posterior, latents, condition, generator, sample_posterior):
         if not sample_posterior:
             return posterior, latents
-        draw = self.hamiltonian_draw(pixel_values, posterior, latents, condition, generator)
-        return draw, draw.latents
+        z_k, momentum_terms = self.flow(pixel_values, latents, draw_momentum_noise(latents, generator), condition)
+        return HamiltonianPosterior(posterior, z_k, posterior.log_prob(latents) + momentum_terms), z_k
 
     def regularisation_loss(self, posterior, latents: torch.Tensor):
         if not isinstance(posterior, HamiltonianPosterior):  # the pass at the mode of q(z₀|x)
             return super().regularisation_loss(posterior, latents)
-        # log q(z₀|x) + log N(γ) − log N(ρ_K) − log p(z_K): with −log p(x|z_K), minus eq. 21's integrand
+        # the effective log q(z_K|x) − log p(z_K): with −log p(x|z_K), minus the extended ELBO's integrand
         regulariser = posterior.log_prob(latents) - self.prior_log_prob(latents)
         return regulariser, {"kl": regulariser.mean()}
 
@@ -75,12 +77,9 @@ class HVAEModel(AutoencoderPreTrainedModel):
             flat = z_zero.reshape(k * batch, *self.latent_shape)
             x = pixel_values.repeat(k, *([1] * (pixel_values.dim() - 1)))
             cond = None if condition is None else condition.repeat(k, *([1] * (condition.dim() - 1)))
-            gamma = draw_momentum_noise(flat, generator)
-            z_k, rho_k = self.leapfrog(flat, gamma, self.potential(x, cond))
-            event_dims = len(self.latent_shape)
+            z_k, momentum_terms = self.flow(x, flat, draw_momentum_noise(flat, generator), cond)
             log_joint = -self.likelihood(x, self._decode(z_k, cond)) + self.prior_log_prob(z_k)
-            log_weights = (log_joint + momentum_log_prob(rho_k, event_dims) - momentum_log_prob(gamma, event_dims)
-                           ).view(k, batch) - posterior.log_prob(z_zero)
+            log_weights = (log_joint - momentum_terms).view(k, batch) - posterior.log_prob(z_zero)
             chunk_total = torch.logsumexp(log_weights, dim=0)
             total = chunk_total if total is None else torch.logaddexp(total, chunk_total)
         return total - math.log(num_samples)
