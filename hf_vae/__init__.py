@@ -21,6 +21,7 @@ from .configuration_iwae import IWAEConfig
 from .configuration_klae import KLAEConfig
 from .configuration_miwae import MIWAEConfig
 from .configuration_rae import RAEConfig
+from .configuration_rhvae import RHVAEConfig
 from .configuration_vae import VAEConfig
 from .configuration_vae_iaf import VAEIAFConfig
 from .configuration_vae_lin_nf import VAELinNFConfig
@@ -42,6 +43,7 @@ from .modeling_iwae import IWAEModel
 from .modeling_klae import KLAEModel
 from .modeling_miwae import MIWAEModel
 from .modeling_rae import RAEModel
+from .modeling_rhvae import RHVAEModel
 from .modeling_vae import VAEModel
 from .modeling_vae_iaf import VAEIAFModel
 from .modeling_vae_lin_nf import VAELinNFModel
@@ -112,6 +114,8 @@ __all__ = [
     "MIWAEModel",
     "RAEConfig",
     "RAEModel",
+    "RHVAEConfig",
+    "RHVAEModel",
     "VAEConfig",
     "VAEModel",
     "VAEIAFConfig",

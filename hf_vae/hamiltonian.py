@@ -146,3 +146,94 @@ class HamiltonianPosterior:
 def draw_momentum_noise(like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
     """γ ~ N(0, I) of the shape of z₀."""
     return randn_tensor(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+# -- the Riemannian flow (Chadebec et al. 2020, "Geometry-Aware Hamiltonian Variational Auto-Encoder") ----------
+#
+# H(z, ρ) = U(z) + ½ log det G(z) + ½ ρᵀ G⁻¹(z) ρ: the momentum is N(0, G(z)). Its generalised leapfrog (Girolami &
+# Calderhead 2011, eqs. 16-18) is implicit; each implicit equation is solved by `iterations` fixed-point steps. It
+# is symplectic, so volume-preserving, when they are solved exactly.
+
+InverseMetric = Callable[[torch.Tensor], torch.Tensor]
+
+
+def metric_kinetic_energy(inverse_metric: InverseMetric, z: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """½ log det G(z) + ½ ρᵀ G⁻¹(z) ρ per example (G⁻¹: (B, d, d))."""
+    g_inv = inverse_metric(z)
+    return -0.5 * torch.logdet(g_inv) + 0.5 * (rho.unsqueeze(-2) @ g_inv @ rho.unsqueeze(-1)).view(rho.shape[0])
+
+
+def _gradient(function, wrt: torch.Tensor, others: Tuple[torch.Tensor, ...], create_graph: bool) -> torch.Tensor:
+    """The partial ∇_wrt Σ_batch function(wrt, *others) at fixed `others` (which may themselves depend on `wrt`:
+    the gradient is taken at a fresh node of `wrt`, so their paths are not followed), differentiable when
+    `create_graph`."""
+    if not create_graph:
+        wrt, others = wrt.detach(), tuple(o.detach() for o in others)
+    at = wrt.view_as(wrt) if wrt.requires_grad else wrt.detach().requires_grad_()
+    (gradient,) = torch.autograd.grad(function(at, *others).sum(), at, create_graph=create_graph)
+    return gradient
+
+
+def generalized_leapfrog(z: torch.Tensor, rho: torch.Tensor, potential: Potential, inverse_metric: InverseMetric,
+                         step_size, iterations: int, create_graph: bool = True
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One step of the generalised leapfrog on H = U + `metric_kinetic_energy`:
+
+        ρ_½ = ρ − ε/2·∇_z H(z, ρ_½)                        (implicit in ρ_½)
+        z'  = z + ε/2·[G⁻¹(z) + G⁻¹(z')]·ρ_½                (implicit in z')
+        ρ'  = ρ_½ − ε/2·∇_z H(z', ρ_½)
+
+    ∇U is taken once per point (the decoder's pass); the fixed-point iterations only re-evaluate the metric."""
+    kinetic = lambda z_, rho_: metric_kinetic_energy(inverse_metric, z_, rho_)
+    velocity = lambda z_, rho_: (inverse_metric(z_) @ rho_.unsqueeze(-1)).squeeze(-1)
+    potential_grad = potential_gradient(potential, z, create_graph)
+    rho_half = rho
+    for _ in range(iterations):
+        rho_half = rho - step_size / 2 * (potential_grad + _gradient(kinetic, z, (rho_half,), create_graph))
+    start_velocity, z_new = velocity(z, rho_half), z
+    for _ in range(iterations):
+        z_new = z + step_size / 2 * (start_velocity + velocity(z_new, rho_half))
+    if not create_graph:
+        z_new, rho_half = z_new.detach(), rho_half.detach()
+    potential_grad = potential_gradient(potential, z_new, create_graph)
+    rho_new = rho_half - step_size / 2 * (potential_grad + _gradient(kinetic, z_new, (rho_half,), create_graph))
+    return z_new, rho_new
+
+
+def tempered_riemannian_flow(z: torch.Tensor, gamma: torch.Tensor, potential: Potential,
+                             inverse_metric: InverseMetric, step_size, beta_zero, num_steps: int, iterations: int,
+                             create_graph: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z₀, γ) -> (z_K, ρ_K, log det L(z₀)) with ρ₀ = L(z₀)·γ/√β₀, L the Cholesky factor of G(z₀): ρ₀ ~ N(0, G(z₀)/β₀).
+    The tempering is the HVAE's, so the flow from (z₀, γ) scales volume by det L(z₀) alone."""
+    roots = tempering_schedule(beta_zero, num_steps)
+    cholesky = torch.linalg.cholesky(torch.linalg.inv(inverse_metric(z)))
+    rho = (cholesky @ gamma.unsqueeze(-1)).squeeze(-1) / roots[0]
+    log_det_cholesky = cholesky.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    for k in range(1, num_steps + 1):
+        z, rho = generalized_leapfrog(z, rho, potential, inverse_metric, step_size, iterations, create_graph)
+        rho = roots[k - 1] / roots[k] * rho
+    return z, rho, log_det_cholesky
+
+
+def metric_momentum_log_prob(rho: torch.Tensor, inverse_metric: torch.Tensor) -> torch.Tensor:
+    """log N(ρ; 0, G) from G⁻¹ (B, d, d)."""
+    quadratic = (rho.unsqueeze(-2) @ inverse_metric @ rho.unsqueeze(-1)).view(rho.shape[0])
+    return 0.5 * (torch.logdet(inverse_metric) - quadratic - rho.shape[-1] * math.log(2 * math.pi))
+
+
+class TemperedRiemannianLeapfrog(TemperedLeapfrog):
+    """The Riemannian flow's parameters (the HVAE's ε and β₀) and its fixed-point iterations."""
+
+    def __init__(self, num_steps: int, step_size: float, beta_zero: float, learn_step_size: bool,
+                 learn_beta_zero: bool, iterations: int):
+        super().__init__(num_steps, step_size, beta_zero, learn_step_size, learn_beta_zero)
+        self.iterations = iterations
+
+    def forward(self, z: torch.Tensor, gamma: torch.Tensor, potential: Potential, inverse_metric: InverseMetric
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z₀, γ) -> (z_K, ρ_K, log det L(z₀)), differentiable when the caller records a graph."""
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            out = tempered_riemannian_flow(z, gamma, potential, inverse_metric, self.log_step_size.exp(),
+                                           self.log_beta_zero.exp(), self.num_steps, self.iterations, create_graph)
+        return out if create_graph else tuple(t.detach() for t in out)

@@ -31,9 +31,14 @@ class HVAEModel(AutoencoderPreTrainedModel):
         encoder_out = 2 * (config.latent_dim if config.vector_latent else config.latent_channels)
         self.encoder, self.decoder = self.build_backbone(encoder_out)
         self.likelihood = self.build_likelihood()
+        self.build_flow()
+        self.post_init()
+
+    def build_flow(self) -> None:
+        """The flow's modules: the tempered leapfrog's ε and β₀."""
+        config = self.config
         self.leapfrog = TemperedLeapfrog(config.num_leapfrog_steps, config.leapfrog_step_size, config.beta_zero,
                                          config.learn_leapfrog_step_size, config.learn_beta_zero)
-        self.post_init()
 
     def _init_weights(self, module) -> None:
         super()._init_weights(module)
@@ -44,7 +49,11 @@ class HVAEModel(AutoencoderPreTrainedModel):
         """U(z) = −log p(x, z) = −log p(x|z) − log p(z), per example: the Hamiltonian's potential energy."""
         return lambda z: self.likelihood(pixel_values, self._decode(z, condition)) - self.prior_log_prob(z)
 
-    def flow(self, pixel_values, z_zero, gamma, condition):
+    def flow_metric(self, pixel_values, posterior):
+        """What the flow's momentum depends on besides z: nothing here (the RHVAE's learned metric)."""
+        return None
+
+    def flow(self, pixel_values, z_zero, gamma, condition, metric):
         """(z₀, γ) -> (z_K, log N(γ; 0, I) − log N(ρ_K; 0, I)): the end point and what the momentum adds to the
         effective log-density of z_K (HamiltonianPosterior)."""
         with twice_differentiable(self.decoder, torch.is_grad_enabled()):
@@ -55,7 +64,8 @@ class HVAEModel(AutoencoderPreTrainedModel):
     def refine_latents(self, pixel_values, posterior, latents, condition, generator, sample_posterior):
         if not sample_posterior:
             return posterior, latents
-        z_k, momentum_terms = self.flow(pixel_values, latents, draw_momentum_noise(latents, generator), condition)
+        gamma, metric = draw_momentum_noise(latents, generator), self.flow_metric(pixel_values, posterior)
+        z_k, momentum_terms = self.flow(pixel_values, latents, gamma, condition, metric)
         return HamiltonianPosterior(posterior, z_k, posterior.log_prob(latents) + momentum_terms), z_k
 
     def regularisation_loss(self, posterior, latents: torch.Tensor):
@@ -69,7 +79,7 @@ class HVAEModel(AutoencoderPreTrainedModel):
         """log p(x) ≈ log (1/S) Σ_s p(x, z_K) N(ρ_K; 0, I) / (q(z₀|x) N(γ; 0, I)) over S draws of (z₀, γ) pushed
         through the flow: importance sampling on the extended space, where the flow keeps volume, so the weight is
         an unbiased estimate of p(x) (eq. 21's integrand exponentiated; S = 1 is the HVAE's bound)."""
-        total = None
+        total, metric = None, self.flow_metric(pixel_values, posterior)
         batch = pixel_values.shape[0]
         for start in range(0, num_samples, chunk_size):
             k = min(chunk_size, num_samples - start)
@@ -77,7 +87,7 @@ class HVAEModel(AutoencoderPreTrainedModel):
             flat = z_zero.reshape(k * batch, *self.latent_shape)
             x = pixel_values.repeat(k, *([1] * (pixel_values.dim() - 1)))
             cond = None if condition is None else condition.repeat(k, *([1] * (condition.dim() - 1)))
-            z_k, momentum_terms = self.flow(x, flat, draw_momentum_noise(flat, generator), cond)
+            z_k, momentum_terms = self.flow(x, flat, draw_momentum_noise(flat, generator), cond, metric)
             log_joint = -self.likelihood(x, self._decode(z_k, cond)) + self.prior_log_prob(z_k)
             log_weights = (log_joint - momentum_terms).view(k, batch) - posterior.log_prob(z_zero)
             chunk_total = torch.logsumexp(log_weights, dim=0)

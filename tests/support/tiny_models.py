@@ -41,6 +41,8 @@ TINY = {
     "vq_prior": dict(num_embeddings=16, code_shape=(4, 4), n_embd=32, n_layer=2, n_head=2),
     "ae": {},
     "hvae": dict(num_leapfrog_steps=2, leapfrog_step_size=0.05, learn_leapfrog_step_size=True, learn_beta_zero=True),
+    "rhvae": dict(latent_dim=4, num_leapfrog_steps=2, leapfrog_step_size=0.05, metric_hidden_dim=16, metric_capacity=8,
+                  num_fixed_point_iterations=2, learn_leapfrog_step_size=True, learn_beta_zero=True),
 }
 
 #: every family of the table: the autoencoders, then the priors over another family's codes
