@@ -43,7 +43,8 @@ class RiemannianMetric(nn.Module):
         identity = torch.eye(self.latent_dim, device=centroids.device, dtype=centroids.dtype)
 
         def inverse(z: torch.Tensor) -> torch.Tensor:
-            squared_distances = (z.unsqueeze(1) - centroids).pow(2).sum(-1)  # (B, N); twice differentiable, unlike cdist
+            # (B, N), written out: twice differentiable, unlike cdist
+            squared_distances = (z.unsqueeze(1) - centroids).pow(2).sum(-1)
             weights = torch.exp(-squared_distances / self.temperature ** 2)
             return torch.einsum("bn,nij->bij", weights, matrices) + self.regularization * identity
 

@@ -109,7 +109,8 @@ class NearPosteriorEncoder(nn.Module):
     def __init__(self, weight, bias, sigma):
         super().__init__()
         self.weight, self.bias, self.sigma = weight, bias, sigma
-        self.covariance = torch.linalg.inv(torch.eye(weight.shape[1], dtype=weight.dtype) + weight.T @ weight / sigma ** 2)
+        identity = torch.eye(weight.shape[1], dtype=weight.dtype)
+        self.covariance = torch.linalg.inv(identity + weight.T @ weight / sigma ** 2)
 
     def forward(self, x, condition):
         mean = (x.flatten(1) - self.bias) @ self.weight @ self.covariance / self.sigma ** 2

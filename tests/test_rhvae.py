@@ -63,8 +63,8 @@ def test_loss_is_the_extended_elbo_with_the_flows_jacobian_from_autograd():
             g_k = torch.linalg.inv(metric(z_k))[0]
             log_px = torch.distributions.Bernoulli(logits=model.decoder(z_k, None)).log_prob(x[i:i + 1]).sum()
             normal = torch.distributions.Normal(torch.zeros(LATENT, dtype=torch.float64), 1.0)
-            log_target = (log_px + normal.log_prob(z_k[0]).sum()
-                          + torch.distributions.MultivariateNormal(torch.zeros(LATENT, dtype=torch.float64), g_k).log_prob(rho_k[0]))
+            momentum = torch.distributions.MultivariateNormal(torch.zeros(LATENT, dtype=torch.float64), g_k)
+            log_target = log_px + normal.log_prob(z_k[0]).sum() + momentum.log_prob(rho_k[0])
             log_proposal = (torch.distributions.Normal(mean[i], std[i]).log_prob(z0[i]).sum()
                             + normal.log_prob(gamma[i]).sum() - log_det)
         terms.append(log_proposal - log_target)
