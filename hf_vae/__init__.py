@@ -18,12 +18,14 @@ from .configuration_cvae import CVAEConfig
 from .configuration_hrq_vae import HRQVAEConfig
 from .configuration_info_vae import InfoVAEConfig
 from .configuration_factor_vae import FactorVAEConfig
+from .configuration_hvae import HVAEConfig
 from .configuration_iwae import IWAEConfig
 from .configuration_klae import KLAEConfig
 from .configuration_miwae import MIWAEConfig
 from .configuration_msssim_vae import MSSSIMVAEConfig
 from .configuration_poincare_vae import PoincareVAEConfig
 from .configuration_rae import RAEConfig
+from .configuration_rhvae import RHVAEConfig
 from .configuration_svae import SVAEConfig
 from .configuration_vae import VAEConfig
 from .configuration_vae_gan import VAEGANConfig
@@ -44,12 +46,14 @@ from .modeling_cvae import CVAEModel
 from .modeling_factor_vae import FactorVAEModel
 from .modeling_hrq_vae import HRQVAEModel, HRQVAEOutput
 from .modeling_info_vae import InfoVAEModel
+from .modeling_hvae import HVAEModel
 from .modeling_iwae import IWAEModel
 from .modeling_klae import KLAEModel
 from .modeling_miwae import MIWAEModel
 from .modeling_msssim_vae import MSSSIMVAEModel
 from .modeling_poincare_vae import PoincareVAEModel
 from .modeling_rae import RAEModel
+from .modeling_rhvae import RHVAEModel
 from .modeling_svae import SVAEModel
 from .modeling_vae import VAEModel
 from .modeling_vae_gan import VAEGANModel
@@ -116,6 +120,8 @@ __all__ = [
     "HRQVAEConfig",
     "HRQVAEModel",
     "HRQVAEOutput",
+    "HVAEConfig",
+    "HVAEModel",
     "IWAEConfig",
     "IWAEModel",
     "InfoVAEConfig",
@@ -131,6 +137,8 @@ __all__ = [
     "RAEConfig",
     "RAEModel",
     "ResidualVectorQuantizer",
+    "RHVAEConfig",
+    "RHVAEModel",
     "SVAEConfig",
     "SVAEModel",
     "VAEConfig",

@@ -8,6 +8,8 @@ A family changes only the pluggable pieces, each a small method or module:
     posterior(encoder_output)          q(z|x): a DiagonalGaussianDistribution, or a VectorQuantizedPosterior
     num_posterior_samples              K latents per example (1; K for the importance-weighted bounds)
     sample_latent(posterior, ...)      reparameterised sample(s) / straight-through code / the mode
+    refine_latents(x, q, z, ...)       the drawn z moved given x and the decoder, with the posterior the regulariser
+                                       then reads (identity; the HVAE's tempered leapfrog flow)
     likelihood                         a `Likelihood` module: Bernoulli, Gaussian, Laplace, or a pixel loss
     regularisation_loss(posterior, z)  per example: KL, β·KL, γ|KL − C|, log q(z|x) − log p(z), VQ terms, TC, ...
     combine_samples(rec, reg)          the K per-sample terms -> one per-example objective (mean, or IWAE's
@@ -143,6 +145,14 @@ class AutoencoderPreTrainedModel(LatentPriorMixin, PretrainedIOMixin, InputCheck
             return posterior.sample(generator)
         return posterior.sample_stack(self.num_posterior_samples, generator)
 
+    def refine_latents(self, pixel_values: torch.Tensor, posterior, latents: torch.Tensor,
+                       condition: Optional[torch.Tensor], generator: Optional[torch.Generator],
+                       sample_posterior: bool) -> Tuple[object, torch.Tensor]:
+        """(posterior, latents) for the regulariser and the decoder after the drawn latents are moved given the data
+        (a flow that reads x and the decoder, as the HVAE's leapfrog): those given by default. Its own decoder
+        passes are not recorded as hidden states."""
+        return posterior, latents
+
     def regularisation_loss(self, posterior, latents: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Per-example regulariser (B,) (or (K, B) for stacked latents) and extra output fields (batch-averaged)."""
         kl = self.kl_divergence(posterior, latents)
@@ -253,7 +263,12 @@ class AutoencoderPreTrainedModel(LatentPriorMixin, PretrainedIOMixin, InputCheck
         with hidden_states_recorded(self, output_hidden_states) as hidden_states:
             posterior = self._encode(pixel_values, condition)
             latents = self.sample_latent(posterior, generator, sample_posterior)  # (B, ...), or (K, B, ...)
+        # outside the recording: the refinement's own decoder passes (the HVAE's leapfrog) are not hidden states
+        posterior, latents = self.refine_latents(pixel_values, posterior, latents, condition, generator,
+                                                 sample_posterior)
+        with hidden_states_recorded(self, output_hidden_states) as decoder_states:
             params = self._decode_samples(latents, condition)
+        hidden_states.update({key: value for key, value in decoder_states.items() if key.startswith("decoder")})
         reconstruction_loss = self.likelihood(pixel_values, params)  # −log p(x|z): (B,) or (K, B)
         regularisation_loss, extras = self.regularisation_loss(posterior, latents)
         stacked = latents.dim() > len(self.latent_shape) + 1  # K samples per example
