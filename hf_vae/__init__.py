@@ -19,6 +19,7 @@ from .configuration_factor_vae import FactorVAEConfig
 from .configuration_iwae import IWAEConfig
 from .configuration_klae import KLAEConfig
 from .configuration_miwae import MIWAEConfig
+from .configuration_piwae import PIWAEConfig
 from .configuration_rae import RAEConfig
 from .configuration_vae import VAEConfig
 from .configuration_vae_iaf import VAEIAFConfig
@@ -39,6 +40,7 @@ from .modeling_info_vae import InfoVAEModel
 from .modeling_iwae import IWAEModel
 from .modeling_klae import KLAEModel
 from .modeling_miwae import MIWAEModel
+from .modeling_piwae import PIWAEModel
 from .modeling_rae import RAEModel
 from .modeling_vae import VAEModel
 from .modeling_vae_iaf import VAEIAFModel
@@ -106,6 +108,8 @@ __all__ = [
     "KLAEModel",
     "MIWAEConfig",
     "MIWAEModel",
+    "PIWAEConfig",
+    "PIWAEModel",
     "RAEConfig",
     "RAEModel",
     "VAEConfig",
