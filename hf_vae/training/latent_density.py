@@ -35,9 +35,10 @@ def density_to_fit(requested: Optional[int], kind: str, model) -> Optional[Tuple
 
 
 def fit_on_training_data(model, dataset: str, settings: Dict, data_args, num_components: int, max_examples: int,
-                         batch_size: int, seed: int, kind: str = "gmm"):
-    """Fit `model.fit_latent_density` of `kind` (a mixture of `num_components` for "gmm") on the first
-    `max_examples` of the training split (unshuffled, so every process fits the same density)."""
+                         batch_size: int, seed: int, kind: str = "gmm", fit_options: Optional[Dict] = None):
+    """Fit `model.fit_latent_density` of `kind` (a mixture of `num_components` for "gmm"; `fit_options` for the
+    learned kinds' training) on the first `max_examples` of the training split (unshuffled, so every process fits
+    the same density)."""
     from ..data import build_dataset, collate_batch
 
     extra = {k: getattr(data_args, k) for k in ("image_column", "label_column", "data_dir")
@@ -52,7 +53,7 @@ def fit_on_training_data(model, dataset: str, settings: Dict, data_args, num_com
         if kind == "gmm":  # the mixture's call, as before the other kinds
             return model.fit_latent_density(loader, num_components=num_components, max_examples=max_examples,
                                             generator=torch.Generator().manual_seed(seed))
-        return model.fit_latent_density(loader, kind=kind, max_examples=max_examples,
+        return model.fit_latent_density(loader, kind=kind, max_examples=max_examples, fit_options=fit_options,
                                         generator=torch.Generator().manual_seed(seed))
     finally:
         model.train(was_training)
