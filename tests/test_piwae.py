@@ -122,3 +122,12 @@ def test_transformers_trainer_trains_both_networks(tmp_path):
     Trainer(model=model, args=args, train_dataset=[{"pixel_values": image} for image in x]).train()
     moved = {n: (start[n] - p.detach()).abs().sum() for n, p in model.named_parameters()}
     assert all(moved[n] > 0 for n in moved), [n for n in moved if not moved[n] > 0]
+
+
+def test_model_card_states_both_bounds():
+    from hf_vae.integrations.model_card import render_model_card
+
+    model = PIWAEModel(PIWAEConfig(num_bounds=M, num_importance_samples=K, **ARCHITECTURE))
+    card = render_model_card(model, repo_id="alice/piwae", metrics={"nll": 80.0}).text
+    assert "PIWAEModel" in card and "## Training objective" in card
+    assert f"M·K = {M * K} samples" in card and f"M = {M} bounds of K = {K} samples" in card
