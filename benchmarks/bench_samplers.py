@@ -18,11 +18,13 @@ The learned samplers train with their default sizes for --fit_steps Adam steps (
     python scripts/train_fid_classifier.py --dataset fashion_mnist --output_dir fid_classifier --epochs 3
     python benchmarks/bench_samplers.py --classifier fid_classifier --epochs 10 --threads 1
     python benchmarks/bench_samplers.py --model wae --classifier fid_classifier --samplers prior gmm maf
+    python benchmarks/bench_samplers.py --epochs 3 --frechet_examples 5000 --density_examples 20000 --fit_steps 1000
     python benchmarks/bench_samplers.py --quick      # minutes: 0.05 epochs, 1 000 images, a 300-batch classifier
 
---quick checks the pipeline end to end (its numbers are not results); without --classifier it trains a classifier
-here for 300 batches. Writes benchmarks/results/samplers.json (--output), merging the rows of earlier runs with the
-same recipe, so samplers can be run by separate processes.
+Without --classifier a classifier is trained here (the network and optimiser of scripts/train_fid_classifier.py);
+numbers to compare with bench_families.py's frechet part should use the same saved classifier. --quick checks the
+pipeline end to end (its numbers are not results). Writes benchmarks/results/samplers.json (--output), merging the
+rows of earlier runs with the same recipe, so samplers can be run by separate processes.
 """
 
 from __future__ import annotations
@@ -44,8 +46,7 @@ from bench_families import MLP, train_model  # noqa: E402
 
 SAMPLERS = ("prior", "gmm", "two_stage", "maf", "iaf")
 GMM_COMPONENTS = 10
-QUICK = dict(epochs=0.05, frechet_examples=1000, density_examples=2000, fit_steps=200)
-QUICK_CLASSIFIER_BATCHES = 300
+QUICK = dict(epochs=0.05, frechet_examples=1000, density_examples=2000, fit_steps=200, classifier_batches=300)
 
 
 def parse_args(argv=None):
@@ -56,7 +57,10 @@ def parse_args(argv=None):
     parser.add_argument("--frechet_examples", type=int, default=10000, help="generated images, and test images")
     parser.add_argument("--density_examples", type=int, default=60000, help="training images the densities fit")
     parser.add_argument("--fit_steps", type=int, default=2000, help="Adam steps of the learned samplers")
-    parser.add_argument("--classifier", default=None, help="folder of scripts/train_fid_classifier.py")
+    parser.add_argument("--classifier", default=None, help="folder of scripts/train_fid_classifier.py (default: "
+                        "a classifier trained here for --classifier_batches batches)")
+    parser.add_argument("--classifier_batches", type=int, default=1400,
+                        help="batches of 128 of the classifier trained here (1400: 3 epochs, the script's default)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a minutes-long end-to-end check (see above)")
@@ -65,32 +69,31 @@ def parse_args(argv=None):
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    elif args.classifier is None:
-        parser.error("--classifier DIR is required (train one with scripts/train_fid_classifier.py), or use --quick")
     return args
 
 
 def classifier_features(args):
-    """The classifier's features: the folder given, or (--quick without one) a classifier trained here for a few
-    hundred batches, enough to check the pipeline."""
+    """The classifier's features: the folder given, or a classifier trained here (`train_fid_classifier.py`'s
+    network and optimiser, --classifier_batches batches of 128)."""
     from hf_vae.evaluation.fid import ClassifierFeatures
 
     if args.classifier is not None:
         return ClassifierFeatures.from_pretrained(args.classifier), args.classifier
-    return ClassifierFeatures(quick_classifier(args.seed)), f"{QUICK_CLASSIFIER_BATCHES} batches (--quick)"
+    return ClassifierFeatures(train_classifier(args.classifier_batches, args.seed)), \
+        f"trained here, {args.classifier_batches} batches"
 
 
-def quick_classifier(seed: int):
+def train_classifier(num_batches: int, seed: int):
     from hf_vae.data import build_dataset, collate_batch
     from hf_vae.evaluation.fid import FeatureClassifier
 
     torch.manual_seed(seed)
     model = FeatureClassifier(1, 28, 10)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    stream = build_dataset("fashion_mnist", "train", image_size=28, in_channels=1, value_range=(0.0, 1.0),
-                           binarize=False, require_labels=True, seed=seed)
-    batches = torch.utils.data.DataLoader(stream, batch_size=128, collate_fn=collate_batch)
-    for step, batch in zip(range(QUICK_CLASSIFIER_BATCHES), batches):
+    batches = (batch for epoch in range(num_batches) for batch  # epochs until num_batches in torch.utils.data.DataLoader(
+        build_dataset("fashion_mnist", "train", image_size=28, in_channels=1, value_range=(0.0, 1.0), binarize=False,
+                      require_labels=True, seed=seed, epoch=epoch), batch_size=128, collate_fn=collate_batch))
+    for _, batch in zip(range(num_batches), batches):
         loss = torch.nn.functional.cross_entropy(model(batch["pixel_values"]), batch["labels"])
         optimiser.zero_grad()
         loss.backward()
