@@ -90,7 +90,8 @@ def train_classifier(num_batches: int, seed: int):
     torch.manual_seed(seed)
     model = FeatureClassifier(1, 28, 10)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = (batch for epoch in range(num_batches) for batch  # epochs until num_batches in torch.utils.data.DataLoader(
+    # as many epochs as num_batches needs
+    batches = (batch for epoch in range(num_batches) for batch in torch.utils.data.DataLoader(
         build_dataset("fashion_mnist", "train", image_size=28, in_channels=1, value_range=(0.0, 1.0), binarize=False,
                       require_labels=True, seed=seed, epoch=epoch), batch_size=128, collate_fn=collate_batch))
     for _, batch in zip(range(num_batches), batches):
