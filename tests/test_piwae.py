@@ -4,7 +4,6 @@ encoder's the MIWAE bound's (M groups of K), from one `loss.backward()`.
 The reference is autograd of each bound separately, on the same weights and the same samples: an IWAEModel with
 K = M·K and an MIWAEModel with (M, K) draw the same M·K latents from the same generator."""
 
-import pytest
 import torch
 
 from hf_vae import IWAEConfig, IWAEModel, MIWAEConfig, MIWAEModel, PIWAEConfig, PIWAEModel
