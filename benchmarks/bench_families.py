@@ -56,6 +56,9 @@ NLL_MODELS = {
     "ciwae_k5": ("ciwae", {"num_importance_samples": 5}),
     "vae_lin_nf": ("vae_lin_nf", {}),
     "vae_iaf": ("vae_iaf", {}),
+    "svae": ("svae", {}),
+    "poincare_vae": ("poincare_vae", {}),
+    "hvae": ("hvae", {"leapfrog_step_size": 0.01, "learn_leapfrog_step_size": True, "learn_beta_zero": True}),
 }
 FRECHET_MODELS = {  # key: (model, config, samplers: 0 = the prior, K = an ex-post K-component mixture)
     "vae": ("vae", {}, (0, 10)),

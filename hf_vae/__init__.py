@@ -23,6 +23,7 @@ from .configuration_iwae import IWAEConfig
 from .configuration_klae import KLAEConfig
 from .configuration_miwae import MIWAEConfig
 from .configuration_msssim_vae import MSSSIMVAEConfig
+from .configuration_piwae import PIWAEConfig
 from .configuration_poincare_vae import PoincareVAEConfig
 from .configuration_rae import RAEConfig
 from .configuration_rhvae import RHVAEConfig
@@ -51,6 +52,7 @@ from .modeling_iwae import IWAEModel
 from .modeling_klae import KLAEModel
 from .modeling_miwae import MIWAEModel
 from .modeling_msssim_vae import MSSSIMVAEModel
+from .modeling_piwae import PIWAEModel
 from .modeling_poincare_vae import PoincareVAEModel
 from .modeling_rae import RAEModel
 from .modeling_rhvae import RHVAEModel
@@ -132,6 +134,8 @@ __all__ = [
     "MIWAEModel",
     "MSSSIMVAEConfig",
     "MSSSIMVAEModel",
+    "PIWAEConfig",
+    "PIWAEModel",
     "PoincareVAEConfig",
     "PoincareVAEModel",
     "RAEConfig",

@@ -179,6 +179,12 @@ FAMILIES: Dict[str, Family] = {family.name: family for family in (
                     _GENERATION),
            summary="β·ELBO + (1 − β)·L_K from the same K samples",
            papers=(("Rainforth et al. 2018", "Tighter Variational Bounds are Not Necessarily Better"),)),
+    Family("piwae", "configuration_piwae:PIWAEConfig", "modeling_piwae:PIWAEModel", _ELBO,
+           CardSpec("PIWAE", ("piwae", "iwae", "vae", "generative-model"), "unconditional-image-generation",
+                    _GENERATION),
+           summary="the bound, per network: the decoder follows the IWAE bound over M·K samples, the encoder the "
+                   "MIWAE bound (M bounds of K), routed by one loss",
+           papers=(("Rainforth et al. 2018", "Tighter Variational Bounds are Not Necessarily Better"),)),
     Family("vae_lin_nf", "configuration_vae_lin_nf:VAELinNFConfig", "modeling_vae_lin_nf:VAELinNFModel", _ELBO,
            CardSpec("VAE with planar and radial flows", ("vae", "normalizing-flows", "generative-model"),
                     "unconditional-image-generation", _GENERATION),

@@ -1,24 +1,37 @@
-"""Ex-post density estimation in latent space: a Gaussian mixture fitted to the latents of the training data.
+"""Ex-post density estimation in latent space: a density fitted to the latents of the training data after training,
+which `generate` then samples from.
 
 A deterministic autoencoder has no prior to sample from; Ghosh et al. (2020, "From Variational to Deterministic
 Autoencoders", sec. 4) fit a Gaussian mixture to the training codes after training and sample from it. The same
 mixture often gives better samples than the prior of a VAE too, whose aggregate posterior rarely fills N(0, I)
 (pythae's `GaussianMixtureSampler`). `AutoencoderPreTrainedModel.fit_latent_density` fits one for any model; the
-mixture's parameters are buffers of the model, so they are saved in `model.safetensors` with the weights.
+density's parameters are the model's, so they are saved in `model.safetensors` with the weights.
 
-The fit is expectation-maximisation in float64 torch with scikit-learn's conventions (k-means initialisation,
-`reg_covar` added to every covariance's diagonal, stopping when the mean log-likelihood improves by less than
-`tol`), so its result can be checked against `sklearn.mixture.GaussianMixture`.
+Four kinds (`LATENT_DENSITY_KINDS`): the Gaussian mixture here (the default), and densities with trained networks
+(learned_latent_density.py): the two-stage VAE (latent_density_two_stage.py), MAF and IAF
+(latent_density_flows.py).
+
+The mixture's fit is expectation-maximisation in float64 torch with scikit-learn's conventions (k-means
+initialisation, `reg_covar` added to every covariance's diagonal, stopping when the mean log-likelihood improves by
+less than `tol`), so its result can be checked against `sklearn.mixture.GaussianMixture`.
 """
 
 import math
-from typing import Iterable, Optional, Union
+from typing import Any, Dict, Iterable, Optional, Union
 
 import torch
 import torch.nn as nn
 
+from .latent_density_flows import IAFDensity, MAFDensity
+from .latent_density_two_stage import TwoStageDensity
+
 LOG_2PI = math.log(2.0 * math.pi)
 COVARIANCE_TYPES = ("full", "diag")
+#: `fit_latent_density(kind=...)`: the Gaussian mixture (Ghosh et al. 2020), the two-stage VAE (Dai & Wipf 2019),
+#: a masked autoregressive flow (Papamakarios et al. 2017) or an inverse autoregressive flow (Kingma et al. 2016)
+LATENT_DENSITY_KINDS = ("gmm", "two_stage", "maf", "iaf")
+#: the densities with trained networks, by kind (hf_vae/learned_latent_density.py)
+LEARNED_DENSITIES = {density.kind: density for density in (TwoStageDensity, MAFDensity, IAFDensity)}
 
 
 class GaussianMixtureDensity(nn.Module):
@@ -186,12 +199,26 @@ def encode_dataset(model, data: Union[torch.Tensor, Iterable], batch_size: int =
     return latents if max_examples is None else latents[:max_examples]
 
 
-class LatentDensityMixin:
-    """`fit_latent_density` for every model: the mixture is the model's `latent_density` (None until fitted), its
-    buffers saved with the weights and its size in the config, so `from_pretrained` builds the buffers it loads."""
+def check_kind(kind) -> str:
+    """`kind` if it is one of LATENT_DENSITY_KINDS, else one line naming them."""
+    if kind not in LATENT_DENSITY_KINDS:
+        raise ValueError(f"Expected a latent density kind in {LATENT_DENSITY_KINDS}, got {kind!r}.")
+    return kind
 
-    def build_latent_density(self) -> Optional[GaussianMixtureDensity]:
-        """The mixture the config records (`latent_density_components`), to load a fitted one into; else None."""
+
+class LatentDensityMixin:
+    """`fit_latent_density` for every model: the density is the model's `latent_density` (None until fitted), its
+    buffers and weights saved with the model's and its kind and sizes in the config (`latent_density_kind`,
+    `latent_density_settings`; the mixture's `latent_density_components` / `latent_density_covariance`), so
+    `from_pretrained` builds the module it loads."""
+
+    def build_latent_density(self) -> Optional[nn.Module]:
+        """The density the config records, to load a fitted one into; else None."""
+        kind = check_kind(getattr(self.config, "latent_density_kind", "gmm"))
+        if kind != "gmm":
+            density = LEARNED_DENSITIES[kind](math.prod(self.latent_shape),
+                                              **getattr(self.config, "latent_density_settings", {}))
+            return density.eval().requires_grad_(False)
         components = getattr(self.config, "latent_density_components", None)
         if not components:
             return None
@@ -202,21 +229,49 @@ class LatentDensityMixin:
     def fit_latent_density(self, data, num_components: int = 10, covariance_type: str = "full",
                            batch_size: int = 256, max_examples: Optional[int] = None, max_iter: int = 100,
                            tol: float = 1e-3, reg_covar: float = 1e-6,
-                           generator: Optional[torch.Generator] = None) -> GaussianMixtureDensity:
-        """Fit a Gaussian mixture to the posterior modes of `data`; `generate` samples from it from then on.
+                           generator: Optional[torch.Generator] = None, kind: str = "gmm",
+                           settings: Optional[Dict[str, Any]] = None,
+                           fit_options: Optional[Dict[str, Any]] = None) -> nn.Module:
+        """Fit a density to the posterior modes of `data`; `generate` samples from it from then on.
 
-        The ex-post density estimation of Ghosh et al. (2020, sec. 4), for any model (pythae's
-        GaussianMixtureSampler). `data`: a tensor (N, *data_shape) or an iterable of batches / {"pixel_values"}
-        dicts. The mixture's parameters are buffers of the model and its size goes into the config, so
-        `save_pretrained` / `from_pretrained` keep it. `prior_log_prob` and `log_likelihood` still use p(z).
+        `kind`: "gmm", a Gaussian mixture of `num_components` (`covariance_type`, EM with `max_iter`, `tol`,
+        `reg_covar`): the ex-post density estimation of Ghosh et al. (2020, sec. 4), pythae's
+        GaussianMixtureSampler; "two_stage", a second VAE on the latents (Dai & Wipf 2019); "maf" / "iaf", a masked
+        / inverse autoregressive flow trained by maximum likelihood. `settings` sizes the learned densities'
+        networks (MAF/IAF: `num_flows`, `hidden_dims`; two-stage: `hidden_dims`, `latent_dim`,
+        `num_importance_samples` of its `log_prob`); `fit_options` sets their training (`num_steps`,
+        `learning_rate`, `batch_size`).
+
+        `data`: a tensor (N, *data_shape) or an iterable of batches / {"pixel_values"} dicts. The density's
+        parameters are the model's and its kind and sizes go into the config, so `save_pretrained` /
+        `from_pretrained` keep it. `prior_log_prob` and `log_likelihood` still use p(z).
         """
+        check_kind(kind)
         if self.is_conditional:
             raise NotImplementedError(f"{type(self).__name__} is conditional; an ex-post latent density would "
                                       f"ignore the condition, so it is not offered.")
+        if kind != "gmm":
+            return self._fit_learned_density(data, kind, settings or {}, fit_options or {}, batch_size, max_examples,
+                                             generator)
         latents = encode_dataset(self, data, batch_size, max_examples)
         density = GaussianMixtureDensity(num_components, latents.shape[1], covariance_type)
         density.fit(latents, max_iter=max_iter, tol=tol, reg_covar=reg_covar, generator=generator)
         self.latent_density = density.to(self.device, self.dtype)
         self.config.latent_density_components = num_components
         self.config.latent_density_covariance = covariance_type
+        if getattr(self.config, "latent_density_kind", "gmm") != "gmm":  # replaces a learned density
+            self.config.latent_density_kind = "gmm"
+        return self.latent_density
+
+    def _fit_learned_density(self, data, kind: str, settings: Dict[str, Any], fit_options: Dict[str, Any],
+                             batch_size: int, max_examples: Optional[int],
+                             generator: Optional[torch.Generator]) -> nn.Module:
+        latents = encode_dataset(self, data, batch_size, max_examples)
+        density = LEARNED_DENSITIES[kind](latents.shape[1], **settings)
+        density.fit(latents, generator=generator, **fit_options)  # in float32 on the CPU, as the mixture
+        self.latent_density = density.to(self.device, self.dtype)
+        self.config.latent_density_kind = kind
+        self.config.latent_density_settings = density.settings
+        if getattr(self.config, "latent_density_components", None):  # a recorded mixture is replaced
+            self.config.latent_density_components = 0
         return self.latent_density

@@ -5,6 +5,7 @@ import math
 import torch.nn as nn
 
 from .distributions import ScaledLikelihood
+from .flows import MaskedLinear
 from .latent_density import GaussianMixtureDensity
 
 try:  # transformers >= 5 guards initialisers so that weights loaded from a checkpoint are never overwritten
@@ -34,6 +35,8 @@ def init_weights(module: nn.Module) -> None:
             fan_in = module.weight[0].numel()
             bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
             init.uniform_(module.bias, -bound, bound)
+        if isinstance(module, MaskedLinear):  # its mask is a constant of the degrees, not a weight (MADE)
+            init.copy_(module.mask, module.mask_values())
     elif isinstance(module, nn.GroupNorm):
         init.ones_(module.weight)
         init.zeros_(module.bias)

@@ -53,7 +53,7 @@ from .checkpoint_store import (
 from .config_fields import check_model_config
 from .distributed import average_gradients, check_replicas_agree, cpu_only, resolve_mixed_precision, shutdown
 from .ema import EMA
-from .latent_density import components_to_fit, fit_on_training_data
+from .latent_density import density_to_fit, fit_on_training_data
 from .objectives import build_objective
 from .optimisation import LossWindow, adam, lr_lambda, resolved_warmup_steps
 from .output_folder import (
@@ -626,10 +626,11 @@ def finish_run(run: Run, run_start: float, train_time: float) -> Dict[str, Any]:
     if run.saved_step != state.step:
         save_run_checkpoint(run)
     final_model = evaluation_model(run)
-    density_components = components_to_fit(train_args.fit_latent_density, run.unwrapped)
-    if density_components:  # ex-post density: `generate` samples from it (Ghosh et al. 2020)
+    density = density_to_fit(train_args.fit_latent_density, train_args.latent_density_kind, run.unwrapped)
+    if density is not None:  # ex-post density: `generate` samples from it (Ghosh et al. 2020)
+        kind, density_components = density
         fit_on_training_data(final_model, data_args.dataset, run.settings, data_args, density_components,
-                             train_args.latent_density_examples, train_args.eval_batch_size, train_args.seed)
+                             train_args.latent_density_examples, train_args.eval_batch_size, train_args.seed, kind)
     metrics = evaluate_run(run, train_args.final_eval_max_examples)
     eval_skipped = int(metrics.pop("skipped_images", 0))
     record = metrics_record(train_args.model, data_args.dataset, data_args.eval_split, state.step, metrics)

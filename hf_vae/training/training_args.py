@@ -34,6 +34,8 @@ REPORT_TO = ("auto", "tensorboard", "jsonl", "all", "none")
 DISC_LOSSES = ("hinge", "vanilla")
 PIXEL_LOSSES = ("l1", "l2")
 TRAIN_MODULES = ("all", "decoder")  # hf_vae.training.pretrained.TRAIN_MODULES (kept here: --help imports nothing)
+#: hf_vae.latent_density.LATENT_DENSITY_KINDS (kept here: --help imports nothing)
+LATENT_DENSITY_KINDS = ("gmm", "two_stage", "maf", "iaf")
 
 #: argument groups of --help, in order: key -> title. A field names its group in its metadata (`group=`).
 MODEL, DATA, OPTIM, EVAL, CKPT, LOG, HUB, OBJ = "model", "data", "optim", "eval", "ckpt", "log", "hub", "objective"
@@ -130,8 +132,13 @@ class TrainArguments:
         "After training, fit a Gaussian mixture with this many components to the training codes; `generate` then "
         "samples from it (default: the model config's latent_density_components, 10 for rae; 0 = none).",
         group=EVAL))
+    latent_density_kind: str = field(default="gmm", metadata=_help(
+        "The ex-post density fitted after training: gmm (the --fit_latent_density K-component mixture), two_stage "
+        "(a second VAE on the codes, Dai & Wipf 2019), maf or iaf (autoregressive flows fitted by maximum "
+        "likelihood). A kind other than gmm is fitted with its default sizes unless --fit_latent_density is 0.",
+        group=EVAL, choices=LATENT_DENSITY_KINDS))
     latent_density_examples: int = field(default=10000, metadata=_help(
-        "Training examples whose codes the ex-post mixture is fitted to.", group=EVAL))
+        "Training examples whose codes the ex-post density is fitted to.", group=EVAL))
     logging_steps: int = field(default=10, metadata=_help("Log averaged loss terms every N steps.", group=LOG))
     report_to: str = field(default="auto", metadata=_help(
         "Trackers: auto = TensorBoard when installed, otherwise JSON lines in logs/train/metrics.jsonl.", group=LOG,
@@ -216,6 +223,7 @@ class TrainArguments:
         _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         _choice("report_to", self.report_to, REPORT_TO)
         _choice("disc_loss", self.disc_loss, DISC_LOSSES)
+        _choice("latent_density_kind", self.latent_density_kind, LATENT_DENSITY_KINDS)
         if self.pixel_loss is not None:
             _choice("pixel_loss", self.pixel_loss, PIXEL_LOSSES)
         for name in ("gradient_accumulation_steps", "eval_batch_size", "logging_steps",

@@ -29,6 +29,7 @@ TINY = {
     "iwae": {},
     "miwae": {},
     "ciwae": {},
+    "piwae": dict(num_bounds=2, num_importance_samples=3),
     "vae_lin_nf": {"latent_dim": 4},  # flows act on vectors: the conv build gets a dense bottleneck
     "vae_iaf": {"latent_dim": 4, "flow_hidden_dims": [8]},
     "svae": {"latent_dim": 4},  # a latent on the sphere is a vector: the conv build gets a dense bottleneck
