@@ -13,6 +13,10 @@ import torch
 import torch.nn as nn
 
 
+#: the largest gradient norm of one fitting step
+FIT_MAX_GRAD_NORM = 10.0
+
+
 class LearnedLatentDensity(nn.Module):
     """A density over flat latents (N, D) with `log_prob`, `sample` and `fit`. A subclass gives the density of the
     standardised latents: `standard_log_prob(u)`, `standard_sample(n, generator)`, and optionally `fit_loss(u)`
@@ -77,19 +81,28 @@ class LearnedLatentDensity(nn.Module):
         self.requires_grad_(True)
         optimiser = torch.optim.Adam(self.parameters(), lr=learning_rate)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, num_steps)
-        tail, losses = max(1, num_steps // 10), []
+        tail, losses, self.skipped_steps_ = max(1, num_steps // 10), [], 0
         self.train()
         with torch.enable_grad():
             for _ in range(num_steps):
                 index = torch.randint(u.shape[0], (min(batch_size, u.shape[0]),), generator=generator)
                 loss = self.fit_loss(u[index.to(u.device)]).mean()
                 optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
+                # A batch whose likelihood overflows (an inverse autoregressive step dividing by a gate near 0)
+                # would write inf/NaN into every weight: it is skipped, and the gradient norm is bounded.
+                if torch.isfinite(loss):
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(self.parameters(), FIT_MAX_GRAD_NORM)
+                    optimiser.step()
+                    losses.append(loss.item())
+                else:
+                    self.skipped_steps_ += 1
                 schedule.step()
-                losses.append(loss.item())
         self.eval().requires_grad_(False)
-        self.final_loss_ = sum(losses[-tail:]) / tail
+        if not losses:
+            raise ValueError(f"Fitting the {self.kind} density gave a non-finite loss at every step: expected finite "
+                             f"latents of moderate scale.")
+        self.final_loss_ = sum(losses[-tail:]) / min(tail, len(losses))
         return self
 
 

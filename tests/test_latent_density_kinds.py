@@ -132,6 +132,24 @@ def test_fitting_recovers_a_known_gaussian(kind):
     torch.testing.assert_close(spread, covariance, atol=0.25, rtol=0)
 
 
+def test_a_fitting_step_with_a_non_finite_loss_is_skipped(monkeypatch):
+    """One batch whose likelihood overflows must not write inf/NaN into the weights."""
+    density = LEARNED["iaf"](2, **RECOVERY["iaf"][0])
+    data, _, _ = _gaussian_data(500, 0)
+    fit_loss, calls = type(density).fit_loss, []
+
+    def overflow_once(self, u):
+        calls.append(1)
+        loss = fit_loss(self, u)
+        return loss * float("inf") if len(calls) == 1 else loss
+
+    monkeypatch.setattr(type(density), "fit_loss", overflow_once)
+    density.fit(data, num_steps=20, generator=torch.Generator().manual_seed(0))
+    assert density.skipped_steps_ == 1
+    assert all(torch.isfinite(p).all() for p in density.parameters())
+    assert torch.isfinite(density.sample(100, torch.Generator().manual_seed(1))).all()
+
+
 def _model_and_data():
     torch.manual_seed(0)
     model = VAEModel(VAEConfig(**TINY)).eval()
