@@ -149,14 +149,14 @@ def _has_vector_gaussian_latent(model) -> bool:
 # ------------------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-
 def _code_counts(indices: torch.Tensor, levels: int, num_embeddings: int) -> torch.Tensor:
     """(levels, K) counts of each code at each level: the last dimension of `indices` holds a position's levels when
     there are several."""
     per_level = indices.reshape(-1, levels) if levels > 1 else indices.reshape(-1, 1)
     return torch.stack([torch.bincount(per_level[:, level], minlength=num_embeddings) for level in range(levels)])
 
+
+@torch.no_grad()
 def evaluate(
     model,
     dataset,
