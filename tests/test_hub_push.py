@@ -36,8 +36,10 @@ from transformers import AutoModel
 
 try:
     from tests.support.scripts import same_threads
+    from tests.support.tiny_models import family_classes, tiny_config
 except ImportError:  # `tests` not importable as a package: pytest put tests/ itself on sys.path
     from support.scripts import same_threads
+    from support.tiny_models import family_classes, tiny_config
 
 ALICE, BOB = "token-alice", "token-bob"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -558,12 +560,8 @@ def _sections(markdown: str) -> dict:
 
 @pytest.mark.parametrize("variant", sorted(hf_vae.MODELS))
 def test_every_card_section_has_content(variant):
-    model_class, config_class = hf_vae.MODELS[variant][::-1]
-    if variant == "klae":
-        model = tiny_klae()
-    else:
-        kwargs = {"vq_vae": dict(embedding_dim=4, num_embeddings=8, latent_dim=8)}.get(variant, {})
-        model = tiny_vae(seed=5, cls=model_class, config_cls=config_class, **kwargs)
+    torch.manual_seed(5)
+    model = family_classes(variant)[1](tiny_config(variant)).eval()  # the model battery's tiny config
     full = dict(metrics={"model": variant, "dataset": "shapes", "split": "test", "step": 5, "metrics": {"mse": 0.1}},
                 training_args={"model": variant, "dataset": "shapes", "max_steps": 5, "learning_rate": 1e-3})
     for card in (render_model_card(model), render_model_card(model, **full)):

@@ -293,8 +293,8 @@ def _refuse_adversarial_flags(train_args) -> None:
                                       ("--lpips_weights", train_args.lpips_weights)) if value]
     if asked:
         takers = sorted(name for name, family in FAMILIES.items() if family.objective in _ADVERSARIAL_FACTORIES)
-        raise ValueError(f"{', '.join(asked)} apply to the {' and '.join(takers)} objectives, got --model "
-                         f"{train_args.model}.")
+        raise ValueError(f"{', '.join(asked)} apply to the {', '.join(takers[:-1])} and {takers[-1]} objectives, "
+                         f"got --model {train_args.model}.")
 
 
 def build_elbo_objective(train_args, model, value_range, dataset_name: str, autoencoder=None) -> ElboObjective:
