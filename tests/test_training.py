@@ -252,7 +252,8 @@ def test_vq_vae_becomes_a_vqgan_when_a_discriminator_is_asked_for(tmp_path):
     assert "train/quant_loss" in logs[0] and "train/disc_loss" in logs[-1]
     assert {"codebook_usage", "perplexity"} <= set(record["metrics"])
     args, data = tiny_run(tmp_path, name="vae", disc_start=1)
-    with pytest.raises(ValueError, match=r"--disc_start apply to the hrq_vae, klae and vq_vae objectives, got --model vae"):
+    with pytest.raises(ValueError,
+                       match=r"--disc_start apply to the hrq_vae, klae and vq_vae objectives, got --model vae"):
         train(args, data, dict(TINY_MLP))
 
 
