@@ -57,6 +57,7 @@ NLL_MODELS = {
     "vae_lin_nf": ("vae_lin_nf", {}),
     "vae_iaf": ("vae_iaf", {}),
     "vae_iaf_3x128": ("vae_iaf", {"flow_hidden_dims": [128, 128, 128]}),
+    "vae_iaf_h32": ("vae_iaf", {"flow_context_dim": 32}),
     "svae": ("svae", {}),
     "poincare_vae": ("poincare_vae", {}),
     "hvae": ("hvae", {"leapfrog_step_size": 0.01, "learn_leapfrog_step_size": True, "learn_beta_zero": True}),

@@ -20,14 +20,23 @@ from .weight_init import init
 class FlowPosterior:
     deterministic = False
 
-    def __init__(self, base: DiagonalGaussianDistribution, flow: torch.nn.Module):
+    def __init__(self, base: DiagonalGaussianDistribution, flow: torch.nn.Module,
+                 context: Optional[torch.Tensor] = None):
         self.base, self.flow = base, flow
+        #: (B, C) features h of x that every flow step reads (Kingma et al. 2016, sec. 4), or None
+        self.context = context
         self.mean, self.logvar = base.mean, base.logvar
         self._last = None  # (z_K, log q(z_K|x)) of the last draw
 
+    def _flat_context(self, shape: torch.Size) -> Optional[torch.Tensor]:
+        """The context of each of the draws of `shape` (B, D) or (K, B, D), flattened as the draws are."""
+        if self.context is None:
+            return None
+        return self.context.expand(*shape[:-1], self.context.shape[-1]).reshape(-1, self.context.shape[-1])
+
     def _push(self, z0: torch.Tensor) -> torch.Tensor:
         shape = z0.shape
-        z_k, log_det = self.flow(z0.reshape(-1, shape[-1]))
+        z_k, log_det = self.flow(z0.reshape(-1, shape[-1]), self._flat_context(shape))
         z_k = z_k.view(shape)
         self._last = (z_k, self.base.log_prob(z0) - log_det.view(shape[:-1]))
         return z_k
@@ -62,13 +71,18 @@ class FlowPosteriorVAEModel(AutoencoderPreTrainedModel):
 
     def __init__(self, config):
         super().__init__(config)
-        self.encoder, self.decoder = self.build_backbone(2 * config.latent_dim)
+        self.encoder, self.decoder = self.build_backbone(2 * config.latent_dim + self.flow_context_dim)
         self.likelihood = self.build_likelihood()
         self.flow = self.build_flow()
         self.post_init()
 
     def build_flow(self) -> torch.nn.Module:
         raise NotImplementedError
+
+    @property
+    def flow_context_dim(self) -> int:
+        """Size of the context h the encoder outputs beside μ and log σ² for the flow steps to read (0: none)."""
+        return 0
 
     def _init_weights(self, module) -> None:
         super()._init_weights(module)
@@ -85,7 +99,9 @@ class FlowPosteriorVAEModel(AutoencoderPreTrainedModel):
             init.copy_(module.mask, module.mask_values())
 
     def posterior(self, encoder_output: torch.Tensor) -> FlowPosterior:
-        return FlowPosterior(DiagonalGaussianDistribution(encoder_output), self.flow)
+        gaussian = 2 * self.config.latent_dim
+        context = encoder_output[..., gaussian:] if self.flow_context_dim else None
+        return FlowPosterior(DiagonalGaussianDistribution(encoder_output[..., :gaussian]), self.flow, context)
 
     def regularisation_loss(self, posterior: FlowPosterior, latents: torch.Tensor):
         kl = posterior.log_prob(latents) - self.prior_log_prob(latents)
