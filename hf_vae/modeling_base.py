@@ -74,6 +74,9 @@ class AutoencoderPreTrainedModel(LatentPriorMixin, PretrainedIOMixin, InputCheck
     deterministic_encoder = False
     #: latents drawn per example in `forward`: K > 1 gives (K, B, *latent_shape) latents (IWAE, MIWAE)
     num_posterior_samples = 1
+    #: whether `forward` runs under reentrant activation checkpointing (`use_reentrant=True`), which allows no
+    #: `torch.autograd.grad` back through the checkpointed networks (the PIWAE's gradient routing takes one)
+    supports_reentrant_checkpointing = True
 
     def __init__(self, config, *inputs, **kwargs):
         check_allocation_fits(type(self), config)  # weights that cannot fit are refused before they are allocated
@@ -93,6 +96,16 @@ class AutoencoderPreTrainedModel(LatentPriorMixin, PretrainedIOMixin, InputCheck
 
     def _init_weights(self, module: nn.Module) -> None:
         init_weights(module)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None, **options) -> None:
+        """transformers' activation checkpointing; `use_reentrant=True` is refused by a model whose `forward`
+        differentiates through its networks (`supports_reentrant_checkpointing`)."""
+        if (gradient_checkpointing_kwargs or {}).get("use_reentrant") and not self.supports_reentrant_checkpointing:
+            raise ValueError(f"{type(self).__name__} takes torch.autograd.grad through its networks in `forward`, "
+                             f"which reentrant checkpointing does not allow: expected use_reentrant=False "
+                             f"(transformers' default), got gradient_checkpointing_kwargs="
+                             f"{gradient_checkpointing_kwargs}.")
+        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs, **options)
 
     # -- what the model is -----------------------------------------------------------------------------------
     @property

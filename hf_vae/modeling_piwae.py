@@ -36,6 +36,8 @@ from .modeling_miwae import MIWAEModel
 
 class PIWAEModel(MIWAEModel):
     config_class = PIWAEConfig
+    #: the routing's vector-Jacobian product runs back through the decoder inside `forward`
+    supports_reentrant_checkpointing = False
 
     def __init__(self, config: PIWAEConfig):
         super().__init__(config)

@@ -64,6 +64,8 @@ class VQPriorModel(PreTrainedModel):
     base_model_prefix = "prior"
     main_input_name = "codes"
     supports_gradient_checkpointing = True
+    #: its forward takes no gradient through the network (as the autoencoders declare)
+    supports_reentrant_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["GPT2Block"]
     #: the loss is the model's own: transformers' Trainer passes no `num_items_in_batch`

@@ -4,6 +4,7 @@ encoder's the MIWAE bound's (M groups of K), from one `loss.backward()`.
 The reference is autograd of each bound separately, on the same weights and the same samples: an IWAEModel with
 K = M·K and an MIWAEModel with (M, K) draw the same M·K latents from the same generator."""
 
+import pytest
 import torch
 
 from hf_vae import IWAEConfig, IWAEModel, MIWAEConfig, MIWAEModel, PIWAEConfig, PIWAEModel
@@ -130,3 +131,15 @@ def test_model_card_states_both_bounds():
     card = render_model_card(model, repo_id="alice/piwae", metrics={"nll": 80.0}).text
     assert "PIWAEModel" in card and "## Training objective" in card
     assert f"M·K = {M * K} samples" in card and f"M = {M} bounds of K = {K} samples" in card
+
+
+def test_reentrant_checkpointing_is_refused_and_the_default_checkpointing_trains():
+    torch.manual_seed(0)
+    model = PIWAEModel(PIWAEConfig(image_size=8, in_channels=1, hidden_dims=[16], latent_dim=4, num_bounds=2,
+                                   num_importance_samples=3)).train()
+    with pytest.raises(ValueError, match="reentrant checkpointing does not allow: expected use_reentrant=False"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    model.gradient_checkpointing_enable()
+    model(torch.rand(4, 1, 8, 8).round()).loss.backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+

@@ -187,6 +187,13 @@ class FamilyTestMixin(ModelTesterMixin):
                           "(tests/test_model_battery.py compares halves of a batch)")
         super().test_batching_equivalence()
 
+    def test_training_gradient_checkpointing_use_reentrant_true(self):
+        if not family_classes(self.family)[1].supports_reentrant_checkpointing:
+            self.skipTest("this family differentiates through its networks inside forward (torch.autograd.grad), "
+                          "which reentrant checkpointing does not allow: it refuses use_reentrant=True "
+                          "(tests/test_piwae.py), and non-reentrant checkpointing is tested above")
+        super().test_training_gradient_checkpointing_use_reentrant_true()
+
     def test_inputs_embeds(self):
         self.skipTest("no token embeddings: the inputs are images (or code maps)")
 
