@@ -11,17 +11,14 @@ players step at every batch, each with its own Adam (pythae's AdversarialTrainer
 
 from __future__ import annotations
 
-from typing import Dict, List
-
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .mlp_discriminator import MLPDiscriminator
-from .objectives import ElboObjective, _refuse_adversarial_flags
+from .objectives import DiscriminatorObjective, _refuse_adversarial_flags
 
 
-class AAEObjective(ElboObjective):
+class AAEObjective(DiscriminatorObjective):
     """s·reconstruction + λ·(−log D(z)) for the autoencoder's step; D's cross-entropy for its own."""
 
     #: Adam's defaults for both networks, as pythae's AdversarialTrainer builds them
@@ -35,24 +32,10 @@ class AAEObjective(ElboObjective):
         self.reconstruction_weight = config.reconstruction_loss_scale
         self.discriminator = MLPDiscriminator(config.latent_dim, config.discriminator_hidden_dims)
 
-    def to(self, device) -> "AAEObjective":
-        self.discriminator.to(device)
-        return self
-
-    def discriminator_parameters(self) -> List[nn.Parameter]:
-        return list(self.discriminator.parameters())
-
-    def discriminator_active(self, step: int) -> bool:
-        return True
-
     def generator_loss(self, model, batch, step: int):
         loss, logs, output = super().generator_loss(model, batch, step)
-        # The autoencoder's step must not leave gradients in D: record no graph through its weights.
-        self.discriminator.requires_grad_(False)
-        try:
-            logits, _ = self.discriminator(output.latents)
-        finally:
-            self.discriminator.requires_grad_(True)
+        with self.discriminator_frozen() as discriminator:
+            logits, _ = discriminator(output.latents)
         adversarial = F.softplus(-logits).mean()  # −log D(z)
         loss = self.reconstruction_weight * loss + self.adversarial_weight * adversarial
         logs.update(loss=loss.detach(), adv=adversarial.detach().float())
@@ -65,12 +48,6 @@ class AAEObjective(ElboObjective):
         loss = F.softplus(-prior_logits).mean() + F.softplus(code_logits).mean()
         accuracy = 0.5 * ((prior_logits > 0).float().mean() + (code_logits < 0).float().mean())
         return loss, {"d_loss": loss.detach().float(), "d_acc": accuracy.detach()}
-
-    def state_dict(self) -> Dict:
-        return {"discriminator": self.discriminator.state_dict()}
-
-    def load_state_dict(self, state: Dict) -> None:
-        self.discriminator.load_state_dict(state["discriminator"])
 
 
 def build_aae_objective(train_args, model, value_range, dataset_name: str, autoencoder=None):

@@ -9,13 +9,13 @@ samples from a second batch; one batch, shuffled, is the common simplification a
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .objectives import ElboObjective
+from .objectives import DiscriminatorObjective
 
 
 class LatentDiscriminator(nn.Module):
@@ -40,7 +40,7 @@ def permute_dims(latents: torch.Tensor, generator: Optional[torch.Generator] = N
     return torch.gather(latents, 0, noise.argsort(dim=0))
 
 
-class FactorVAEObjective(ElboObjective):
+class FactorVAEObjective(DiscriminatorObjective):
     """VAE loss + γ·TC for the generator step; cross-entropy of the latent discriminator for its step."""
 
     #: Adam's betas for the VAE (Kim & Mnih, app. A); the discriminator gets the trainer's GAN default (0.5, 0.9)
@@ -52,15 +52,7 @@ class FactorVAEObjective(ElboObjective):
         self.gamma = config.gamma
         self.discriminator = LatentDiscriminator(config.latent_dim, config.discriminator_hidden_dims)
 
-    def to(self, device) -> "FactorVAEObjective":
-        self.discriminator.to(device)
-        return self
-
-    def discriminator_parameters(self) -> List[nn.Parameter]:
-        return list(self.discriminator.parameters())
-
-    def discriminator_active(self, step: int) -> bool:
-        return True  # D and the VAE are updated at every step (Kim & Mnih, Alg. 2)
+    # D and the VAE are updated at every step (Kim & Mnih, Alg. 2): the base's `discriminator_active`
 
     def total_correlation(self, latents: torch.Tensor) -> torch.Tensor:
         """E_q(z)[log D(z) / (1 − D(z))], the density-ratio estimate of KL(q(z) ‖ Π_j q(z_j)) (eq. 3)."""
@@ -69,12 +61,8 @@ class FactorVAEObjective(ElboObjective):
 
     def generator_loss(self, model, batch, step: int):
         loss, logs, output = super().generator_loss(model, batch, step)
-        # The VAE's step must not leave gradients in the discriminator: record no graph through its weights.
-        self.discriminator.requires_grad_(False)
-        try:
+        with self.discriminator_frozen():
             tc = self.total_correlation(output.latents)
-        finally:
-            self.discriminator.requires_grad_(True)
         loss = loss + self.gamma * tc
         logs.update(loss=loss.detach(), tc=tc.detach())
         return loss, logs, output
@@ -88,11 +76,6 @@ class FactorVAEObjective(ElboObjective):
         accuracy = 0.5 * ((logits_q.argmax(1) == 0).float().mean() + (logits_product.argmax(1) == 1).float().mean())
         return loss, {"d_loss": loss.detach().float(), "d_acc": accuracy.detach()}
 
-    def state_dict(self) -> Dict:
-        return {"discriminator": self.discriminator.state_dict()}
-
-    def load_state_dict(self, state: Dict) -> None:
-        self.discriminator.load_state_dict(state["discriminator"])
 
 
 def build_factor_vae_objective(train_args, model, value_range, dataset_name: str, autoencoder=None):

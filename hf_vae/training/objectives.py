@@ -21,6 +21,7 @@ training state (checkpointed and resumed through `state_dict`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Dict, List, Optional
@@ -91,6 +92,39 @@ class ElboObjective:
 
     def load_state_dict(self, state: Dict) -> None:
         pass
+
+
+class DiscriminatorObjective(ElboObjective):
+    """An ELBO-style objective with a discriminator that trains alongside the model (its own optimiser,
+    checkpointed, not published): FactorVAE's latent critic, the AAE's, the VAE-GAN's. A subclass sets
+    `self.discriminator` and writes `generator_loss` / `discriminator_loss`."""
+
+    discriminator: nn.Module
+
+    def to(self, device) -> "DiscriminatorObjective":
+        self.discriminator.to(device)
+        return self
+
+    def discriminator_parameters(self) -> List[nn.Parameter]:
+        return list(self.discriminator.parameters())
+
+    def discriminator_active(self, step: int) -> bool:
+        return True
+
+    @contextlib.contextmanager
+    def discriminator_frozen(self):
+        """The model's step reads D without leaving gradients in it: no graph is recorded through its weights."""
+        self.discriminator.requires_grad_(False)
+        try:
+            yield self.discriminator
+        finally:
+            self.discriminator.requires_grad_(True)
+
+    def state_dict(self) -> Dict:
+        return {"discriminator": self.discriminator.state_dict()}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.discriminator.load_state_dict(state["discriminator"])
 
 
 class PriorObjective(ElboObjective):

@@ -25,15 +25,14 @@ the discriminator's at the next step (the trainer decides whether to step it bef
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .mlp_discriminator import MLPDiscriminator
-from .objectives import ElboObjective, _inputs, _refuse_adversarial_flags
+from .objectives import DiscriminatorObjective, _inputs, _refuse_adversarial_flags
 
 
 def players_on(real_cost: float, fake_cost: float, equilibrium: float, margin: float) -> Tuple[bool, bool]:
@@ -55,7 +54,7 @@ def _across_processes(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-class VAEGANObjective(ElboObjective):
+class VAEGANObjective(DiscriminatorObjective):
     """KL + feature reconstruction + the decoder's GAN term; D's cross-entropy for its step (module docstring)."""
 
     #: Adam's defaults for all three networks, as pythae's CoupledOptimizerAdversarialTrainer builds them
@@ -75,13 +74,6 @@ class VAEGANObjective(ElboObjective):
         self.discriminator_due = True  # D steps at the first step; then as the equilibrium says
         self.prior_images = None  # x_p of the last generator step, detached, for D's step
 
-    def to(self, device) -> "VAEGANObjective":
-        self.discriminator.to(device)
-        return self
-
-    def discriminator_parameters(self) -> List[nn.Parameter]:
-        return list(self.discriminator.parameters())
-
     def discriminator_active(self, step: int) -> bool:
         return self.discriminator_due
 
@@ -92,15 +84,11 @@ class VAEGANObjective(ElboObjective):
         # x_p: decoded in the same graph as the loss, so DDP all-reduces the decoder's summed gradient once.
         prior_latents = unwrapped.sample_prior(pixel_values.shape[0])
         prior_images = unwrapped.likelihood.mean(unwrapped._decode(prior_latents, None))
-        # The generator's step must not leave gradients in D: record no graph through its weights.
-        self.discriminator.requires_grad_(False)
-        try:
+        with self.discriminator_frozen() as discriminator:
             with torch.no_grad():
-                real_logits, real_features = self.discriminator(pixel_values, self.layer)
-            _, reconstructed_features = self.discriminator(output.reconstruction, self.layer)
-            prior_logits, _ = self.discriminator(prior_images)
-        finally:
-            self.discriminator.requires_grad_(True)
+                real_logits, real_features = discriminator(pixel_values, self.layer)
+            _, reconstructed_features = discriminator(output.reconstruction, self.layer)
+            prior_logits, _ = discriminator(prior_images)
         feature = 0.5 * (real_features - reconstructed_features).pow(2).sum(-1).mean()
         costs = _across_processes(torch.stack([F.softplus(-real_logits).mean(),
                                                F.softplus(prior_logits).mean()]).detach().float())
@@ -123,11 +111,10 @@ class VAEGANObjective(ElboObjective):
         return loss, {"d_loss": loss.detach().float(), "d_acc": accuracy.detach()}
 
     def state_dict(self) -> Dict:
-        return {"discriminator": self.discriminator.state_dict(),
-                "discriminator_due": self.discriminator_due}
+        return {**super().state_dict(), "discriminator_due": self.discriminator_due}
 
     def load_state_dict(self, state: Dict) -> None:
-        self.discriminator.load_state_dict(state["discriminator"])
+        super().load_state_dict(state)
         self.discriminator_due = bool(state["discriminator_due"])
 
 
