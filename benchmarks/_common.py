@@ -27,3 +27,24 @@ def write_result(result: dict, output: str) -> None:
     with open(output, "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
+
+
+def write_merged_result(result: dict, rows: dict, output: str, merge_rows: bool = False) -> dict:
+    """Write `result` with `rows` as its "models", keeping the rows of an earlier run at `output` whose recipe is
+    the same (so models can be measured by separate processes); `merge_rows` also keeps a model's earlier fields
+    that this run did not measure (one part of it). Written atomically; returns the merged result."""
+    models = {}
+    if os.path.exists(output):
+        with open(output) as f:
+            previous = json.load(f)
+        if previous.get("recipe") == result.get("recipe"):
+            models.update(previous.get("models", {}))
+    for key, row in rows.items():
+        models[key] = {**models.get(key, {}), **row} if merge_rows else row
+    result = {**result, "models": models}
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(output + ".tmp", output)
+    return result
+

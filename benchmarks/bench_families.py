@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import RESULTS_DIR, machine, table  # noqa: E402
+from _common import RESULTS_DIR, machine, table, write_merged_result  # noqa: E402
 
 MLP = {"image_size": 28, "in_channels": 1, "hidden_dims": [512, 512], "latent_dim": 32, "likelihood": "bernoulli"}
 NLL_MODELS = {
@@ -258,19 +258,9 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         rows, recipe = {"nll": part_nll, "frechet": part_frechet, "mig": part_mig,
                          "pythae": part_pythae}[args.part](args, workdir)
-    result = {"benchmark": f"families_{args.part}", "command": "python " + " ".join(sys.argv),
-              "machine": machine(), "note": "shared machine (2 CPU cores, several jobs)", "recipe": recipe,
-              "models": {}}
-    if os.path.exists(output):
-        with open(output) as f:
-            previous = json.load(f)
-        if previous.get("recipe") == recipe:
-            result["models"].update(previous.get("models", {}))
-    result["models"].update(rows)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(output + ".tmp", output)
+    result = write_merged_result({"benchmark": f"families_{args.part}", "command": "python " + " ".join(sys.argv),
+                                  "machine": machine(), "note": "shared machine (2 CPU cores, several jobs)",
+                                  "recipe": recipe}, rows, output)
     keys = sorted({k for row in result["models"].values() for k in row} - {"model", "config"})
     print(table([[name] + [row.get(k, "") for k in keys] for name, row in result["models"].items()], ["run"] + keys))
 

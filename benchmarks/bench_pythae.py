@@ -25,7 +25,6 @@ Writes benchmarks/results/pythae_side_by_side.json (models of earlier runs with 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -38,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import RESULTS_DIR, machine, table  # noqa: E402
+from _common import RESULTS_DIR, machine, table, write_merged_result  # noqa: E402
 from bench_families import MLP, reset_accelerate  # noqa: E402
 from bench_input_pipeline import CLOCK, Case, interleave  # noqa: E402
 
@@ -270,18 +269,9 @@ def main():
                 row.update(throughput(pair, images, workdir, args))
             rows[key] = row
             print(key, row, flush=True)
-    result = {"benchmark": "pythae_side_by_side", "command": "python " + " ".join(sys.argv), "machine": machine(),
-              "clock": "process CPU time (throughput)", "recipe": recipe, "models": {}}
-    if os.path.exists(args.output):
-        with open(args.output) as f:
-            previous = json.load(f)
-        if previous.get("recipe") == recipe:
-            result["models"].update(previous.get("models", {}))
-    for key, row in rows.items():
-        result["models"][key] = {**result["models"].get(key, {}), **row}
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=2)
+    result = write_merged_result({"benchmark": "pythae_side_by_side", "command": "python " + " ".join(sys.argv),
+                                  "machine": machine(), "clock": "process CPU time (throughput)", "recipe": recipe},
+                                 rows, args.output, merge_rows=True)
     keys = sorted({k for row in result["models"].values() for k in row} - {"ratios"})
     print(table([[name] + [row.get(k, "") for k in keys] for name, row in result["models"].items()], ["model"] + keys))
 

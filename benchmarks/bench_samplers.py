@@ -30,7 +30,6 @@ rows of earlier runs with the same recipe, so samplers can be run by separate pr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -41,7 +40,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import RESULTS_DIR, machine, table  # noqa: E402
+from _common import RESULTS_DIR, machine, table, write_merged_result  # noqa: E402
 from bench_families import MLP, train_model  # noqa: E402
 
 SAMPLERS = ("prior", "gmm", "two_stage", "maf", "iaf")
@@ -149,18 +148,8 @@ def main(argv=None):
     output = args.output or os.path.join(RESULTS_DIR, "samplers_quick.json" if args.quick else "samplers.json")
     with tempfile.TemporaryDirectory() as workdir:
         rows, recipe = run(args, workdir)
-    result = {"benchmark": "samplers", "command": "python " + " ".join(sys.argv), "machine": machine(),
-              "recipe": recipe, "models": {}}
-    if os.path.exists(output):
-        with open(output) as f:
-            previous = json.load(f)
-        if previous.get("recipe") == recipe:
-            result["models"].update(previous.get("models", {}))
-    result["models"].update(rows)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(output + ".tmp", output)
+    result = write_merged_result({"benchmark": "samplers", "command": "python " + " ".join(sys.argv),
+                                  "machine": machine(), "recipe": recipe}, rows, output)
     keys = ["frechet_distance", "fit_s", "sample_and_score_s", "train_s", "steps"]
     print(table([[name] + [row.get(k, "") for k in keys] for name, row in result["models"].items()], ["run"] + keys))
 
