@@ -38,5 +38,8 @@ class RHVAEConfig(HVAEConfig):
         check_positive_int("metric_hidden_dim", self.metric_hidden_dim)
         check_positive_int("metric_capacity", self.metric_capacity)
         check_positive_int("num_fixed_point_iterations", self.num_fixed_point_iterations)
+        _check(not self.per_dimension_step_size,
+               "Expected per_dimension_step_size False for the RHVAE: its generalised leapfrog moves z along "
+               "G⁻¹(z)ρ, which mixes dimensions, and is symplectic with one scalar step size only.")
         _check(self.vector_latent, f"Expected a vector latent for the metric (latent_dim set), got backbone="
                                    f"{self.backbone!r}, latent_dim={self.latent_dim!r}.")

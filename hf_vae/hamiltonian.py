@@ -92,13 +92,16 @@ def twice_differentiable(network: nn.Module, create_graph: bool):
 
 class TemperedLeapfrog(nn.Module):
     """The flow's parameters, the step size ε and the initial inverse temperature β₀, on a log scale (any value is
-    a valid flow: the bound holds for every ε and every β₀ > 0), learned or fixed."""
+    a valid flow: the bound holds for every ε and every β₀ > 0), learned or fixed. ε is a scalar, or one step size
+    per latent element when `step_size_shape` is the latent's shape (Caterini et al. 2018, sec. 4): each half-step
+    ρ ← ρ − ε/2 ⊙ ∇U(z), z ← z + ε ⊙ ρ is still a shear, so the leapfrog still keeps volume."""
 
     def __init__(self, num_steps: int, step_size: float, beta_zero: float, learn_step_size: bool,
-                 learn_beta_zero: bool):
+                 learn_beta_zero: bool, step_size_shape: Tuple[int, ...] = ()):
         super().__init__()
         self.num_steps, self.initial_step_size, self.initial_beta_zero = num_steps, step_size, beta_zero
-        self.log_step_size = nn.Parameter(torch.tensor(math.log(step_size)), requires_grad=learn_step_size)
+        self.log_step_size = nn.Parameter(torch.full(tuple(step_size_shape), math.log(step_size)),
+                                          requires_grad=learn_step_size)
         self.log_beta_zero = nn.Parameter(torch.tensor(math.log(beta_zero)), requires_grad=learn_beta_zero)
 
     def reset_parameters(self, init) -> None:

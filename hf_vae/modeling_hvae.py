@@ -35,10 +35,11 @@ class HVAEModel(AutoencoderPreTrainedModel):
         self.post_init()
 
     def build_flow(self) -> None:
-        """The flow's modules: the tempered leapfrog's ε and β₀."""
+        """The flow's modules: the tempered leapfrog's ε (one, or one per latent element) and β₀."""
         config = self.config
         self.leapfrog = TemperedLeapfrog(config.num_leapfrog_steps, config.leapfrog_step_size, config.beta_zero,
-                                         config.learn_leapfrog_step_size, config.learn_beta_zero)
+                                         config.learn_leapfrog_step_size, config.learn_beta_zero,
+                                         self.latent_shape if config.per_dimension_step_size else ())
 
     def _init_weights(self, module) -> None:
         super()._init_weights(module)

@@ -152,8 +152,32 @@ def test_training_reaches_the_step_size_and_beta_zero_when_learned():
     assert not tiny_hvae().leapfrog.log_step_size.requires_grad
 
 
+def test_per_dimension_step_sizes_start_at_the_configured_value_and_are_learned_each():
+    model = tiny_hvae(per_dimension_step_size=True, learn_leapfrog_step_size=True).train()
+    step_size = model.leapfrog.log_step_size
+    assert step_size.shape == (3,)
+    torch.testing.assert_close(step_size.exp(), torch.full((3,), 0.1, dtype=torch.float64))
+    model(binary_images()).loss.backward()
+    assert (step_size.grad.abs() > 0).all() and len(set(step_size.grad.tolist())) == 3
+
+
+def test_per_dimension_step_sizes_equal_to_the_scalar_give_the_same_loss():
+    scalar, vector = tiny_hvae(), tiny_hvae(per_dimension_step_size=True)
+    x = binary_images()
+    torch.testing.assert_close(scalar(x, generator=torch.Generator().manual_seed(3)).loss,
+                               vector(x, generator=torch.Generator().manual_seed(3)).loss)
+
+
+def test_the_rhvae_refuses_per_dimension_step_sizes_with_one_line():
+    from hf_vae import RHVAEConfig
+
+    with pytest.raises(ConfigFieldError, match="per_dimension_step_size"):
+        RHVAEConfig(backbone="mlp", latent_dim=2, per_dimension_step_size=True)
+
+
 @pytest.mark.parametrize("field, value", [("num_leapfrog_steps", 0), ("leapfrog_step_size", -0.1),
-                                          ("beta_zero", 1.5), ("beta_zero", 0.0), ("learn_beta_zero", "yes")])
+                                          ("beta_zero", 1.5), ("beta_zero", 0.0), ("learn_beta_zero", "yes"),
+                                          ("per_dimension_step_size", 1)])
 def test_bad_fields_are_refused_with_one_line(field, value):
     with pytest.raises(ConfigFieldError, match=field):
         HVAEConfig(**{field: value})

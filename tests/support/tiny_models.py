@@ -48,7 +48,8 @@ TINY = {
     "aae": dict(discriminator_hidden_dims=[8], conv=dict(latent_dim=4)),  # the discriminator reads a vector
     # min_temperature 1 holds the Gumbel temperature at 1, so that two training passes compute the same gradients
     "hrq_vae": dict(num_embeddings=8, embedding_dim=4, num_quantizers=2, min_temperature=1.0),
-    "hvae": dict(num_leapfrog_steps=2, leapfrog_step_size=0.05, learn_leapfrog_step_size=True, learn_beta_zero=True),
+    "hvae": dict(num_leapfrog_steps=2, leapfrog_step_size=0.05, learn_leapfrog_step_size=True, learn_beta_zero=True,
+                 per_dimension_step_size=True),
     "rhvae": dict(latent_dim=4, num_leapfrog_steps=2, leapfrog_step_size=0.05, metric_hidden_dim=16, metric_capacity=8,
                   num_fixed_point_iterations=2, learn_leapfrog_step_size=True, learn_beta_zero=True),
 }
