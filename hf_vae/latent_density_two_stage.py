@@ -3,8 +3,14 @@ pythae's TwoStageVAESampler).
 
 A first VAE's aggregate posterior q(z) rarely fills its prior N(0, I), so decoding prior draws lands off the data.
 A second, small VAE is fitted to the first one's latents z: u ~ N(0, I), p(z|u) = N(μ(u), γI), q(u|z) =
-N(m(z), diag s²(z)), with the scalar γ learned (their sec. 3: a learned γ lets the second stage match q(z), whose
-dimension equals the latent's). Samples are the decoder's means μ(u), u ~ N(0, I) (their sec. 4).
+N(m(z), diag s²(z)). Samples are the decoder's means μ(u), u ~ N(0, I) (their sec. 4).
+
+γ is what makes the second stage work (their sec. 3): as it falls, the reconstruction term outweighs the KL, and
+the second stage's aggregate posterior approaches N(0, I). For fixed networks the ELBO is maximised over γ by the
+mean squared reconstruction error (Rybkin et al. 2021, "Simple and Effective VAE Training with Calibrated
+Decoders", sec. 3), so each fitting step sets γ there in closed form rather than learning it: learned by Adam, log γ
+moves at most one learning rate per step, and 2,000 steps leave it near e⁻¹, far above the error it should track.
+After fitting, γ is the error over all the fitted latents; `log_prob` uses it.
 
 Its log-density has no closed form; `log_prob` is the importance-sampled estimate of Burda et al. (2016, eq. 8)
 with `num_importance_samples` draws of q(u|z), a lower bound in expectation.
@@ -17,6 +23,9 @@ import torch
 import torch.nn as nn
 
 from .learned_latent_density import LearnedLatentDensity, standard_normal_log_prob
+
+#: the smallest γ: a second stage that reconstructs its latents exactly would otherwise put log γ at −∞
+MIN_GAMMA = 1e-8
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -53,7 +62,7 @@ class TwoStageDensity(LearnedLatentDensity):
         self.num_importance_samples = num_importance_samples
         self.encoder = _mlp([dim, *hidden_dims, 2 * latent_dim])
         self.decoder = _mlp([latent_dim, *hidden_dims, dim])
-        self.log_gamma = nn.Parameter(torch.zeros(()))
+        self.register_buffer("log_gamma", torch.zeros(()))
 
     @property
     def settings(self) -> Dict[str, Any]:
@@ -64,17 +73,31 @@ class TwoStageDensity(LearnedLatentDensity):
         mean, log_var = self.encoder(z).chunk(2, dim=-1)
         return mean, log_var
 
-    def log_joint_minus_proposal(self, z: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """(num_samples, N) log p(z|u_k) + log p(u_k) − log q(u_k|z), u_k ~ q(u|z) reparameterised."""
+    def log_joint_minus_proposal(self, z: torch.Tensor, num_samples: int, fit_gamma: bool = False) -> torch.Tensor:
+        """(num_samples, N) log p(z|u_k) + log p(u_k) − log q(u_k|z), u_k ~ q(u|z) reparameterised. With
+        `fit_gamma`, γ is first set to these draws' mean squared reconstruction error (the γ maximising the bound)."""
         mean, log_var = self.encode(z)
         u = mean + (0.5 * log_var).exp() * torch.randn(num_samples, *mean.shape, device=z.device, dtype=z.dtype)
         decoded = self.decoder(u)
+        if fit_gamma:
+            with torch.no_grad():
+                self.log_gamma.copy_((z - decoded).pow(2).mean().clamp(min=MIN_GAMMA).log())
         log_likelihood = _gaussian_log_prob(z, decoded, self.log_gamma.expand_as(decoded))
         return log_likelihood + standard_normal_log_prob(u) - _gaussian_log_prob(u, mean, log_var)
 
     def fit_loss(self, u: torch.Tensor) -> torch.Tensor:
-        """The negative ELBO of the second stage (one sample of q(u|z))."""
-        return -self.log_joint_minus_proposal(u, 1)[0]
+        """The negative ELBO of the second stage (one sample of q(u|z)) at the batch's optimal γ."""
+        return -self.log_joint_minus_proposal(u, 1, fit_gamma=True)[0]
+
+    @torch.no_grad()
+    def finish_fit(self, u: torch.Tensor) -> None:
+        """γ of the fitted networks: the mean squared reconstruction error over all of `u`, one draw of q(u|z) each."""
+        squared = sum(float((chunk - self.decoder(self._draw(chunk))).pow(2).sum()) for chunk in u.split(4096))
+        self.log_gamma.fill_(math.log(max(squared / u.numel(), MIN_GAMMA)))
+
+    def _draw(self, z: torch.Tensor) -> torch.Tensor:
+        mean, log_var = self.encode(z)
+        return mean + (0.5 * log_var).exp() * torch.randn_like(mean)
 
     def standard_log_prob(self, u: torch.Tensor) -> torch.Tensor:
         log_weights = self.log_joint_minus_proposal(u, self.num_importance_samples)

@@ -46,6 +46,10 @@ class LearnedLatentDensity(nn.Module):
         """The per-example training loss on standardised latents: −log p_u(u)."""
         return -self.standard_log_prob(u)
 
+    def finish_fit(self, u: torch.Tensor) -> None:
+        """What a density sets from all its standardised training latents once the networks are trained (the
+        two-stage VAE's γ); nothing by default."""
+
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z), (N, D) -> (N,)."""
         u = (z - self.shift.to(z.dtype)) / self.scale.to(z.dtype)
@@ -102,6 +106,7 @@ class LearnedLatentDensity(nn.Module):
         if not losses:
             raise ValueError(f"Fitting the {self.kind} density gave a non-finite loss at every step: expected finite "
                              f"latents of moderate scale.")
+        self.finish_fit(u)
         self.final_loss_ = sum(losses[-tail:]) / min(tail, len(losses))
         return self
 

@@ -100,6 +100,29 @@ def test_two_stage_log_prob_against_numeric_integration():
         torch.testing.assert_close(density.log_prob(z), reference, atol=0.02, rtol=0)
 
 
+def test_two_stage_gamma_is_the_value_that_maximises_the_bound():
+    """Each fitting step sets γ in closed form (the mean squared error); autograd of the same draw's bound in log γ
+    must vanish there, and after fitting γ is the error over all fitted latents."""
+    density = TwoStageDensity(3, hidden_dims=[8]).double()
+    u = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.manual_seed(1)
+    density.fit_loss(u)
+    torch.manual_seed(1)
+    mean, log_var = density.encode(u)
+    decoded = density.decoder(mean + (0.5 * log_var).exp() * torch.randn(1, *mean.shape, dtype=torch.float64))[0]
+    log_gamma = density.log_gamma.clone().requires_grad_()
+    bound = -0.5 * ((u - decoded).pow(2) / log_gamma.exp() + log_gamma + math.log(2 * math.pi)).sum()
+    (slope,) = torch.autograd.grad(bound, log_gamma)
+    assert abs(slope.item()) < 1e-9 * u.numel()
+
+    torch.manual_seed(2)
+    density.finish_fit(u)
+    torch.manual_seed(2)
+    mean, log_var = density.encode(u)
+    squared = (u - density.decoder(mean + (0.5 * log_var).exp() * torch.randn_like(mean))).pow(2).mean()
+    torch.testing.assert_close(density.log_gamma, squared.log())
+
+
 def _gaussian_data(n, seed):
     g = torch.Generator().manual_seed(seed)
     mean = torch.tensor([2.0, -1.0])
