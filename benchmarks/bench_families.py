@@ -21,6 +21,7 @@ Three parts (run one with --part, or all):
            VAE (β = 1), β-VAE (β = 4), β-TCVAE (β = 6) and FactorVAE (γ = 10).
 
     python benchmarks/bench_families.py --part nll --epochs 10 --nll_examples 2000 --threads 1
+    python benchmarks/bench_families.py --part nll --models vae vae_iaf --seed 1 --epochs 10 --nll_examples 2000
     python benchmarks/bench_families.py --part pythae --epochs 10 --nll_examples 2000 --threads 1
     python benchmarks/bench_families.py --part frechet --epochs 10 --classifier fid_classifier/ --vq_prior DIR --threads 1
     python benchmarks/bench_families.py --part mig --steps 6000 --threads 1
@@ -61,6 +62,10 @@ NLL_MODELS = {
     "svae": ("svae", {}),
     "poincare_vae": ("poincare_vae", {}),
     "hvae": ("hvae", {"leapfrog_step_size": 0.01, "learn_leapfrog_step_size": True, "learn_beta_zero": True}),
+    "piwae_m5_k10": ("piwae", {"num_bounds": 5, "num_importance_samples": 10}),
+    "rhvae": ("rhvae", {"leapfrog_step_size": 0.01, "learn_leapfrog_step_size": True, "learn_beta_zero": True}),
+    "hvae_per_dimension": ("hvae", {"leapfrog_step_size": 0.1, "per_dimension_step_size": True, "beta_zero": 0.67,
+                                    "learn_leapfrog_step_size": True, "learn_beta_zero": True}),
 }
 FRECHET_MODELS = {  # key: (model, config, samplers: 0 = the prior, K = an ex-post K-component mixture)
     "vae": ("vae", {}, (0, 10)),
@@ -109,13 +114,14 @@ def part_nll(args, workdir):
     for key in args.models or NLL_MODELS:
         name, extra = NLL_MODELS[key]
         model, record, seconds = train_model(name, {**MLP, **extra}, workdir, "fashion_mnist", num_epochs=args.epochs,
-                                             fit_latent_density=0)
+                                             fit_latent_density=0, seed=args.seed)
         start = time.perf_counter()
         metrics = evaluate(model, "fashion_mnist", "test", batch_size=100, num_importance_samples=1000,
                            max_examples=args.nll_examples, metrics=["neg_elbo", "nll"])
-        rows[key] = {"model": name, "config": extra, "steps": record["step"], "train_s": round(seconds, 1),
-                     "eval_s": round(time.perf_counter() - start, 1), **metrics}
-        print(key, rows[key], flush=True)
+        row_key = key if args.seed == 0 else f"{key}@seed{args.seed}"
+        rows[row_key] = {"model": name, "config": extra, "seed": args.seed, "steps": record["step"],
+                         "train_s": round(seconds, 1), "eval_s": round(time.perf_counter() - start, 1), **metrics}
+        print(row_key, rows[row_key], flush=True)
     return rows, {"epochs": args.epochs, "nll_examples": args.nll_examples or 10000, "importance_samples": 1000}
 
 
@@ -249,6 +255,8 @@ def main():
     parser.add_argument("--mig_examples", type=int, default=5000)
     parser.add_argument("--pythae_site", default="/tmp/pythae_site", help="where pythae 0.1.2 was installed with "
                         "`pip install --no-deps --target`")
+    parser.add_argument("--seed", type=int, default=0, help="nll part: the training seed (rows of a seed other than 0 "
+                        "are keyed MODEL@seedN, so seeds merge into one file)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()

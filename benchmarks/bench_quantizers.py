@@ -14,6 +14,8 @@ each quantiser at about 10 bits per latent position, so every code map carries t
     fsq   levels [8, 5, 5, 5]: 1000 codes (9.97 bits), nothing learned in the codebook, no restarts
     lfq   10 bits: 1024 codes, the entropy penalty, no restarts
     rvq   2 levels of 32 codes of dimension 16 (10 bits), each level as vq's
+    hrq   the HRQ-VAE family (Hosking et al. 2022): 2 levels of 32 Gumbel-softmax codes of dimension 16, its
+          defaults otherwise (not the VQ-VAE model: a row for the family, at the same bits)
 
 Adam (learning rate 1e-3) on batches of `--batch_size` training images, then on `--eval_examples` test images:
 reconstruction MSE (images scaled to [0, 1]), codebook usage (the fraction of codes used at least once over those
@@ -134,6 +136,7 @@ QUANTIZERS = {
     "fsq": dict(quantizer="fsq", fsq_levels=[8, 5, 5, 5]),
     "lfq": dict(quantizer="lfq", embedding_dim=10),
     "rvq": dict(quantizer="rvq", num_embeddings=32, num_quantizers=2, **_LEARNED),
+    "hrq": dict(family="hrq_vae", num_embeddings=32, num_quantizers=2, embedding_dim=16),
 }
 
 
@@ -158,10 +161,12 @@ def code_statistics_over(indices: torch.Tensor, num_embeddings: int, levels: int
 
 
 def train_one(name: str, fields: dict, train_images, test_images, args) -> dict:
-    from hf_vae import VQVAEConfig, VQVAEModel
+    from hf_vae import families
 
+    family = families.get(fields.get("family", "vq_vae"))
     torch.manual_seed(args.seed)
-    model = VQVAEModel(VQVAEConfig(**NETWORK, **fields)).train()
+    config = family.config_class(**NETWORK, **{k: v for k, v in fields.items() if k != "family"})
+    model = family.model_class(config).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
