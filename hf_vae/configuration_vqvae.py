@@ -55,7 +55,8 @@ class VQVAEConfig(AutoencoderConfig):
             quantising what the ones before it left; codes (h, w, num_quantizers)). FSQ sets `embedding_dim` = len(fsq_levels) and `num_embeddings` = their product;
             LFQ sets `num_embeddings` = 2^embedding_dim (embedding_dim 10 unless given).
         fsq_levels (`Sequence[int]`, defaults to (8, 5, 5, 5)): FSQ's levels per code channel.
-        lfq_entropy_weight (`float`, defaults to 0.1): weight of LFQ's entropy penalty (MAGVIT-v2's value).
+        lfq_entropy_weight (`float`, defaults to 0.1): weight of LFQ's entropy penalty per code position
+            (MAGVIT-v2's per-token value; the penalty is summed over the code map, as the commitment term).
         use_quant_conv (`bool`, defaults to False): 1x1 convs between the encoder's `latent_channels` and the
             `embedding_dim`-dimensional codes, and back before the decoder (`quant_conv`, `post_quant_conv`), as in
             taming's VQGAN and diffusers' VQModel (conv backbone only).

@@ -106,6 +106,16 @@ def test_lfq_matches_vector_quantize_pytorch():
         torch.testing.assert_close(penalty, expected_loss, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(4, 6, 5, 3), (4, 6)])
+def test_lfq_loss_is_the_weighted_penalty_summed_over_the_code_positions(shape):
+    torch.manual_seed(0)
+    z = torch.randn(*shape)
+    lfq = LookupFreeQuantizer(6, entropy_weight=0.3).train()
+    positions = 15 if len(shape) == 4 else 1
+    _, _, penalty = lfq.quantize(z)
+    torch.testing.assert_close(lfq(z).loss, torch.full((4,), 0.3 * positions * penalty.item()))
+
+
 # -- as the VQ-VAE's quantiser ----------------------------------------------------------------------------------
 
 
