@@ -30,7 +30,7 @@ ratio ours / theirs (below 1: ours is faster). Each library takes its native lay
 whose image-map path does not run in version 1.32. On a shared machine only the ratio is meaningful; the load
 average is printed beside it. vector-quantize-pytorch is a test dependency here, not a dependency of hf_vae.
 
-Writes JSON to benchmarks/results/bench_quantizers[_quick].json.
+Writes JSON to benchmarks/results/bench_quantizers[_fashion|_step][_quick].json (the part's suffix when one part runs).
 """
 
 from __future__ import annotations
@@ -233,8 +233,9 @@ def main() -> int:
     if args.part in ("all", "step"):
         result["step_time"] = {"repeats": args.repeats, "threads": args.threads, "rows": step_part(args)}
     result["loadavg_end"] = os.getloadavg()[0]
+    part = "" if args.part == "all" else f"_{args.part}"  # one part's run does not overwrite the other's results
     output = args.output or os.path.join(ROOT, "benchmarks", "results",
-                                         f"bench_quantizers{'_quick' if args.quick else ''}.json")
+                                         f"bench_quantizers{part}{'_quick' if args.quick else ''}.json")
     write_result(result, output)
     if "fashion_mnist" in result:
         print("\n" + table([[r["quantizer"], r["bits_per_code_map"], f"{r['mse']:.4f}",
