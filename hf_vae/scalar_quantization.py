@@ -208,8 +208,8 @@ class LookupFreeQuantizer(ImplicitCodebookQuantizer):
         The penalty is a mean over code positions, and each example's share is summed over its code map's
         positions, as the commitment term and the reconstruction are summed over theirs: `entropy_weight` is then
         a weight per position, as MAGVIT-v2's 0.1 is per token beside a per-pixel reconstruction. Unsummed, a 7×7
-        code map's penalty weighs 49 times less against the reconstruction, and LFQ used 85 % of 1,024 codes on
-        Fashion-MNIST rather than 99.8 % (docs/benchmarks.md)."""
+        code map's penalty weighs 49 times less against the reconstruction, and LFQ used 84.8 % of 1,024 codes on
+        Fashion-MNIST rather than 100 % (docs/benchmarks.md, the quantisers at equal bits)."""
         codes, indices, penalty = self.quantize(z_e)
         positions = z_e[0, 0].numel()
         return self.output(z_e, codes, indices, loss=self.entropy_weight * penalty * positions)
