@@ -76,9 +76,7 @@ class TwoStageDensity(LearnedLatentDensity):
     def log_joint_minus_proposal(self, z: torch.Tensor, num_samples: int, fit_gamma: bool = False) -> torch.Tensor:
         """(num_samples, N) log p(z|u_k) + log p(u_k) − log q(u_k|z), u_k ~ q(u|z) reparameterised. With
         `fit_gamma`, γ is first set to these draws' mean squared reconstruction error (the γ maximising the bound)."""
-        mean, log_var = self.encode(z)
-        u = mean + (0.5 * log_var).exp() * torch.randn(num_samples, *mean.shape, device=z.device, dtype=z.dtype)
-        decoded = self.decoder(u)
+        u, mean, log_var, decoded = self._reconstruct(z, num_samples)
         if fit_gamma:
             with torch.no_grad():
                 self.log_gamma.copy_((z - decoded).pow(2).mean().clamp(min=MIN_GAMMA).log())
@@ -92,12 +90,15 @@ class TwoStageDensity(LearnedLatentDensity):
     @torch.no_grad()
     def finish_fit(self, u: torch.Tensor) -> None:
         """γ of the fitted networks: the mean squared reconstruction error over all of `u`, one draw of q(u|z) each."""
-        squared = sum(float((chunk - self.decoder(self._draw(chunk))).pow(2).sum()) for chunk in u.split(4096))
+        squared = sum(float((chunk - self._reconstruct(chunk, 1)[3]).pow(2).sum()) for chunk in u.split(4096))
         self.log_gamma.fill_(math.log(max(squared / u.numel(), MIN_GAMMA)))
 
-    def _draw(self, z: torch.Tensor) -> torch.Tensor:
+    def _reconstruct(self, z: torch.Tensor, num_samples: int):
+        """(u, m, log s², μ(u)): `num_samples` reparameterised draws u ~ q(u|z) (num_samples, N, latent_dim), the
+        encoder's outputs, and the draws' decoded means."""
         mean, log_var = self.encode(z)
-        return mean + (0.5 * log_var).exp() * torch.randn_like(mean)
+        u = mean + (0.5 * log_var).exp() * torch.randn(num_samples, *mean.shape, device=z.device, dtype=z.dtype)
+        return u, mean, log_var, self.decoder(u)
 
     def standard_log_prob(self, u: torch.Tensor) -> torch.Tensor:
         log_weights = self.log_joint_minus_proposal(u, self.num_importance_samples)
